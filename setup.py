@@ -1,0 +1,32 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="jax-ports",
+    version="0.1.0",
+    description="JAX/Flax ports of research seq2seq and language models, with PyTorch checkpoint conversion.",
+    python_requires=">=3.11",
+    packages=find_packages(include=["jaxport*", "t5_jax*", "sip_jax*", "backpack_jax*", "lsg_jax*",
+                                    "flipped_jax*", "perceiver_jax*"]),
+    py_modules=["train", "convert"],
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.12",
+        "optax>=0.2.5",
+        "orbax-checkpoint>=0.11",
+        "transformers>=4.44",
+        "ml-collections>=1.0",
+        "tensorflow-datasets>=4.9",
+        "safetensors>=0.4",
+        "tensorboardX>=2.6",  # TensorBoard event files without installing TensorFlow
+        "tqdm",
+        "numpy",
+    ],
+    extras_require={
+        # torch is only needed to read pytorch_model.bin files and for the reference models in tests.
+        "torch": ["torch>=2.4"],
+        # Pinned exactly: on CPU-only CI this resolves to a small CPU build; elsewhere PyPI's build.
+        "test": ["pytest>=8", "torch==2.13.0", "nbformat", "nbclient", "ipykernel"],
+        "gpu": ["jax[cuda13]"],
+        "tpu": ["jax[tpu]"],
+    },
+)
