@@ -1,0 +1,278 @@
+"""T5 encoder-decoder in Flax NNX, numerically matching transformers' PyTorch T5ForConditionalGeneration.
+
+Covers T5 v1.0 (relu, tied and rescaled lm_head), v1.1 / LM-adapted / ByT5 (gated-gelu, own lm_head).
+Attention keeps heads as a separate axis ([batch, length, heads, d_kv]) so it can be sharded.
+"""
+import math
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxport.hf import PretrainedModel
+from jaxport.layers import ACTIVATIONS, Dense, Embed, causal_bias, dropout, padding_bias, split_rng
+from t5_jax.configuration import T5Config
+
+
+@flax.struct.dataclass
+class Seq2SeqLMOutput:
+    logits: jax.Array
+    encoder_last_hidden_state: jax.Array
+
+
+class RMSNorm(nnx.Module):
+    """T5's layer norm: scale only, no mean subtraction, statistics in float32."""
+
+    def __init__(self, size: int, eps: float, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.eps = eps
+        self.dtype = dtype
+        self.scale = nnx.Param(jnp.ones((size,), param_dtype), logical_axes=("embed",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+        return (self.scale[...].astype(jnp.float32) * x32).astype(self.dtype)
+
+
+def relative_position_bucket(relative_position: jax.Array, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> jax.Array:
+    """Exact small offsets, logarithmic buckets up to max_distance, as in Mesh TensorFlow's T5."""
+    buckets = jnp.zeros_like(relative_position)
+    if bidirectional:
+        num_buckets //= 2
+        buckets += (relative_position > 0).astype(jnp.int32) * num_buckets
+        relative_position = jnp.abs(relative_position)
+    else:
+        relative_position = -jnp.minimum(relative_position, 0)
+    max_exact = num_buckets // 2
+    is_small = relative_position < max_exact
+    # Clamp before the log so position 0 does not produce -inf (that branch is masked out anyway).
+    scaled = (jnp.log(jnp.maximum(relative_position, 1).astype(jnp.float32) / max_exact)
+              / math.log(max_distance / max_exact) * (num_buckets - max_exact))
+    large = jnp.minimum(max_exact + scaled.astype(jnp.int32), num_buckets - 1)
+    return buckets + jnp.where(is_small, relative_position, large)
+
+
+class T5Attention(nnx.Module):
+    def __init__(self, config: T5Config, *, has_relative_bias: bool, bidirectional: bool, dtype, param_dtype,
+                 rngs: nnx.Rngs):
+        d, h, k, f = config.d_model, config.num_heads, config.d_kv, config.initializer_factor
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.query = Dense((d,), (h, k), ("embed", "heads", "kv"), f * (d * k) ** -0.5, **kw)
+        self.key = Dense((d,), (h, k), ("embed", "heads", "kv"), f * d ** -0.5, **kw)
+        self.value = Dense((d,), (h, k), ("embed", "heads", "kv"), f * d ** -0.5, **kw)
+        self.out = Dense((h, k), (d,), ("heads", "kv", "embed"), f * (h * k) ** -0.5, **kw)
+        if has_relative_bias:
+            self.relative_attention_bias = Embed(config.relative_attention_num_buckets, h, (None, "heads"),
+                                                 f * d ** -0.5, **kw)
+        self.bidirectional = bidirectional
+        self.num_buckets = config.relative_attention_num_buckets
+        self.max_distance = config.relative_attention_max_distance
+        self.dropout_rate = config.dropout_rate
+        self.dtype = dtype
+
+    def position_bias(self, query_positions: jax.Array, key_positions: jax.Array) -> jax.Array:
+        """Learned relative-position bias, float32 [1, heads, T, S]."""
+        buckets = relative_position_bucket(key_positions[None, :] - query_positions[:, None], self.bidirectional,
+                                           self.num_buckets, self.max_distance)
+        bias = self.relative_attention_bias.embedding[...].astype(jnp.float32)[buckets]  # [T, S, heads]
+        return jnp.transpose(bias, (2, 0, 1))[None]
+
+    def __call__(self, x: jax.Array, bias: jax.Array, *, context: jax.Array | None = None,
+                 cache: dict | None = None, position=0, rng=None) -> tuple[jax.Array, dict | None]:
+        """Attend from x [B, T, D] to context (x itself when None); `bias` [B|1, heads|1, T, S] holds
+        position bias and masks. With `cache` (self-attention while decoding), the new keys/values are
+        written at `position` and the query attends over the whole cache."""
+        source = x if context is None else context
+        q, k, v = self.query(x), self.key(source), self.value(source)
+        if cache is not None:
+            k = jax.lax.dynamic_update_slice_in_dim(cache["key"], k.astype(cache["key"].dtype), position, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cache["value"], v.astype(cache["value"].dtype), position, axis=1)
+            cache = {"key": k, "value": v}
+        # T5 folds the 1/sqrt(d_kv) scaling into its weight initialisation: no scaling here.
+        scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) + bias
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        probs = dropout(probs, self.dropout_rate, rng)
+        return self.out(jnp.einsum("bhts,bshd->bthd", probs, v.astype(self.dtype))), cache
+
+
+class T5MLP(nnx.Module):
+    def __init__(self, config: T5Config, *, dtype, param_dtype, rngs: nnx.Rngs):
+        d, ff, f = config.d_model, config.d_ff, config.initializer_factor
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        if config.is_gated_act:
+            self.wi_0 = Dense((d,), (ff,), ("embed", "mlp"), f * d ** -0.5, **kw)
+            self.wi_1 = Dense((d,), (ff,), ("embed", "mlp"), f * d ** -0.5, **kw)
+        else:
+            self.wi = Dense((d,), (ff,), ("embed", "mlp"), f * d ** -0.5, **kw)
+        self.wo = Dense((ff,), (d,), ("mlp", "embed"), f * ff ** -0.5, **kw)
+        self.gated = config.is_gated_act
+        self.act = ACTIVATIONS[config.activation]
+        self.dropout_rate = config.dropout_rate
+
+    def __call__(self, x: jax.Array, rng=None) -> jax.Array:
+        hidden = self.act(self.wi_0(x)) * self.wi_1(x) if self.gated else self.act(self.wi(x))
+        return self.wo(dropout(hidden, self.dropout_rate, rng))
+
+
+class T5EncoderBlock(nnx.Module):
+    def __init__(self, config: T5Config, *, has_relative_bias: bool, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.attention_norm = RMSNorm(config.d_model, config.layer_norm_epsilon, **kw)
+        self.attention = T5Attention(config, has_relative_bias=has_relative_bias, bidirectional=True, **kw)
+        self.mlp_norm = RMSNorm(config.d_model, config.layer_norm_epsilon, **kw)
+        self.mlp = T5MLP(config, **kw)
+        self.dropout_rate = config.dropout_rate
+
+    def __call__(self, x, bias, rng=None):
+        rngs = split_rng(rng, 4)
+        h, _ = self.attention(self.attention_norm(x), bias, rng=rngs[0])
+        x = x + dropout(h, self.dropout_rate, rngs[1])
+        return x + dropout(self.mlp(self.mlp_norm(x), rngs[2]), self.dropout_rate, rngs[3])
+
+
+class T5DecoderBlock(nnx.Module):
+    def __init__(self, config: T5Config, *, has_relative_bias: bool, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        eps = config.layer_norm_epsilon
+        self.self_attention_norm = RMSNorm(config.d_model, eps, **kw)
+        self.self_attention = T5Attention(config, has_relative_bias=has_relative_bias, bidirectional=False, **kw)
+        self.cross_attention_norm = RMSNorm(config.d_model, eps, **kw)
+        self.cross_attention = T5Attention(config, has_relative_bias=False, bidirectional=True, **kw)
+        self.mlp_norm = RMSNorm(config.d_model, eps, **kw)
+        self.mlp = T5MLP(config, **kw)
+        self.dropout_rate = config.dropout_rate
+
+    def __call__(self, x, self_bias, context, cross_bias, cache=None, position=0, rng=None):
+        rngs = split_rng(rng, 6)
+        h, cache = self.self_attention(self.self_attention_norm(x), self_bias, cache=cache, position=position,
+                                       rng=rngs[0])
+        x = x + dropout(h, self.dropout_rate, rngs[1])
+        h, _ = self.cross_attention(self.cross_attention_norm(x), cross_bias, context=context, rng=rngs[2])
+        x = x + dropout(h, self.dropout_rate, rngs[3])
+        x = x + dropout(self.mlp(self.mlp_norm(x), rngs[4]), self.dropout_rate, rngs[5])
+        return x, cache
+
+
+class T5Encoder(nnx.Module):
+    def __init__(self, config: T5Config, *, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        # Only the first layer owns the relative-position table; its bias is shared by all layers.
+        self.layers = nnx.List([T5EncoderBlock(config, has_relative_bias=i == 0, **kw)
+                                for i in range(config.num_layers)])
+        self.final_norm = RMSNorm(config.d_model, config.layer_norm_epsilon, **kw)
+        self.dropout_rate = config.dropout_rate
+
+    def __call__(self, embeds: jax.Array, attention_mask: jax.Array, rng=None) -> jax.Array:
+        positions = jnp.arange(embeds.shape[1])
+        bias = self.layers[0].attention.position_bias(positions, positions) + padding_bias(attention_mask)
+        rngs = split_rng(rng, len(self.layers) + 2)
+        x = dropout(embeds, self.dropout_rate, rngs[-2])
+        for layer, layer_rng in zip(self.layers, rngs):
+            x = layer(x, bias, layer_rng)
+        return dropout(self.final_norm(x), self.dropout_rate, rngs[-1])
+
+
+class T5Decoder(nnx.Module):
+    def __init__(self, config: T5Config, *, dtype, param_dtype, rngs: nnx.Rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.layers = nnx.List([T5DecoderBlock(config, has_relative_bias=i == 0, **kw)
+                                for i in range(config.num_decoder_layers)])
+        self.final_norm = RMSNorm(config.d_model, config.layer_norm_epsilon, **kw)
+        self.dropout_rate = config.dropout_rate
+
+    def __call__(self, embeds, encoder_hidden, encoder_attention_mask, decoder_attention_mask=None, cache=None,
+                 position=0, rng=None):
+        num_queries = embeds.shape[1]
+        query_positions = position + jnp.arange(num_queries)
+        num_keys = num_queries if cache is None else cache["layers"][0]["key"].shape[1]
+        key_positions = jnp.arange(num_keys)
+        self_bias = (self.layers[0].self_attention.position_bias(query_positions, key_positions)
+                     + causal_bias(query_positions, key_positions))
+        if decoder_attention_mask is not None:
+            self_bias = self_bias + padding_bias(decoder_attention_mask)
+        cross_bias = padding_bias(encoder_attention_mask)
+        rngs = split_rng(rng, len(self.layers) + 2)
+        x = dropout(embeds, self.dropout_rate, rngs[-2])
+        new_cache = []
+        for i, (layer, layer_rng) in enumerate(zip(self.layers, rngs)):
+            layer_cache = None if cache is None else cache["layers"][i]
+            x, layer_cache = layer(x, self_bias, encoder_hidden, cross_bias, layer_cache, position, layer_rng)
+            new_cache.append(layer_cache)
+        x = dropout(self.final_norm(x), self.dropout_rate, rngs[-1])
+        return x, (None if cache is None else {"layers": new_cache})
+
+
+class T5ForConditionalGeneration(PretrainedModel):
+    config_class = T5Config
+
+    def __init__(self, config: T5Config, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = config
+        self.dtype = dtype
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.shared = Embed(config.vocab_size, config.d_model, ("vocab", "embed"), config.initializer_factor, **kw)
+        self.encoder = T5Encoder(config, **kw)
+        self.decoder = T5Decoder(config, **kw)
+        if not config.tie_word_embeddings:
+            self.lm_head = Dense((config.d_model,), (config.vocab_size,), ("embed", "vocab"),
+                                 config.initializer_factor, **kw)
+
+    @staticmethod
+    def conversion_rules(config: T5Config):
+        from t5_jax.convert import t5_rules
+        return t5_rules(config)
+
+    def encode(self, input_ids=None, attention_mask=None, *, inputs_embeds=None, dropout_rng=None) -> jax.Array:
+        """Encoder states [B, S, D] from token ids or from ready embeddings (SIP prepends its own)."""
+        if inputs_embeds is None:
+            inputs_embeds = self.shared(input_ids)
+        if attention_mask is None:
+            attention_mask = jnp.ones(inputs_embeds.shape[:2], jnp.int32)
+        return self.encoder(inputs_embeds, attention_mask, dropout_rng)
+
+    def init_cache(self, batch_size: int, max_length: int) -> dict:
+        """Empty self-attention key/value cache for incremental decoding."""
+        shape = (batch_size, max_length, self.config.num_heads, self.config.d_kv)
+        return {"layers": [{"key": jnp.zeros(shape, self.dtype), "value": jnp.zeros(shape, self.dtype)}
+                           for _ in range(self.config.num_decoder_layers)]}
+
+    def decode(self, decoder_input_ids, encoder_hidden, encoder_attention_mask, cache=None, position=0, *,
+               decoder_attention_mask=None, dropout_rng=None):
+        """Logits [B, T, V] for decoder tokens; with `cache`, tokens sit at `position` and the cache is returned
+        updated (incremental decoding), otherwise the whole target is processed causally."""
+        hidden, cache = self.decoder(self.shared(decoder_input_ids), encoder_hidden, encoder_attention_mask,
+                                     decoder_attention_mask, cache, position, dropout_rng)
+        return self.lm_logits(hidden), cache
+
+    def lm_logits(self, hidden: jax.Array) -> jax.Array:
+        if self.config.scale_decoder_outputs:
+            hidden = hidden * self.config.d_model ** -0.5
+        logits = self.shared.attend(hidden) if self.config.tie_word_embeddings else self.lm_head(hidden)
+        return logits.astype(jnp.float32)
+
+    def __call__(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
+                 *, inputs_embeds=None, labels=None, dropout_rng=None) -> Seq2SeqLMOutput:
+        if decoder_input_ids is None:
+            if labels is None:
+                raise ValueError("T5ForConditionalGeneration needs decoder_input_ids or labels")
+            decoder_input_ids = shift_right(labels, self.config.decoder_start_token_id, self.config.pad_token_id)
+        if attention_mask is None:
+            shape = (input_ids if inputs_embeds is None else inputs_embeds).shape[:2]
+            attention_mask = jnp.ones(shape, jnp.int32)
+        encoder_rng, decoder_rng = split_rng(dropout_rng, 2)
+        hidden = self.encode(input_ids, attention_mask, inputs_embeds=inputs_embeds, dropout_rng=encoder_rng)
+        logits, _ = self.decode(decoder_input_ids, hidden, attention_mask,
+                                decoder_attention_mask=decoder_attention_mask, dropout_rng=decoder_rng)
+        return Seq2SeqLMOutput(logits=logits, encoder_last_hidden_state=hidden)
+
+    def generate(self, input_ids, attention_mask=None, **kwargs):
+        """Greedy, beam or sampled decoding with transformers' argument names; returns `.sequences`."""
+        from jaxport.generation import seq2seq_generate
+        return seq2seq_generate(self, input_ids, attention_mask, **kwargs)
+
+
+def shift_right(labels: jax.Array, decoder_start_token_id: int, pad_token_id: int) -> jax.Array:
+    """Teacher-forcing decoder inputs: start token, then labels without the last; -100 ignore marks become pad."""
+    shifted = jnp.concatenate([jnp.full_like(labels[:, :1], decoder_start_token_id), labels[:, :-1]], axis=1)
+    return jnp.where(shifted == -100, pad_token_id, shifted)
