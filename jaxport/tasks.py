@@ -1,0 +1,90 @@
+"""The encoder-decoder training task shared by every seq2seq family (T5, SIP, LSG-BART, FLIPPED):
+teacher-forced cross-entropy, token and sequence accuracy, data sources chosen by `config.data`."""
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxport import data, tree
+
+
+def token_cross_entropy(logits, labels, mask):
+    """(sum of per-token losses over mask, number of tokens)."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    return jnp.sum(losses * mask), jnp.sum(mask).astype(jnp.float32)
+
+
+def make_tokenizer(name: str):
+    if name == "bytes":
+        return data.ByteTokenizer()
+    from transformers import AutoTokenizer
+    return data.HuggingFaceTokenizer(AutoTokenizer.from_pretrained(name))
+
+
+def make_source(cfg, split: str):
+    """A random-access source for `split` ('train' or 'eval') as the config's data section describes."""
+    kind = cfg.source
+    if kind == "synthetic":
+        # Eval draws from another seed's stream: strings the training stream is unlikely to repeat.
+        seed = cfg.seed if split == "train" else cfg.seed + 1_000_003
+        task = data.SyntheticTask(cfg.task, seed=seed, alphabet=cfg.alphabet, min_length=cfg.min_length,
+                                  max_length=cfg.max_length)
+        return task if split == "train" else [task[i] for i in range(cfg.num_eval_examples)]
+    path = cfg.get(f"{split}_path")
+    if kind == "tsv":
+        return data.TsvSource(path, fields=(cfg.input_key, cfg.target_key))
+    if kind == "jsonl":
+        return data.JsonlSource(path, fields=(cfg.input_key, cfg.target_key))
+    if kind == "tfds":
+        return data.TfdsSource(cfg.tfds_name, cfg.get(f"{split}_split"), data_dir=cfg.data_dir or None)
+    raise ValueError(f"data.source={kind!r}: expected synthetic, tsv, jsonl or tfds")
+
+
+class Seq2SeqTask:
+    def __init__(self, config, model_class, config_class):
+        self.model_class = model_class
+        self.model_config = config_class.from_dict(config.model.to_dict())
+        cfg = config.data
+        self.preprocess = data.Seq2SeqPreprocessor(
+            make_tokenizer(cfg.tokenizer), cfg.max_input_length, cfg.max_target_length,
+            input_key=cfg.input_key, target_key=cfg.target_key, truncate=cfg.truncate,
+            decoder_start_token_id=self.model_config.decoder_start_token_id)
+
+    def create_model(self, config, rngs: nnx.Rngs):
+        return self.model_class(self.model_config, dtype=jnp.dtype(config.train.compute_dtype), rngs=rngs)
+
+    def pretrained_params(self, config):
+        if not config.init_from:
+            return None
+        model = self.model_class.from_pretrained(config.init_from)
+        return tree.flatten(nnx.state(model, nnx.Param).to_pure_dict())
+
+    def train_data(self, config):
+        return data.make_iterator(make_source(config.data, "train"), self.preprocess,
+                                  batch_size=config.train.batch_size, seed=config.seed)
+
+    def eval_data(self, config):
+        return data.make_eval_iterator(make_source(config.data, "eval"), self.preprocess,
+                                       batch_size=config.eval.batch_size)
+
+    @staticmethod
+    def num_tokens(batch) -> int:
+        return int(batch["attention_mask"].sum() + batch["decoder_attention_mask"].sum())
+
+    def loss(self, model, batch, dropout_rng):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       decoder_input_ids=batch["decoder_input_ids"],
+                       decoder_attention_mask=batch["decoder_attention_mask"], dropout_rng=dropout_rng).logits
+        return token_cross_entropy(logits, batch["labels"], batch["decoder_attention_mask"])
+
+    def eval_metrics(self, model, batch):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       decoder_input_ids=batch["decoder_input_ids"],
+                       decoder_attention_mask=batch["decoder_attention_mask"]).logits
+        rows = batch.get(data.EXAMPLE_MASK, jnp.ones(logits.shape[:1], jnp.int32)).astype(jnp.float32)
+        mask = batch["decoder_attention_mask"] * rows[:, None]
+        loss_sum, tokens = token_cross_entropy(logits, batch["labels"], mask)
+        correct = (jnp.argmax(logits, -1) == batch["labels"]) * mask
+        sequence_correct = jnp.all((correct > 0) | (mask == 0), axis=-1) * rows
+        return {"loss": (loss_sum, tokens), "token_accuracy": (jnp.sum(correct), tokens),
+                "sequence_accuracy": (jnp.sum(sequence_correct), jnp.sum(rows))}

@@ -1,0 +1,333 @@
+"""The one training loop every family uses.
+
+config -> mesh -> model + sharded params -> optax tx -> train state -> restore (state and data position)
+-> jitted steps with explicit shardings -> metrics, eval, checkpoints -> export.
+
+A family supplies a *task* (see `Task`): how to build its model, its data, its loss and eval metrics.
+"""
+import dataclasses
+import json
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+from tqdm import tqdm
+
+from jaxport import checkpoint, sharding, tree
+
+
+class Task(Protocol):
+    """What a family provides to the trainer."""
+
+    def create_model(self, config, rngs: nnx.Rngs) -> nnx.Module: ...
+    def pretrained_params(self, config) -> dict | None: ...  # flat {path: array} to start from, or None
+    def train_data(self, config) -> Iterator[dict]: ...  # host-local numpy batches; get_state/set_state
+    def eval_data(self, config) -> Iterator[dict] | None: ...  # finite iterable, or None
+    # Sum of per-token losses and the number of tokens it covers, so accumulation and sharding average exactly.
+    def loss(self, model, batch: dict, dropout_rng) -> tuple[jax.Array, jax.Array]: ...
+    def eval_metrics(self, model, batch: dict) -> dict[str, tuple[jax.Array, jax.Array]]: ...  # name -> (sum, count)
+    def num_tokens(self, batch: dict) -> int: ...  # tokens processed, for tokens/s
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: dict
+    opt_state: Any
+    rng: jax.Array
+    # -1, or the first step whose loss or gradient was not finite; that step's update was not applied.
+    nonfinite_step: jax.Array
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+# ----------------------------------------------------------------------------------------- optimizer
+
+def make_schedule(opt: ml_collections.ConfigDict, peak: float, num_steps: int) -> optax.Schedule:
+    """Linear warmup to `peak`, then linear/cosine/rsqrt decay or constant."""
+    warmup = opt.warmup_steps
+    decay_steps = max(num_steps - warmup, 1)
+    if opt.decay == "linear":
+        decay = optax.linear_schedule(peak, peak * opt.end_factor, decay_steps)
+    elif opt.decay == "cosine":
+        decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=opt.end_factor)
+    elif opt.decay == "rsqrt":
+        decay = lambda count: peak * jnp.sqrt(max(warmup, 1) / jnp.maximum(count + warmup, max(warmup, 1)))
+    elif opt.decay == "constant":
+        decay = optax.constant_schedule(peak)
+    else:
+        raise ValueError(f"optimizer.decay={opt.decay!r}: expected linear, cosine, rsqrt or constant")
+    if warmup == 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def base_optimizer(opt: ml_collections.ConfigDict, schedule) -> optax.GradientTransformation:
+    if opt.name == "adamw":
+        return optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay)
+    if opt.name == "adafactor":
+        return optax.adafactor(schedule, weight_decay_rate=opt.weight_decay or None)
+    raise ValueError(f"optimizer.name={opt.name!r}: expected adamw or adafactor")
+
+
+def param_groups(opt: ml_collections.ConfigDict, paths) -> dict[str, str]:
+    """Group of each parameter path: the first group whose regex `pattern` matches it, else 'default'."""
+    groups = opt.get("groups", {}) or {}
+    labels = {}
+    for path in paths:
+        labels[path] = next((name for name, g in groups.items() if re.search(g.pattern, path)), "default")
+    return labels
+
+
+def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int, params: dict):
+    """(optax transform, learning-rate schedule of the default group). Each group in `optimizer.groups`
+    ({name: {pattern, learning_rate}}) gets its own peak learning rate on the same schedule shape."""
+    groups = opt.get("groups", {}) or {}
+    labels = param_groups(opt, tree.flatten(params))
+    peaks = {"default": opt.learning_rate, **{name: g.learning_rate for name, g in groups.items()}}
+    transforms = {name: base_optimizer(opt, make_schedule(opt, peak, num_steps)) for name, peak in peaks.items()}
+    tx = optax.multi_transform(transforms, tree.unflatten(labels))
+    if opt.clip_norm:
+        tx = optax.chain(optax.clip_by_global_norm(opt.clip_norm), tx)
+    return tx, make_schedule(opt, opt.learning_rate, num_steps)
+
+
+# ------------------------------------------------------------------------------------------- steps
+
+def microbatches(batch: dict, num: int) -> dict:
+    """[B, ...] -> [num, B/num, ...], taking every num-th example so each micro-batch stays spread
+    over the data-parallel devices instead of living on one of them."""
+    def split(x):
+        if x.shape[0] % num:
+            raise ValueError(f"batch of {x.shape[0]} does not split into {num} accumulation steps")
+        return x.reshape(x.shape[0] // num, num, *x.shape[1:]).swapaxes(0, 1)
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(graphdef, task: Task, tx, schedule, accumulation: int) -> Callable:
+    def loss_of(params, batch, rng):
+        return task.loss(nnx.merge(graphdef, params), batch, rng)
+
+    grad_fn = jax.value_and_grad(loss_of, has_aux=True)
+
+    def train_step(state: TrainState, batch: dict):
+        rng = jax.random.fold_in(state.rng, state.step)
+
+        def accumulate(carry, inputs):
+            index, micro = inputs
+            (loss_sum, tokens), grads = grad_fn(state.params, micro, jax.random.fold_in(rng, index))
+            grad_acc, loss_acc, token_acc = carry
+            grad_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grad_acc, grads)
+            return (grad_acc, loss_acc + loss_sum, token_acc + tokens), None
+
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+        init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+        (grads, loss_sum, tokens), _ = jax.lax.scan(
+            accumulate, init, (jnp.arange(accumulation), microbatches(batch, accumulation)))
+        tokens = jnp.maximum(tokens, 1.0)
+        grads = jax.tree.map(lambda g, p: (g / tokens).astype(p.dtype), grads, state.params)
+        loss = loss_sum / tokens
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        # A non-finite step keeps the previous params and records itself; the host stops the run.
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        new_state = state.replace(
+            step=state.step + 1, params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
+            nonfinite_step=jnp.where((state.nonfinite_step < 0) & ~finite, state.step + 1, state.nonfinite_step))
+        metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step)}
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(graphdef, task: Task) -> Callable:
+    def eval_step(params, batch):
+        return task.eval_metrics(nnx.merge(graphdef, params), batch)
+    return eval_step
+
+
+# ------------------------------------------------------------------------------------------ metrics
+
+class MetricsWriter:
+    """metrics.jsonl (one object per logged step) plus TensorBoard event files, on process 0 only."""
+
+    def __init__(self, workdir: Path, resume_step: int):
+        self.active = jax.process_index() == 0
+        self.path = workdir / "metrics.jsonl"
+        if not self.active:
+            return
+        # Drop lines a killed run logged after its last checkpoint: the resumed run logs them again.
+        if self.path.exists():
+            lines = [l for l in self.path.read_text().splitlines() if l and json.loads(l)["step"] <= resume_step]
+            self.path.write_text("".join(l + "\n" for l in lines))
+        from tensorboardX import SummaryWriter
+        self.tensorboard = SummaryWriter(str(workdir / "tensorboard"), purge_step=resume_step + 1)
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.active:
+            return
+        metrics = {k: float(v) for k, v in metrics.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        for name, value in metrics.items():
+            self.tensorboard.add_scalar(name, value, step)
+        self.tensorboard.flush()
+
+    def close(self):
+        if self.active:
+            self.tensorboard.close()
+
+
+# --------------------------------------------------------------------------------------------- loop
+
+@dataclasses.dataclass
+class Setup:
+    """Everything built from the config before the first step."""
+    mesh: jax.sharding.Mesh
+    graphdef: Any
+    state: TrainState
+    state_shardings: Any
+    batch_sharding: jax.sharding.NamedSharding
+    tx: Any
+    schedule: Any
+
+
+def build(config, task: Task) -> Setup:
+    """Mesh, model, optimizer and a sharded initial train state (no full copy on one device)."""
+    mesh = sharding.make_mesh(**config.mesh)
+    rules = tuple(config.sharding_rules)
+    abstract_model = nnx.eval_shape(lambda: task.create_model(config, nnx.Rngs(config.seed)))
+    graphdef, abstract_params = nnx.split(abstract_model)
+    param_shardings = tree.unflatten(sharding.param_shardings(abstract_params, mesh, rules))
+    abstract_params = abstract_params.to_pure_dict()
+    tx, schedule = make_optimizer(config.optimizer, config.train.num_steps, abstract_params)
+
+    def state_from(params):
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          rng=jax.random.key_data(jax.random.key(config.seed + 1)),
+                          nonfinite_step=jnp.full((), -1, jnp.int32))
+
+    abstract_state = jax.eval_shape(state_from, abstract_params)
+    replicated = sharding.replicated(mesh)
+    opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract_state.opt_state, param_shardings,
+                                          transform_non_params=lambda _: replicated)
+    state_shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
+                                 rng=replicated, nonfinite_step=replicated)
+
+    pretrained = task.pretrained_params(config)
+    if pretrained is None:
+        def init():
+            return state_from(nnx.state(task.create_model(config, nnx.Rngs(config.seed))).to_pure_dict())
+        state = jax.jit(init, out_shardings=state_shardings)()
+    else:
+        params = tree.unflatten({path: jax.device_put(value, tree.flatten(param_shardings)[path])
+                                 for path, value in pretrained.items()})
+        state = jax.jit(state_from, out_shardings=state_shardings)(params)
+    return Setup(mesh, graphdef, state, state_shardings, sharding.batch_sharding(mesh, rules), tx, schedule)
+
+
+def global_batch(batch: dict, batch_sharding) -> dict:
+    """Host-local numpy batch -> global jax arrays sharded over the batch axis."""
+    return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def evaluate(eval_step, params, batches, batch_sharding) -> dict[str, float]:
+    totals: dict[str, list[float]] = {}
+    for batch in batches:
+        for name, (total, count) in jax.device_get(eval_step(params, global_batch(batch, batch_sharding))).items():
+            acc = totals.setdefault(name, [0.0, 0.0])
+            acc[0] += float(total)
+            acc[1] += float(count)
+    return {f"eval_{name}": total / max(count, 1.0) for name, (total, count) in totals.items()}
+
+
+def check_finite(state: TrainState, last_checkpoint: int | None) -> None:
+    bad = int(jax.device_get(state.nonfinite_step))
+    if bad >= 0:
+        raise NonFiniteLossError(
+            f"loss or gradient became NaN/inf at step {bad}; training stopped. The last good checkpoint is "
+            f"{'step ' + str(last_checkpoint) if last_checkpoint is not None else 'none (nothing saved yet)'}.")
+
+
+def train(config, workdir: str | Path, task: Task) -> dict[str, float]:
+    """Train (resuming from workdir's latest checkpoint if any); returns the last logged metrics."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = config.train
+    setup = build(config, task)
+    abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                  setup.state, setup.state_shardings)
+    metadata = {"model": config.model.to_dict(), "fingerprint": checkpoint.fingerprint(abstract_state)}
+    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=cfg.keep_checkpoints, metadata=metadata)
+    train_iter = task.train_data(config)
+    state = setup.state
+    restored = ckpt.restore_latest(abstract_state)
+    if restored is not None:
+        step, state, data_state = restored
+        train_iter.set_state(data_state)
+        logging.info("resumed from step %d", step)
+    start = int(jax.device_get(state.step))
+    last_checkpoint = start if restored is not None else None
+
+    train_step = jax.jit(make_train_step(setup.graphdef, task, setup.tx, setup.schedule, cfg.grad_accum_steps),
+                         in_shardings=(setup.state_shardings, setup.batch_sharding),
+                         out_shardings=(setup.state_shardings, None), donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(setup.graphdef, task), in_shardings=(setup.state_shardings.params,
+                                                                             setup.batch_sharding))
+    writer = MetricsWriter(workdir, start)
+    logged: dict[str, float] = {}
+    pending, tokens, window_start = [], 0, time.perf_counter()
+    progress = tqdm(total=cfg.num_steps, initial=start, unit="step", disable=jax.process_index() != 0,
+                    dynamic_ncols=True)
+    for step in range(start + 1, cfg.num_steps + 1):
+        batch = next(train_iter)
+        tokens += task.num_tokens(batch)
+        state, metrics = train_step(state, global_batch(batch, setup.batch_sharding))
+        pending.append(metrics)
+        progress.update(1)
+        last = step == cfg.num_steps
+        record = {}
+        if step % cfg.log_every == 0 or last:
+            check_finite(state, last_checkpoint)
+            fetched = jax.device_get(pending)
+            elapsed = time.perf_counter() - window_start
+            record = {"loss": float(np.mean([m["loss"] for m in fetched])),
+                      "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
+                      "learning_rate": float(fetched[-1]["learning_rate"]),
+                      "tokens_per_sec": tokens / elapsed, "steps_per_sec": len(fetched) / elapsed}
+            progress.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_sec']:.0f}")
+            pending, tokens, window_start = [], 0, time.perf_counter()
+        if cfg.eval_every and (step % cfg.eval_every == 0 or last):
+            eval_batches = task.eval_data(config)
+            if eval_batches is not None:
+                record.update(evaluate(eval_step, state.params, eval_batches, setup.batch_sharding))
+        if record:
+            writer.write(step, record)
+            logged = {**logged, **record}
+        if step % cfg.checkpoint_every == 0 or last:
+            check_finite(state, last_checkpoint)
+            ckpt.save(step, state, train_iter.get_state())
+            last_checkpoint = step
+        if tokens == 0 and ("eval_loss" in record or step % cfg.checkpoint_every == 0):
+            window_start = time.perf_counter()  # tokens/s measures training steps only
+    progress.close()
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+    if cfg.get("export_dir"):
+        model = nnx.merge(setup.graphdef, jax.device_get(state.params))
+        model.save_pretrained(cfg.export_dir)
+    return logged

@@ -1,0 +1,109 @@
+"""T5 forward against transformers' PyTorch T5 on random tiny weights."""
+import numpy as np
+import pytest
+import torch
+import transformers
+import jax.numpy as jnp
+
+from t5_jax import T5ForConditionalGeneration
+
+VOCAB = 64
+
+
+def tiny_kwargs(feed_forward_proj, tied):
+    return dict(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=3, num_heads=4,
+                relative_attention_num_buckets=8, relative_attention_max_distance=20,
+                feed_forward_proj=feed_forward_proj, tie_word_embeddings=tied, dropout_rate=0.0,
+                decoder_start_token_id=0)
+
+
+def torch_t5(folder, feed_forward_proj="relu", tied=True, seed=0):
+    """A random transformers T5 saved as an HF folder (untied heads get their own random lm_head)."""
+    torch.manual_seed(seed)
+    model = transformers.T5ForConditionalGeneration(transformers.T5Config(**tiny_kwargs(feed_forward_proj, tied)))
+    if not tied:
+        model.lm_head.weight = torch.nn.Parameter(torch.randn(VOCAB, 32))
+    model.save_pretrained(folder)
+    return model.eval()
+
+
+def padded_batch(rng, length=30, dec_length=25, batch=3):
+    ids = rng.integers(2, VOCAB, (batch, length))
+    mask = np.ones((batch, length), np.int64)
+    mask[1, 20:] = 0
+    mask[2, 5:] = 0
+    return ids, mask, rng.integers(2, VOCAB, (batch, dec_length))
+
+
+def rel_err(a, b):
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("feed_forward_proj,tied", [("relu", True), ("gated-gelu", False), ("gated-silu", False)])
+def test_logits_match_pytorch(tmp_path, feed_forward_proj, tied):
+    reference = torch_t5(tmp_path, feed_forward_proj, tied)
+    model = T5ForConditionalGeneration.from_pretrained(tmp_path)
+    ids, mask, dec = padded_batch(np.random.default_rng(0))
+    with torch.no_grad():
+        expected = reference(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                             decoder_input_ids=torch.tensor(dec)).logits.numpy()
+    out = model(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask), decoder_input_ids=jnp.asarray(dec))
+    assert rel_err(np.asarray(out.logits), expected) < 1e-4
+    # Padded positions must not leak: the row with 5 real tokens equals the same row unpadded.
+    alone = model(input_ids=jnp.asarray(ids[2:, :5]), decoder_input_ids=jnp.asarray(dec[2:]))
+    np.testing.assert_allclose(np.asarray(alone.logits[0]), np.asarray(out.logits[2]), rtol=1e-5, atol=1e-4)
+
+
+def test_long_relative_distances_match_pytorch(tmp_path):
+    """Lengths past max_distance exercise the logarithmic buckets."""
+    reference = torch_t5(tmp_path, "gated-gelu", tied=False)
+    model = T5ForConditionalGeneration.from_pretrained(tmp_path)
+    ids, mask, dec = padded_batch(np.random.default_rng(1), length=90, dec_length=70)
+    with torch.no_grad():
+        expected = reference(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                             decoder_input_ids=torch.tensor(dec)).logits.numpy()
+    out = model(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask), decoder_input_ids=jnp.asarray(dec))
+    assert rel_err(np.asarray(out.logits), expected) < 1e-4
+
+
+def test_incremental_decoding_equals_full_pass(tmp_path):
+    torch_t5(tmp_path, "gated-gelu", tied=False)
+    model = T5ForConditionalGeneration.from_pretrained(tmp_path)
+    ids, mask, dec = padded_batch(np.random.default_rng(2))
+    full = model(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask), decoder_input_ids=jnp.asarray(dec))
+    hidden = model.encode(jnp.asarray(ids), jnp.asarray(mask))
+    cache = model.init_cache(len(ids), dec.shape[1])
+    steps = []
+    for t in range(dec.shape[1]):
+        logits, cache = model.decode(jnp.asarray(dec[:, t:t + 1]), hidden, jnp.asarray(mask), cache, t)
+        steps.append(np.asarray(logits))
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), np.asarray(full.logits), atol=1e-4, rtol=1e-4)
+
+
+def test_inputs_embeds_equal_token_ids(tmp_path):
+    """SIP feeds ready embeddings; they must give what the ids give."""
+    torch_t5(tmp_path)
+    model = T5ForConditionalGeneration.from_pretrained(tmp_path)
+    ids, mask, dec = padded_batch(np.random.default_rng(3))
+    by_ids = model(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask), decoder_input_ids=jnp.asarray(dec))
+    by_embeds = model(inputs_embeds=model.shared(jnp.asarray(ids)), attention_mask=jnp.asarray(mask),
+                      decoder_input_ids=jnp.asarray(dec))
+    np.testing.assert_array_equal(np.asarray(by_ids.logits), np.asarray(by_embeds.logits))
+
+
+def test_labels_are_shifted_like_pytorch(tmp_path):
+    reference = torch_t5(tmp_path)
+    model = T5ForConditionalGeneration.from_pretrained(tmp_path)
+    ids, mask, labels = padded_batch(np.random.default_rng(4))
+    labels[:, -3:] = -100
+    with torch.no_grad():
+        expected = reference(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                             labels=torch.tensor(labels)).logits.numpy()
+    out = model(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask), labels=jnp.asarray(labels))
+    assert rel_err(np.asarray(out.logits), expected) < 1e-4
+
+
+def test_bad_feed_forward_proj_is_an_error():
+    from t5_jax import T5Config
+    with pytest.raises(ValueError, match="feed_forward_proj"):
+        T5Config(feed_forward_proj="gated-swish-extra")

@@ -1,0 +1,29 @@
+"""python -m train --config configs/NAME.py[:ARG] --workdir DIR [--config.KEY=VALUE ...]
+
+Rerunning the same command resumes from the last complete checkpoint in DIR.
+"""
+import argparse
+import logging
+import sys
+
+from jaxport import config as config_lib
+from jaxport import registry, sharding, trainer
+
+
+def main(argv=None) -> dict:
+    overrides, rest = config_lib.split_config_args(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="config file, optionally with :ARG for get_config")
+    parser.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl and TensorBoard logs")
+    args = parser.parse_args(rest)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        config = config_lib.load_config(args.config, overrides)
+    except config_lib.ConfigError as e:
+        parser.error(str(e))
+    sharding.maybe_initialize_distributed()
+    return trainer.train(config, args.workdir, registry.task(config.family, config))
+
+
+if __name__ == "__main__":
+    main()
