@@ -16,7 +16,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--config", required=True, help="config file, optionally with :ARG for get_config")
     parser.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl and TensorBoard logs")
     args = parser.parse_args(rest)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # Our progress messages at INFO; the libraries' (orbax, absl) only from WARNING up.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", force=True)
+    logging.getLogger("jaxport").setLevel(logging.INFO)
     try:
         config = config_lib.load_config(args.config, overrides)
     except config_lib.ConfigError as e:

@@ -17,7 +17,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c = base()
     c.family = "t5"
     c.model = ml_collections.ConfigDict(dict(
-        vocab_size=259 if arg == "tiny" else 384, relative_attention_num_buckets=32,
+        vocab_size=384, relative_attention_num_buckets=32,
         relative_attention_max_distance=128, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
         dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, **MODELS[arg]))
 

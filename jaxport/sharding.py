@@ -79,7 +79,7 @@ def param_shardings(abstract_state: nnx.State, mesh: Mesh, rules) -> dict:
         return NamedSharding(mesh, logical_to_spec(axes, variable.value.shape, mesh, rules))
 
     shardings = jax.tree.map(sharding, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    return tree.flatten(shardings.to_pure_dict())
+    return tree.flatten(nnx.to_pure_dict(shardings))
 
 
 def batch_sharding(mesh: Mesh, rules) -> NamedSharding:

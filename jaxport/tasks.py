@@ -57,7 +57,7 @@ class Seq2SeqTask:
         if not config.init_from:
             return None
         model = self.model_class.from_pretrained(config.init_from)
-        return tree.flatten(nnx.state(model, nnx.Param).to_pure_dict())
+        return tree.flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
     def train_data(self, config):
         return data.make_iterator(make_source(config.data, "train"), self.preprocess,

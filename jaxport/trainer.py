@@ -24,6 +24,8 @@ from tqdm import tqdm
 
 from jaxport import checkpoint, sharding, tree
 
+log = logging.getLogger(__name__)
+
 
 class Task(Protocol):
     """What a family provides to the trainer."""
@@ -138,7 +140,7 @@ def make_train_step(graphdef, task: Task, tx, schedule, accumulation: int) -> Ca
         tokens = jnp.maximum(tokens, 1.0)
         grads = jax.tree.map(lambda g, p: (g / tokens).astype(p.dtype), grads, state.params)
         loss = loss_sum / tokens
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -212,7 +214,7 @@ def build(config, task: Task) -> Setup:
     abstract_model = nnx.eval_shape(lambda: task.create_model(config, nnx.Rngs(config.seed)))
     graphdef, abstract_params = nnx.split(abstract_model)
     param_shardings = tree.unflatten(sharding.param_shardings(abstract_params, mesh, rules))
-    abstract_params = abstract_params.to_pure_dict()
+    abstract_params = nnx.to_pure_dict(abstract_params)
     tx, schedule = make_optimizer(config.optimizer, config.train.num_steps, abstract_params)
 
     def state_from(params):
@@ -230,7 +232,7 @@ def build(config, task: Task) -> Setup:
     pretrained = task.pretrained_params(config)
     if pretrained is None:
         def init():
-            return state_from(nnx.state(task.create_model(config, nnx.Rngs(config.seed))).to_pure_dict())
+            return state_from(nnx.to_pure_dict(nnx.state(task.create_model(config, nnx.Rngs(config.seed)))))
         state = jax.jit(init, out_shardings=state_shardings)()
     else:
         params = tree.unflatten({path: jax.device_put(value, tree.flatten(param_shardings)[path])
@@ -270,7 +272,7 @@ def train(config, workdir: str | Path, task: Task) -> dict[str, float]:
     setup = build(config, task)
     abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                   setup.state, setup.state_shardings)
-    metadata = {"model": config.model.to_dict(), "fingerprint": checkpoint.fingerprint(abstract_state)}
+    metadata = {"family": config.family, "model": config.model.to_dict()}
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=cfg.keep_checkpoints, metadata=metadata)
     train_iter = task.train_data(config)
     state = setup.state
@@ -278,7 +280,7 @@ def train(config, workdir: str | Path, task: Task) -> dict[str, float]:
     if restored is not None:
         step, state, data_state = restored
         train_iter.set_state(data_state)
-        logging.info("resumed from step %d", step)
+        log.info("resumed from step %d", step)
     start = int(jax.device_get(state.step))
     last_checkpoint = start if restored is not None else None
 

@@ -1,6 +1,6 @@
 """Flat views of nested parameter dicts: the shared currency of converters, checkpoints and sharding.
 
-A nested dict of arrays (what `nnx.State.to_pure_dict()` returns; list indices are int keys) is
+A nested dict of arrays (what `nnx.to_pure_dict(state)` returns; list indices are int keys) is
 flattened to {"encoder/layers/0/attention/query/kernel": array}. Path segments that are digits
 become int keys again on the way back, matching nnx.List indices.
 """

@@ -204,7 +204,7 @@ class T5Decoder(nnx.Module):
         return x, (None if cache is None else {"layers": new_cache})
 
 
-class T5ForConditionalGeneration(PretrainedModel, nnx.Module):
+class T5ForConditionalGeneration(PretrainedModel):
     config_class = T5Config
 
     def __init__(self, config: T5Config, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):

@@ -1,0 +1,137 @@
+"""The training loop's promises: exact resume after SIGKILL, NaN stops, wrong checkpoints refused."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxport import checkpoint, config as config_lib, registry, trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs" / "t5_reverse.py")
+TIMING_KEYS = {"tokens_per_sec", "steps_per_sec"}
+
+
+def small_config(*overrides):
+    return config_lib.load_config(CONFIG, ["train.num_steps=20", "train.log_every=5", "train.eval_every=10",
+                                           "train.checkpoint_every=5", "model.dropout_rate=0.1", *overrides])
+
+
+def run_train(workdir, *overrides):
+    """Start `python -m train`; its stderr goes to a file (a pipe nobody reads would block it)."""
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    log = open(Path(workdir) / f"stderr-{time.time_ns()}.txt", "w")
+    process = subprocess.Popen([sys.executable, "-m", "train", "--config", CONFIG, "--workdir", str(workdir),
+                                *overrides], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+    process.log_path = log.name
+    return process
+
+
+def stderr_of(process):
+    return Path(process.log_path).read_text()
+
+
+def read_metrics(workdir):
+    records = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: {k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records}
+
+
+def finalized_steps(workdir):
+    folder = Path(workdir) / "checkpoints"
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.exists() else []
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path):
+    args = ["--config.train.num_steps=80", "--config.train.checkpoint_every=10", "--config.train.log_every=5",
+            "--config.train.eval_every=20", "--config.model.dropout_rate=0.1"]
+    uninterrupted = run_train(tmp_path / "a", *args)
+    assert uninterrupted.wait(timeout=600) == 0, stderr_of(uninterrupted)[-3000:]
+
+    killed = run_train(tmp_path / "b", *args)
+    deadline = time.time() + 600
+    while not any(step >= 20 for step in finalized_steps(tmp_path / "b")):
+        assert killed.poll() is None and time.time() < deadline, "run ended before it could be killed"
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert 80 not in finalized_steps(tmp_path / "b"), "the run finished before the kill: nothing was tested"
+
+    resumed = run_train(tmp_path / "b", *args)
+    assert resumed.wait(timeout=600) == 0, stderr_of(resumed)[-3000:]
+    assert "resumed from step" in stderr_of(resumed)
+    assert read_metrics(tmp_path / "b") == read_metrics(tmp_path / "a")
+
+
+class PoisonedTask:
+    """The T5 task, but the 7th training batch makes the loss NaN."""
+
+    def __init__(self, config, poisoned_step=7):
+        self.inner = registry.task("t5", config)
+        self.poisoned_step = poisoned_step
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def train_data(self, config):
+        inner = self.inner.train_data(config)
+        task = self
+
+        class Poisoned:
+            count = 0
+
+            def __next__(self):
+                self.count += 1
+                batch = next(inner)
+                poison = np.full(len(batch["input_ids"]), self.count == task.poisoned_step, np.float32)
+                return {**batch, "poison": poison}
+
+            get_state, set_state = inner.get_state, inner.set_state
+
+        return Poisoned()
+
+    def loss(self, model, batch, rng):
+        loss_sum, tokens = self.inner.loss(model, batch, rng)
+        return loss_sum + jnp.where(batch["poison"].sum() > 0, jnp.nan, 0.0), tokens
+
+
+def test_nan_loss_stops_training_naming_the_step(tmp_path):
+    config = small_config()
+    with pytest.raises(trainer.NonFiniteLossError, match=r"at step 7\b.*last good checkpoint is step 5"):
+        trainer.train(config, tmp_path, PoisonedTask(config))
+    assert finalized_steps(tmp_path) == [5]
+
+
+def test_checkpoint_of_another_config_is_refused(tmp_path):
+    config = small_config("train.num_steps=5")
+    trainer.train(config, tmp_path, registry.task("t5", config))
+    other = small_config("train.num_steps=10", "model.d_ff=96")
+    with pytest.raises(checkpoint.CheckpointMismatchError, match="d_ff"):
+        trainer.train(other, tmp_path, registry.task("t5", other))
+
+
+def test_unknown_config_key_names_the_closest(tmp_path):
+    with pytest.raises(config_lib.ConfigError, match="did you mean 'train.num_steps'"):
+        config_lib.load_config(CONFIG, ["train.num_stepz=3"])
+    with pytest.raises(config_lib.ConfigError, match="cannot parse .abc. as int"):
+        config_lib.load_config(CONFIG, ["train.num_steps=abc"])
+    cli = subprocess.run([sys.executable, "-m", "train", "--config", CONFIG, "--workdir", str(tmp_path),
+                          "--config.optimizer.learnig_rate=1"], cwd=ROOT, capture_output=True, text=True)
+    assert cli.returncode != 0 and "optimizer.learning_rate" in cli.stderr
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    """Loss sums and token counts make accumulation exact, not an average of averages."""
+    results = {}
+    for steps in (1, 4):
+        config = small_config("train.num_steps=3", "train.eval_every=0", f"train.grad_accum_steps={steps}",
+                              "model.dropout_rate=0.0", "train.log_every=1")
+        trainer.train(config, tmp_path / str(steps), registry.task("t5", config))
+        results[steps] = read_metrics(tmp_path / str(steps))
+    for step in results[1]:
+        np.testing.assert_allclose(results[4][step]["loss"], results[1][step]["loss"], rtol=1e-5)
