@@ -4,26 +4,17 @@
     python -m convert t5 runs/t5-small-flax runs/t5-pt --to-pytorch  # Flax folder -> PyTorch-named safetensors
 """
 import argparse
-import importlib
 import sys
 
-# Family name -> "module:ClassName" of its PretrainedModel, imported only when asked for.
-FAMILIES = {
-    "t5": "t5_jax.modeling:T5ForConditionalGeneration",
-}
+from jaxport import registry
 
 DTYPES = ("float32", "bfloat16")
-
-
-def load_family(name: str) -> type:
-    module_name, class_name = FAMILIES[name].split(":")
-    return getattr(importlib.import_module(module_name), class_name)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("family", choices=sorted(FAMILIES))
+    parser.add_argument("family", choices=sorted(registry.FAMILIES))
     parser.add_argument("src", help="model folder (PyTorch or Flax weights) or hub repo id")
     parser.add_argument("dst", help="folder to write")
     parser.add_argument("--to-pytorch", action="store_true",
@@ -38,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     import jax.numpy as jnp  # after argument parsing, so --help stays fast
 
     dtype = jnp.dtype(args.dtype)
-    model = load_family(args.family).from_pretrained(args.src, dtype=dtype, param_dtype=dtype)
+    model = registry.model_class(args.family).from_pretrained(args.src, dtype=dtype, param_dtype=dtype)
     model.save_pretrained(args.dst, pytorch=args.to_pytorch, max_shard_size=args.max_shard_size)
     print(f"wrote {args.dst}")
     return 0

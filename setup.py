@@ -16,6 +16,7 @@ setup(
         "transformers>=4.44",
         "ml-collections>=1.0",
         "tensorflow-datasets>=4.9",
+        "importlib_resources",  # tensorflow-datasets imports it for builder code paths but does not declare it
         "safetensors>=0.4",
         "tensorboardX>=2.6",  # TensorBoard event files without installing TensorFlow
         "tqdm",

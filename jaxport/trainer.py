@@ -294,41 +294,44 @@ def train(config, workdir: str | Path, task: Task) -> dict[str, float]:
     pending, tokens, window_start = [], 0, time.perf_counter()
     progress = tqdm(total=cfg.num_steps, initial=start, unit="step", disable=jax.process_index() != 0,
                     dynamic_ncols=True)
-    for step in range(start + 1, cfg.num_steps + 1):
-        batch = next(train_iter)
-        tokens += task.num_tokens(batch)
-        state, metrics = train_step(state, global_batch(batch, setup.batch_sharding))
-        pending.append(metrics)
-        progress.update(1)
-        last = step == cfg.num_steps
-        record = {}
-        if step % cfg.log_every == 0 or last:
-            check_finite(state, last_checkpoint)
-            fetched = jax.device_get(pending)
-            elapsed = time.perf_counter() - window_start
-            record = {"loss": float(np.mean([m["loss"] for m in fetched])),
-                      "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
-                      "learning_rate": float(fetched[-1]["learning_rate"]),
-                      "tokens_per_sec": tokens / elapsed, "steps_per_sec": len(fetched) / elapsed}
-            progress.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_sec']:.0f}")
-            pending, tokens, window_start = [], 0, time.perf_counter()
-        if cfg.eval_every and (step % cfg.eval_every == 0 or last):
-            eval_batches = task.eval_data(config)
-            if eval_batches is not None:
-                record.update(evaluate(eval_step, state.params, eval_batches, setup.batch_sharding))
-        if record:
-            writer.write(step, record)
-            logged = {**logged, **record}
-        if step % cfg.checkpoint_every == 0 or last:
-            check_finite(state, last_checkpoint)
-            ckpt.save(step, state, train_iter.get_state())
-            last_checkpoint = step
-        if tokens == 0 and ("eval_loss" in record or step % cfg.checkpoint_every == 0):
-            window_start = time.perf_counter()  # tokens/s measures training steps only
-    progress.close()
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
+    try:
+        for step in range(start + 1, cfg.num_steps + 1):
+            batch = next(train_iter)
+            tokens += task.num_tokens(batch)
+            state, metrics = train_step(state, global_batch(batch, setup.batch_sharding))
+            pending.append(metrics)
+            progress.update(1)
+            last = step == cfg.num_steps
+            record = {}
+            if step % cfg.log_every == 0 or last:
+                check_finite(state, last_checkpoint)
+                fetched = jax.device_get(pending)
+                elapsed = time.perf_counter() - window_start
+                record = {"loss": float(np.mean([m["loss"] for m in fetched])),
+                          "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
+                          "learning_rate": float(fetched[-1]["learning_rate"]),
+                          "tokens_per_sec": tokens / elapsed, "steps_per_sec": len(fetched) / elapsed}
+                progress.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_sec']:.0f}")
+                pending, tokens, window_start = [], 0, time.perf_counter()
+            if cfg.eval_every and (step % cfg.eval_every == 0 or last):
+                eval_batches = task.eval_data(config)
+                if eval_batches is not None:
+                    record.update(evaluate(eval_step, state.params, eval_batches, setup.batch_sharding))
+            if record:
+                writer.write(step, record)
+                logged = {**logged, **record}
+            if step % cfg.checkpoint_every == 0 or last:
+                check_finite(state, last_checkpoint)
+                ckpt.save(step, state, train_iter.get_state())
+                last_checkpoint = step
+            if tokens == 0 and ("eval_loss" in record or step % cfg.checkpoint_every == 0):
+                window_start = time.perf_counter()  # tokens/s measures training steps only
+    finally:
+        # Pending async saves must land even when the run stops on an error (e.g. a NaN loss).
+        progress.close()
+        ckpt.wait()
+        ckpt.close()
+        writer.close()
     if cfg.get("export_dir"):
         model = nnx.merge(setup.graphdef, jax.device_get(state.params))
         model.save_pretrained(cfg.export_dir)

@@ -135,3 +135,35 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
         results[steps] = read_metrics(tmp_path / str(steps))
     for step in results[1]:
         np.testing.assert_allclose(results[4][step]["loss"], results[1][step]["loss"], rtol=1e-5)
+
+
+def optimizer_config(**values):
+    from jaxport.base_config import base
+    opt = base().optimizer
+    opt.update(values)
+    return opt
+
+
+@pytest.mark.parametrize("decay,at_end", [("linear", 0.1), ("cosine", 0.1), ("constant", 1.0)])
+def test_schedules_warm_up_then_decay(decay, at_end):
+    schedule = trainer.make_schedule(optimizer_config(warmup_steps=10, decay=decay, end_factor=0.1), 2.0, 110)
+    np.testing.assert_allclose([schedule(0), schedule(5), schedule(10)], [0.0, 1.0, 2.0], rtol=1e-6)
+    np.testing.assert_allclose(schedule(110), 2.0 * at_end, rtol=1e-5)
+
+
+def test_rsqrt_schedule_decays_as_inverse_square_root():
+    schedule = trainer.make_schedule(optimizer_config(warmup_steps=100, decay="rsqrt"), 1.0, 1000)
+    np.testing.assert_allclose([schedule(100), schedule(400)], [1.0, 0.5], rtol=1e-6)
+
+
+def test_parameter_groups_get_their_own_learning_rate():
+    import jax
+    import ml_collections
+
+    opt = optimizer_config(warmup_steps=0, decay="constant", learning_rate=0.1, clip_norm=0.0)
+    opt.groups = ml_collections.ConfigDict({"prefix": {"pattern": "^prefix_embedding", "learning_rate": 0.0}})
+    params = {"prefix_embedding": jnp.ones(3), "encoder": {"kernel": jnp.ones(3)}}
+    tx, _ = trainer.make_optimizer(opt, 10, params)
+    updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    assert np.all(np.asarray(updates["prefix_embedding"]) == 0)
+    assert np.all(np.asarray(updates["encoder"]["kernel"]) < 0)
