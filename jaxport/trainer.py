@@ -126,17 +126,20 @@ def make_train_step(graphdef, task: Task, tx, schedule, accumulation: int) -> Ca
     def train_step(state: TrainState, batch: dict):
         rng = jax.random.fold_in(state.rng, state.step)
 
-        def accumulate(carry, inputs):
-            index, micro = inputs
-            (loss_sum, tokens), grads = grad_fn(state.params, micro, jax.random.fold_in(rng, index))
-            grad_acc, loss_acc, token_acc = carry
-            grad_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grad_acc, grads)
-            return (grad_acc, loss_acc + loss_sum, token_acc + tokens), None
+        if accumulation == 1:  # no scan: lets XLA fuse the backward pass with the optimizer update
+            (loss_sum, tokens), grads = grad_fn(state.params, batch, jax.random.fold_in(rng, 0))
+        else:
+            def accumulate(carry, inputs):
+                index, micro = inputs
+                (loss_sum, tokens), grads = grad_fn(state.params, micro, jax.random.fold_in(rng, index))
+                grad_acc, loss_acc, token_acc = carry
+                grad_acc = jax.tree.map(lambda a, g: a + g.astype(jnp.float32), grad_acc, grads)
+                return (grad_acc, loss_acc + loss_sum, token_acc + tokens), None
 
-        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
-        init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-        (grads, loss_sum, tokens), _ = jax.lax.scan(
-            accumulate, init, (jnp.arange(accumulation), microbatches(batch, accumulation)))
+            zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params)
+            init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
+            (grads, loss_sum, tokens), _ = jax.lax.scan(
+                accumulate, init, (jnp.arange(accumulation), microbatches(batch, accumulation)))
         tokens = jnp.maximum(tokens, 1.0)
         grads = jax.tree.map(lambda g, p: (g / tokens).astype(p.dtype), grads, state.params)
         loss = loss_sum / tokens

@@ -54,6 +54,14 @@ def relative_position_bucket(relative_position: jax.Array, bidirectional: bool, 
     return buckets + jnp.where(is_small, relative_position, large)
 
 
+def attend(q, k, v, bias, dropout_rate: float, rng) -> jax.Array:
+    """Softmax attention [B, T, heads, d_kv] with an additive float32 bias; softmax in float32.
+    T5 folds the 1/sqrt(d_kv) scaling into its weight initialisation: no scaling here."""
+    scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) + bias
+    probs = dropout(jax.nn.softmax(scores, axis=-1).astype(v.dtype), dropout_rate, rng)
+    return jnp.einsum("bhts,bshd->bthd", probs, v)
+
+
 class T5Attention(nnx.Module):
     def __init__(self, config: T5Config, *, has_relative_bias: bool, bidirectional: bool, dtype, param_dtype,
                  rngs: nnx.Rngs):
@@ -76,8 +84,11 @@ class T5Attention(nnx.Module):
         """Learned relative-position bias, float32 [1, heads, T, S]."""
         buckets = relative_position_bucket(key_positions[None, :] - query_positions[:, None], self.bidirectional,
                                            self.num_buckets, self.max_distance)
-        bias = self.relative_attention_bias.embedding[...].astype(jnp.float32)[buckets]  # [T, S, heads]
-        return jnp.transpose(bias, (2, 0, 1))[None]
+        # A one-hot product instead of a gather: its gradient is a matmul, not a scatter-add with heavy
+        # index collisions (slow on GPUs). HIGHEST precision keeps the selected values exact.
+        one_hot = jax.nn.one_hot(buckets, self.num_buckets, dtype=jnp.float32)
+        table = self.relative_attention_bias.embedding[...].astype(jnp.float32)
+        return jnp.einsum("tsb,bh->hts", one_hot, table, precision=jax.lax.Precision.HIGHEST)[None]
 
     def __call__(self, x: jax.Array, bias: jax.Array, *, context: jax.Array | None = None,
                  cache: dict | None = None, position=0, rng=None) -> tuple[jax.Array, dict | None]:
@@ -90,11 +101,7 @@ class T5Attention(nnx.Module):
             k = jax.lax.dynamic_update_slice_in_dim(cache["key"], k.astype(cache["key"].dtype), position, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache["value"], v.astype(cache["value"].dtype), position, axis=1)
             cache = {"key": k, "value": v}
-        # T5 folds the 1/sqrt(d_kv) scaling into its weight initialisation: no scaling here.
-        scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) + bias
-        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        probs = dropout(probs, self.dropout_rate, rng)
-        return self.out(jnp.einsum("bhts,bshd->bthd", probs, v.astype(self.dtype))), cache
+        return self.out(attend(q, k, v.astype(self.dtype), bias, self.dropout_rate, rng)), cache
 
 
 class T5MLP(nnx.Module):

@@ -1,0 +1,493 @@
+"""ByT5-small-shaped T5 on one GPU: this project's JAX port beside transformers' PyTorch T5, in one process.
+
+    python bench/t5.py [--tiny] [--out results.json] [--skip-compile]
+
+1. Training step (AdamW, bf16 compute, fp32 master weights): the project's jitted, state-donating train step
+   (jaxport.trainer.build + make_train_step over Seq2SeqTask's loss) vs PyTorch eager under autocast, and the
+   same under torch.compile. ms/step (median), tokens/s, MFU against a bf16 matmul peak measured here.
+2. Greedy generation with bf16 weights, exactly N new tokens on both sides: JAX model.generate (jitted) vs
+   transformers' generate.
+Both sides start from the same weights: the torch model is saved with save_pretrained and the JAX model
+loaded from that folder with from_pretrained (if that fails, both are random and the output says so).
+--tiny: a tiny shape and small batches, a CPU smoke test.
+"""
+import os
+
+# Both frameworks share the GPU: JAX takes a fixed pool up front, torch's caching allocator the rest.
+os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # t5_jax / jaxport without installation
+
+import argparse
+import copy
+import gc
+import json
+import platform
+import statistics
+import tempfile
+import time
+import traceback
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import torch
+import transformers
+from flax import nnx
+
+from jaxport import base_config, trainer
+from jaxport.tasks import Seq2SeqTask
+from t5_jax import T5Config, T5ForConditionalGeneration
+
+BYT5_SMALL = dict(vocab_size=384, d_model=1472, d_kv=64, num_heads=6, d_ff=3584, num_layers=12,
+                  num_decoder_layers=4, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                  dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+FULL = dict(model=BYT5_SMALL, train_batch=32, train_inputs=512, train_targets=128,
+            gen_batch=32, gen_inputs=256, gen_new_tokens=128, matmul_size=8192,
+            warmup=5, steps=20, compile_warmup=10, gen_warmup=1, gen_calls=5)
+TINY = dict(model=dict(BYT5_SMALL, d_model=64, d_kv=16, num_heads=4, d_ff=128, num_layers=2,
+                       num_decoder_layers=2),
+            train_batch=4, train_inputs=64, train_targets=16, gen_batch=4, gen_inputs=32, gen_new_tokens=16,
+            matmul_size=512, warmup=2, steps=3, compile_warmup=2, gen_warmup=1, gen_calls=2)
+LEARNING_RATE, WEIGHT_DECAY = 1e-4, 0.01
+EOS = BYT5_SMALL["eos_token_id"]
+
+
+def log(*args):
+    print(*args, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ shared
+
+def torch_sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(times):
+    return 1e3 * statistics.median(times)
+
+
+def train_flops(m: dict, batch: int, t_in: int, t_out: int) -> dict:
+    """Model FLOPs of one training step (fwd + bwd = 3 x fwd), counted analytically.
+
+    Matmul weights: 6 FLOPs per weight per token that passes through it. Cross-attention's key/value
+    projections run over the encoder tokens, its query/output over the decoder tokens. Attention scores
+    and values: 2 matmuls x 2 FLOPs x B x heads x d_kv x T_q x T_k per layer forward (the decoder's causal
+    self-attention is counted in full, as both implementations compute it), x 3 for fwd + bwd.
+    Embedding lookups, norms, softmax and the optimizer are not counted."""
+    d, hk, ff, vocab = m["d_model"], m["num_heads"] * m["d_kv"], m["d_ff"], m["vocab_size"]
+    mlp = (3 if m["feed_forward_proj"].startswith("gated-") else 2) * d * ff
+    enc_tokens, dec_tokens = batch * t_in, batch * t_out
+    encoder_params = m["num_layers"] * (4 * d * hk + mlp)
+    decoder_params = m["num_decoder_layers"] * (4 * d * hk + 2 * d * hk + mlp)  # self q,k,v,o; cross q,o; mlp
+    cross_kv_params = m["num_decoder_layers"] * 2 * d * hk
+    head_params = d * vocab
+    terms = {
+        "encoder": 6 * encoder_params * enc_tokens,
+        "decoder": 6 * decoder_params * dec_tokens,
+        "cross_kv": 6 * cross_kv_params * enc_tokens,
+        "lm_head": 6 * head_params * dec_tokens,
+        "attention": 3 * 4 * batch * hk * (m["num_layers"] * t_in * t_in
+                                           + m["num_decoder_layers"] * (t_out * t_out + t_out * t_in)),
+    }
+    formula = (f"6*({encoder_params:,} enc params x {enc_tokens:,} tok + {decoder_params:,} dec params x "
+               f"{dec_tokens:,} tok + {cross_kv_params:,} cross-kv params x {enc_tokens:,} tok + {head_params:,} "
+               f"lm_head params x {dec_tokens:,} tok) + 3*4*B*H*dk*(Le*Ti^2 + Ld*(To^2 + To*Ti))")
+    return {"terms": terms, "total": sum(terms.values()), "formula": formula}
+
+
+# ------------------------------------------------------------------------------------------------ peak
+
+def torch_matmul_peak(n: int, device, iters: int = 20, repeats: int = 3) -> float:
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        torch_sync(device)
+        start = time.perf_counter()
+        for _ in range(iters):
+            c = a @ b
+        torch_sync(device)
+        best = min(best, time.perf_counter() - start)
+    del a, b, c
+    return 2 * n ** 3 * iters / best
+
+
+def jax_matmul_peak(n: int, iters: int = 20, repeats: int = 3) -> float:
+    ka, kb = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(ka, (n, n), jnp.bfloat16)
+    b = jax.random.normal(kb, (n, n), jnp.bfloat16)
+    matmul = jax.jit(jnp.matmul)
+    for _ in range(3):
+        matmul(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        outs = [matmul(a, b) for _ in range(iters)]  # dispatched asynchronously, one sync at the end
+        jax.block_until_ready(outs)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 * iters / best
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+def torch_reference(model_dict: dict):
+    """A random transformers T5 on the CPU with its own lm_head. transformers 5 ties lm_head to the embedding
+    whatever tie_word_embeddings says; a real ByT5 has a separate head, so it gets one here."""
+    torch.manual_seed(0)
+    model = transformers.T5ForConditionalGeneration(transformers.T5Config(**model_dict))
+    # std d_model**-0.5 keeps initial logits O(1), so the loss check compares sane numbers.
+    head = torch.randn_like(model.lm_head.weight) * model_dict["d_model"] ** -0.5
+    model.lm_head.weight = torch.nn.Parameter(head)
+    assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()
+    return model
+
+
+def torch_copy(reference, device, dtype=torch.float32):
+    # A deep copy keeps the untied head (a reload through from_pretrained might re-tie it on other versions).
+    model = copy.deepcopy(reference).to(device=device, dtype=dtype)
+    assert model.lm_head.weight.data_ptr() != model.shared.weight.data_ptr()
+    return model
+
+
+def export_for_jax(reference, model_dict: dict, folder: str):
+    """Save the torch model and check the JAX loader reads it back; returns the folder, or None (random init)."""
+    try:
+        reference.save_pretrained(folder)
+        loaded = T5ForConditionalGeneration.from_pretrained(folder)
+        assert not loaded.config.tie_word_embeddings, "loaded config ties lm_head"
+        got = np.asarray(loaded.lm_head.kernel[...])
+        want = reference.lm_head.weight.detach().numpy().T
+        assert np.array_equal(got, want), "lm_head differs after save_pretrained -> from_pretrained"
+        del loaded
+        return folder, "same weights (torch save_pretrained -> JAX from_pretrained)"
+    except Exception as e:  # noqa: BLE001 - timing still works from random weights
+        log(f"!! weight transfer failed, JAX starts from its own random init: {type(e).__name__}: {e}")
+        return None, f"independent random init on each side (transfer failed: {type(e).__name__}: {e})"
+
+
+class BenchTask(Seq2SeqTask):
+    """Seq2SeqTask's model and loss without its data pipeline: batches are fixed arrays here."""
+
+    def __init__(self, model_config: T5Config):
+        self.model_class = T5ForConditionalGeneration
+        self.model_config = model_config
+
+
+def make_batches(cfg: dict, vocab: int):
+    rng = np.random.default_rng(0)
+    b, t_in, t_out = cfg["train_batch"], cfg["train_inputs"], cfg["train_targets"]
+    # Ids from 2 up: no pad (0) or EOS (1), every position a real token on both sides.
+    inputs = rng.integers(2, vocab, (b, t_in), dtype=np.int32)
+    labels = rng.integers(2, vocab, (b, t_out), dtype=np.int32)
+    decoder_inputs = np.concatenate([np.zeros((b, 1), np.int32), labels[:, :-1]], axis=1)  # start token 0
+    jax_batch = {"input_ids": inputs, "attention_mask": np.ones_like(inputs), "labels": labels,
+                 "decoder_input_ids": decoder_inputs, "decoder_attention_mask": np.ones_like(labels)}
+    torch_batch = {"input_ids": inputs, "attention_mask": np.ones_like(inputs), "labels": labels}
+    return jax_batch, torch_batch
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+def jax_train(cfg: dict, model_config: T5Config, folder, np_batch: dict) -> dict:
+    """The project's own path: trainer.build (mesh, shardings, optimizer, TrainState) and the jitted step
+    train.py runs, with donated state; bf16 compute over fp32 parameters."""
+    config = base_config.base()
+    config.init_from = folder or ""
+    config.train.compute_dtype = "bfloat16"
+    config.optimizer.learning_rate = LEARNING_RATE
+    config.optimizer.warmup_steps = 0
+    config.optimizer.decay = "constant"
+    config.optimizer.weight_decay = WEIGHT_DECAY
+    config.optimizer.clip_norm = 0.0  # the torch side does not clip either
+    task = BenchTask(model_config)
+    setup = trainer.build(config, task)
+    step = jax.jit(trainer.make_train_step(setup.graphdef, task, setup.tx, setup.schedule, accumulation=1),
+                   in_shardings=(setup.state_shardings, setup.batch_sharding),
+                   out_shardings=(setup.state_shardings, None), donate_argnums=0)
+    batch = trainer.global_batch(np_batch, setup.batch_sharding)
+    state = setup.state
+    del setup
+    first_loss, times = None, []
+    for i in range(cfg["warmup"] + cfg["steps"]):
+        jax.block_until_ready(state)
+        start = time.perf_counter()
+        state, metrics = step(state, batch)
+        jax.block_until_ready((state, metrics))
+        elapsed = time.perf_counter() - start
+        if i >= cfg["warmup"]:
+            times.append(elapsed)
+        if i == 0:
+            first_loss = float(metrics["loss"])
+            log(f"   jax first step (incl. compile) {elapsed:.1f}s, loss {first_loss:.6f}")
+    if int(state.nonfinite_step) >= 0:
+        raise FloatingPointError(f"JAX loss became non-finite at step {int(state.nonfinite_step)}")
+    del state, batch
+    return {"ms": median_ms(times), "times_ms": [1e3 * t for t in times], "first_loss": first_loss,
+            "last_loss": float(metrics["loss"])}
+
+
+def torch_adamw(params):
+    try:
+        return torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, fused=True), "fused"
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, foreach=True), "foreach"
+
+
+def torch_train(cfg: dict, reference, np_batch: dict, device, compiled: bool) -> dict:
+    model = torch_copy(reference, device).train()
+    optimizer, kind = torch_adamw(model.parameters())
+    forward = torch.compile(model) if compiled else model
+    batch = {k: torch.from_numpy(v).long().to(device) for k, v in np_batch.items()}
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = forward(**batch, use_cache=False).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    warmup = cfg["compile_warmup"] if compiled else cfg["warmup"]
+    first_loss, times = None, []
+    try:
+        for i in range(warmup + cfg["steps"]):
+            torch_sync(device)
+            start = time.perf_counter()
+            loss = step()
+            torch_sync(device)
+            elapsed = time.perf_counter() - start
+            if i >= warmup:
+                times.append(elapsed)
+            if i == 0:
+                first_loss = loss.item()
+                log(f"   torch {'compile' if compiled else 'eager'} first step {elapsed:.1f}s, loss {first_loss:.6f}")
+        last_loss = loss.item()
+    finally:
+        del model, optimizer, forward, batch
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return {"ms": median_ms(times), "times_ms": [1e3 * t for t in times], "first_loss": first_loss,
+            "last_loss": last_loss, "optimizer": f"torch.optim.AdamW ({kind})"}
+
+
+# ------------------------------------------------------------------------------------------------ generation
+
+def gen_inputs(cfg: dict, vocab: int):
+    rng = np.random.default_rng(1)
+    ids = rng.integers(2, vocab, (cfg["gen_batch"], cfg["gen_inputs"]), dtype=np.int32)
+    return ids, np.ones_like(ids)
+
+
+def gen_kwargs(cfg: dict) -> dict:
+    # min = max new tokens: EOS is suppressed until the last step, so neither side stops early.
+    n = cfg["gen_new_tokens"]
+    return dict(do_sample=False, num_beams=1, max_new_tokens=n, min_new_tokens=n)
+
+
+def jax_generate(cfg: dict, model_config: T5Config, folder, ids, mask) -> dict:
+    if folder:
+        model = T5ForConditionalGeneration.from_pretrained(folder, dtype=jnp.bfloat16)
+    else:
+        model = T5ForConditionalGeneration(model_config, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16,
+                                           rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    model = nnx.merge(graphdef, jax.tree.map(lambda x: x.astype(jnp.bfloat16), state))  # bf16 weights
+    ids, mask = jnp.asarray(ids), jnp.asarray(mask)
+    times = []
+    for i in range(cfg["gen_warmup"] + cfg["gen_calls"]):
+        start = time.perf_counter()
+        sequences = jax.block_until_ready(model.generate(ids, mask, **gen_kwargs(cfg)).sequences)
+        if i >= cfg["gen_warmup"]:
+            times.append(time.perf_counter() - start)
+        elif i == 0:
+            log(f"   jax generate first call (incl. compile) {time.perf_counter() - start:.1f}s")
+    del model
+    return {"s": statistics.median(times), "times_s": times, "sequences": np.asarray(sequences)}
+
+
+def torch_generate(cfg: dict, reference, ids, mask, device) -> dict:
+    model = torch_copy(reference, device, torch.bfloat16).eval()
+    ids, mask = torch.from_numpy(ids).long().to(device), torch.from_numpy(mask).long().to(device)
+    times = []
+    with torch.inference_mode():
+        for i in range(cfg["gen_warmup"] + cfg["gen_calls"]):
+            torch_sync(device)
+            start = time.perf_counter()
+            sequences = model.generate(input_ids=ids, attention_mask=mask, **gen_kwargs(cfg))
+            torch_sync(device)
+            if i >= cfg["gen_warmup"]:
+                times.append(time.perf_counter() - start)
+    sequences = sequences.cpu().numpy()
+    del model, ids, mask
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"s": statistics.median(times), "times_s": times, "sequences": sequences}
+
+
+# ------------------------------------------------------------------------------------------------ checks
+
+def fp32_loss_check(reference, model_config, folder, jax_batch, torch_batch) -> dict:
+    """Tiny mode: the same batch's loss in float32 on both sides (checks the weight transfer, not bf16)."""
+    task = BenchTask(model_config)
+    model = T5ForConditionalGeneration.from_pretrained(folder)
+    total, count = task.loss(model, {k: jnp.asarray(v) for k, v in jax_batch.items()}, None)
+    jax_loss = float(total / count)
+    with torch.no_grad():
+        torch_loss = float(reference.eval()(**{k: torch.from_numpy(v).long() for k, v in torch_batch.items()},
+                                            use_cache=False).loss)
+    return {"jax": jax_loss, "torch": torch_loss, "rel_diff": abs(jax_loss - torch_loss) / abs(torch_loss)}
+
+
+def versions(device) -> dict:
+    import jaxlib
+    return {"python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+            "flax": flax.__version__, "optax": optax.__version__, "torch": torch.__version__,
+            "torch_cuda": torch.version.cuda, "transformers": transformers.__version__, "numpy": np.__version__,
+            "torch_device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+            or "cpu", "jax_device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
+            "xla_mem_fraction": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION")}
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="tiny shape and batches (CPU smoke test)")
+    parser.add_argument("--out", help="write all results to this JSON file")
+    parser.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile training run")
+    parser.add_argument("--steps", type=int, help="timed training steps (median taken)")
+    args = parser.parse_args(argv)
+    cfg = dict(TINY if args.tiny else FULL)
+    if args.steps:
+        cfg["steps"] = args.steps
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    jnp.zeros(()).block_until_ready()  # JAX claims its memory pool before torch allocates anything
+    info = versions(device)
+    log(f"devices: torch {info['torch_device']} | jax {info['jax_device']}")
+    if not args.tiny and (device.type != "cuda" or jax.default_backend() != "gpu"):
+        log("!! full-size run without a GPU on both sides: numbers will not mean much")
+    results = {"mode": "tiny" if args.tiny else "byt5-small", "config": cfg, "versions": info}
+
+    m = cfg["model"]
+    model_config = T5Config(**m)
+    b, t_in, t_out = cfg["train_batch"], cfg["train_inputs"], cfg["train_targets"]
+    flops = train_flops(m, b, t_in, t_out)
+    results["train_flops"] = flops
+    log(f"train FLOPs/step = {flops['formula']}\n  = " + " + ".join(f"{k} {v:.4g}" for k, v in
+                                                                  flops["terms"].items())
+        + f" = {flops['total']:.4g}")
+
+    log("peak bf16 matmul ...")
+    peaks = {"torch": torch_matmul_peak(cfg["matmul_size"], device), "jax": jax_matmul_peak(cfg["matmul_size"])}
+    peak = max(peaks.values())
+    results["matmul_peak_flops"] = {**peaks, "used": peak, "size": cfg["matmul_size"]}
+    log(f"  torch {peaks['torch'] / 1e12:.1f} TFLOP/s, jax {peaks['jax'] / 1e12:.1f} TFLOP/s")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        reference = torch_reference(m)
+        results["num_params"] = sum(p.numel() for p in reference.parameters())
+        folder, weights = export_for_jax(reference, m, tmp)
+        results["weights"] = weights
+        log(f"weights: {weights}; {results['num_params'] / 1e6:.1f}M parameters")
+        jax_batch, torch_batch = make_batches(cfg, m["vocab_size"])
+        if args.tiny and folder:
+            results["fp32_loss_check"] = fp32_loss_check(reference, model_config, folder, jax_batch, torch_batch)
+            log(f"fp32 loss check: {results['fp32_loss_check']}")
+
+        train = {}
+        log(f"training step, batch {b} x ({t_in} in + {t_out} out) ...")
+        log(" JAX ...")
+        train["jax"] = jax_train(cfg, model_config, folder, jax_batch)
+        gc.collect()
+        log(" torch eager ...")
+        train["torch_eager"] = torch_train(cfg, reference, torch_batch, device, compiled=False)
+        if not args.skip_compile:
+            log(" torch compile ...")
+            try:
+                train["torch_compile"] = torch_train(cfg, reference, torch_batch, device, compiled=True)
+            except Exception as e:  # noqa: BLE001 - report and carry on
+                traceback.print_exc()
+                train["torch_compile"] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+            torch._dynamo.reset()
+        tokens = b * (t_in + t_out)
+        for r in train.values():
+            if "ms" in r:
+                r["tokens_per_s"] = tokens / (r["ms"] / 1e3)
+                r["mfu"] = flops["total"] / (r["ms"] / 1e3) / peak
+                r["speedup_vs_torch_eager"] = train["torch_eager"]["ms"] / r["ms"]
+        first = train["jax"]["first_loss"], train["torch_eager"]["first_loss"]
+        train["first_loss_rel_diff_jax_vs_torch"] = abs(first[0] - first[1]) / abs(first[1])
+        log(f"first-step loss (bf16): jax {first[0]:.6f} torch {first[1]:.6f} "
+            f"rel diff {train['first_loss_rel_diff_jax_vs_torch']:.2e}")
+        results["train"] = train
+
+        n_new = cfg["gen_new_tokens"]
+        log(f"greedy generation, batch {cfg['gen_batch']} x {cfg['gen_inputs']} in, {n_new} new tokens ...")
+        ids, mask = gen_inputs(cfg, m["vocab_size"])
+        gen = {"torch_eager": torch_generate(cfg, reference, ids, mask, device)}
+        del reference
+        gen["jax"] = jax_generate(cfg, model_config, folder, ids, mask)
+    sequences = {k: v.pop("sequences") for k, v in gen.items()}
+    shapes = {k: list(s.shape) for k, s in sequences.items()}
+    expected = [cfg["gen_batch"], 1 + n_new]  # decoder start token + new tokens
+    early_eos = {k: bool((s[:, 1:-1] == EOS).any()) for k, s in sequences.items()}
+    if any(shape != expected for shape in shapes.values()) or any(early_eos.values()):
+        log(f"!! generation lengths differ: shapes {shapes} (expected {expected}), EOS before the end {early_eos}")
+    for r in gen.values():
+        r["new_tokens_per_s"] = cfg["gen_batch"] * n_new / r["s"]
+        r["speedup_vs_torch_eager"] = gen["torch_eager"]["s"] / r["s"]
+    gen["shapes"] = shapes
+    gen["eos_before_end"] = early_eos
+    gen["same_length"] = len({tuple(s) for s in shapes.values()}) == 1 and shapes["jax"] == expected
+    # bf16 on both sides: greedy paths may part after a near-tie; informative only.
+    gen["token_agreement"] = float((sequences["jax"] == sequences["torch_eager"]).mean()) \
+        if gen["same_length"] else None
+    results["generate"] = gen
+
+    rows = [("peak matmul torch", None, None, None, f"{peaks['torch'] / 1e12:.1f} TFLOP/s"),
+            ("peak matmul jax", None, None, None, f"{peaks['jax'] / 1e12:.1f} TFLOP/s")]
+    for name in ("jax", "torch_eager", "torch_compile"):
+        r = train.get(name)
+        if r is None:
+            continue
+        if "error" in r:
+            rows.append((f"train {name}", None, None, None, "FAILED: " + r["error"].splitlines()[0][:80]))
+            continue
+        rows.append((f"train {name}", r["ms"], f"{r['tokens_per_s']:,.0f}", f"{100 * r['mfu']:.1f}%",
+                     f"{r['speedup_vs_torch_eager']:.2f}x"))
+    for name in ("jax", "torch_eager"):
+        r = gen[name]
+        rows.append((f"generate {name}", 1e3 * r["s"], f"{r['new_tokens_per_s']:,.0f}", "-",
+                     f"{r['speedup_vs_torch_eager']:.2f}x"))
+    log(f"\n== T5 {results['mode']} | {info['torch_device']} | jax {info['jax']} torch {info['torch']} "
+        f"transformers {info['transformers']} | {weights}")
+    log(f"{'name':<22}{'ms':>10}{'tokens/s':>13}{'MFU':>8}  vs torch eager")
+    for name, ms, tok, mfu, ratio in rows:
+        log(f"{name:<22}{'' if ms is None else f'{ms:.1f}':>10}{tok or '':>13}{mfu or '':>8}  {ratio}")
+    log(f"train tokens/step {tokens:,} (in + out); FLOPs/step {flops['total']:.4g}; MFU vs {peak / 1e12:.1f} "
+        f"TFLOP/s; first-step loss rel diff {train['first_loss_rel_diff_jax_vs_torch']:.2e}; generation "
+        f"shapes {shapes}, token agreement {gen['token_agreement']}")
+    if "fp32_loss_check" in results:
+        log(f"fp32 loss rel diff {results['fp32_loss_check']['rel_diff']:.2e}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2, default=float) + "\n")
+        log(f"wrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
