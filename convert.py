@@ -2,6 +2,7 @@
 
     python -m convert t5 t5-small runs/t5-small-flax               # hub id or HF folder -> Flax folder
     python -m convert t5 runs/t5-small-flax runs/t5-pt --to-pytorch  # Flax folder -> PyTorch-named safetensors
+    python -m convert lsg facebook/bart-base runs/lsg-bart --from-bart --max-length 16384   # BART -> LSG-BART
 """
 import argparse
 import sys
@@ -21,13 +22,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="write model.safetensors with PyTorch key names instead of Flax weights")
     parser.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the written weights")
     parser.add_argument("--max-shard-size", default=None, help="shard the weights, e.g. 5GB (default: one file)")
-    return parser.parse_args(argv)
+    lsg = parser.add_argument_group("lsg --from-bart: a plain BART checkpoint -> LSG-BART for longer inputs")
+    lsg.add_argument("--from-bart", action="store_true")
+    lsg.add_argument("--max-length", type=int, default=4096)
+    lsg.add_argument("--block-size", type=int, default=128)
+    lsg.add_argument("--sparse-block-size", type=int, default=128)
+    lsg.add_argument("--sparsity-factor", type=int, default=2)
+    lsg.add_argument("--sparsity-type", default="norm")
+    lsg.add_argument("--num-global-tokens", type=int, default=1)
+    lsg.add_argument("--global-positional-stride", type=int, default=64)
+    lsg.add_argument("--mask-token-id", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.from_bart and args.family != "lsg":
+        parser.error("--from-bart converts to the lsg family")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import jax.numpy as jnp  # after argument parsing, so --help stays fast
 
+    if args.from_bart:
+        from lsg_jax.convert import bart_to_lsg
+        bart_to_lsg(args.src, args.dst, max_length=args.max_length, block_size=args.block_size,
+                    sparse_block_size=args.sparse_block_size, sparsity_factor=args.sparsity_factor,
+                    sparsity_type=args.sparsity_type, num_global_tokens=args.num_global_tokens,
+                    global_positional_stride=args.global_positional_stride, mask_token_id=args.mask_token_id)
+        print(f"wrote {args.dst}")
+        return 0
     dtype = jnp.dtype(args.dtype)
     model = registry.model_class(args.family).from_pretrained(args.src, dtype=dtype, param_dtype=dtype)
     model.save_pretrained(args.dst, pytorch=args.to_pytorch, max_shard_size=args.max_shard_size)

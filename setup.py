@@ -26,7 +26,9 @@ setup(
         # torch is only needed to read pytorch_model.bin files and for the reference models in tests.
         "torch": ["torch>=2.4"],
         # Pinned exactly: on CPU-only CI this resolves to a small CPU build; elsewhere PyPI's build.
-        "test": ["pytest>=8", "torch==2.13.0", "nbformat", "nbclient", "ipykernel"],
+        # FST sampling for SIP's pre-training data, as the original does it (OpenFst through pynini).
+        "sip": ["pynini>=2.1.6"],
+        "test": ["pytest>=8", "torch==2.13.0", "pynini>=2.1.6", "nbformat", "nbclient", "ipykernel"],
         "gpu": ["jax[cuda13]"],
         "tpu": ["jax[tpu]"],
     },

@@ -10,6 +10,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import time
+
 import jax
 import jax.numpy as jnp
 
@@ -51,7 +53,10 @@ def main():
         embed, attend = VARIANTS[name]
         layers.Embed.__call__, modeling.attend = embed, attend
         try:
+            start = time.perf_counter()
             ms = bench.jax_train(cfg, model_config, None, batch)["ms"]
+            print(f"  {name}: random init + compile + {cfg['warmup'] + cfg['steps']} steps took "
+                  f"{time.perf_counter() - start:.0f} s", flush=True)
             rows.append(f"{name:30s} {ms:8.1f} ms  {flops / ms / 1e9:8.1f} TFLOP/s")
         except Exception as e:  # noqa: BLE001 - a variant the backend refuses is a result too
             rows.append(f"{name:30s} failed: {type(e).__name__}: {str(e)[:200]}")

@@ -4,6 +4,7 @@ import importlib
 # name -> (package, model class for `python -m convert`)
 FAMILIES = {
     "t5": ("t5_jax", "T5ForConditionalGeneration"),
+    "lsg": ("lsg_jax", "LSGBartForConditionalGeneration"),
 }
 
 

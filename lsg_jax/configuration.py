@@ -1,0 +1,128 @@
+"""LSG-BART configuration: BART's fields plus the LSG ones, under the original's names, so config.json files
+written by the PyTorch LSG-BART (model_type "bart" with LSG keys, or "lsg_bart") or by plain BART move both ways.
+
+A config without any LSG key describes plain BART (full attention, no global tokens).
+"""
+import dataclasses
+import json
+import warnings
+from typing import Any
+
+SPARSITY_TYPES = (None, "none", "norm", "pooling", "lsh", "stride", "block_stride", "bos_pooling")
+ACTIVATIONS = ("gelu", "relu", "gelu_new", "silu")
+LSG_KEYS = ("adaptive", "block_size", "lsh_num_pre_rounds", "mask_first_token", "num_global_tokens",
+            "pass_global_tokens_to_decoder", "pool_with_global", "sparse_block_size", "sparsity_factor",
+            "sparsity_type")
+MAX_GLOBAL_TOKENS = 512  # rows of the original's global embedding table
+
+
+@dataclasses.dataclass
+class LSGBartConfig:
+    vocab_size: int = 50265
+    max_position_embeddings: int = 1024
+    d_model: int = 1024
+    encoder_layers: int = 12
+    encoder_ffn_dim: int = 4096
+    encoder_attention_heads: int = 16
+    decoder_layers: int = 12
+    decoder_ffn_dim: int = 4096
+    decoder_attention_heads: int = 16
+    activation_function: str = "gelu"
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    init_std: float = 0.02
+    scale_embedding: bool = False
+    tie_word_embeddings: bool = True
+    pad_token_id: int = 1
+    bos_token_id: int = 0
+    eos_token_id: int = 2
+    decoder_start_token_id: int = 2
+    # Generation defaults stored in BART config.json files (None: transformers' defaults).
+    forced_bos_token_id: int | None = None
+    forced_eos_token_id: int | None = 2
+    max_length: int | None = None
+    min_length: int | None = None
+    num_beams: int | None = None
+    length_penalty: float | None = None
+    no_repeat_ngram_size: int | None = None
+    early_stopping: bool | str | None = None
+    # LSG (ignored when lsg is False)
+    lsg: bool = True
+    adaptive: bool = True
+    block_size: int = 128
+    lsh_num_pre_rounds: int = 1
+    mask_first_token: bool = False
+    num_global_tokens: int = 1
+    pass_global_tokens_to_decoder: bool = True
+    pool_with_global: bool = True
+    sparse_block_size: int = 128
+    sparsity_factor: int = 2
+    sparsity_type: str | None = "norm"
+    model_type: str = "bart"
+    # Keys of config.json this model does not use (architectures, auto_map, task params...), written back unchanged.
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.sparsity_type not in SPARSITY_TYPES:
+            raise ValueError(f"sparsity_type={self.sparsity_type!r} is not supported; valid: "
+                             f"{', '.join(map(repr, SPARSITY_TYPES))}")
+        if self.activation_function not in ACTIVATIONS:
+            raise ValueError(f"activation_function={self.activation_function!r}: expected one of {ACTIVATIONS}")
+        if self.d_model % self.encoder_attention_heads or self.d_model % self.decoder_attention_heads:
+            raise ValueError("d_model must be divisible by the numbers of attention heads")
+        if not self.lsg:
+            return
+        # The original clamps these with a warning; so do we, so its config.json files load the same.
+        if self.num_global_tokens < 1:
+            warnings.warn("num_global_tokens < 1 is not compatible, setting num_global_tokens=1")
+            self.num_global_tokens = 1
+        elif self.num_global_tokens > MAX_GLOBAL_TOKENS:
+            warnings.warn(f"num_global_tokens > {MAX_GLOBAL_TOKENS} is not allowed, setting it to {MAX_GLOBAL_TOKENS}")
+            self.num_global_tokens = MAX_GLOBAL_TOKENS
+        if self.sparsity_factor > 0 and (self.block_size % self.sparsity_factor
+                                         or self.block_size < self.sparsity_factor):
+            raise ValueError(f"block_size ({self.block_size}) must be a multiple of sparsity_factor "
+                             f"({self.sparsity_factor})")
+        if self.mask_first_token and not self.pool_with_global:
+            warnings.warn("pool_with_global=False is not compatible with mask_first_token=True; "
+                          "setting pool_with_global=True")
+            self.pool_with_global = True
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.encoder_attention_heads
+
+    @property
+    def has_sparse(self) -> bool:
+        return (self.lsg and self.sparsity_type not in (None, "none") and bool(self.sparse_block_size)
+                and self.sparsity_factor > 0)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "LSGBartConfig":
+        values = dict(values)
+        extra = dict(values.pop("extra", {}) or {})
+        if "lsg" not in values:
+            architectures = values.get("architectures") or []
+            values["lsg"] = (values.get("model_type") == "lsg_bart" or any(key in values for key in LSG_KEYS)
+                             or any(str(name).startswith("LSG") for name in architectures))
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in values.items() if k in names}
+        extra.update({k: v for k, v in values.items() if k not in names})
+        return cls(**known, extra=extra)
+
+    def to_dict(self) -> dict:
+        values = dataclasses.asdict(self)
+        extra = values.pop("extra")
+        lsg = values.pop("lsg")
+        if not lsg:
+            for key in LSG_KEYS:
+                values.pop(key)
+        # None generation defaults are left out, as transformers leaves out defaults.
+        values = {k: v for k, v in values.items() if v is not None or k in ("sparsity_type", "forced_bos_token_id")}
+        return {**extra, **values}
+
+    @classmethod
+    def from_json_file(cls, path) -> "LSGBartConfig":
+        with open(path) as f:
+            return cls.from_dict(json.load(f))

@@ -1,0 +1,438 @@
+"""LSG-BART (and plain BART) in Flax NNX, numerically matching the PyTorch LSG-BART of lsg-converter 0.1.9.
+
+BART: learned positions with an offset of 2, post-LayerNorm layers, layernorm_embedding, optional
+sqrt(d_model) embedding scale, final_logits_bias and a tied lm_head. The LSG encoder prepends
+num_global_tokens learned global tokens and uses `lsg_jax.attention.lsg_attention`; the decoder is BART's, with
+a key/value cache for `generate` (jaxport.generation).
+
+Encoder self-attention keeps [batch, heads, length, head_dim] so attention is blocked einsums; parameters carry
+logical axes (embed, heads, kv, mlp, vocab).
+"""
+import math
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxport.hf import PretrainedModel
+from jaxport.layers import ACTIVATIONS, Embed, causal_bias, dropout, padding_bias, split_rng, NEG_INF, normal_param
+from lsg_jax.attention import draw_lsh_projections, full_attention, lsg_attention
+from lsg_jax.configuration import LSGBartConfig
+
+POSITION_OFFSET = 2  # BART's learned positions start at row 2
+
+
+@flax.struct.dataclass
+class Seq2SeqLMOutput:
+    logits: jax.Array
+    encoder_last_hidden_state: jax.Array
+
+
+@flax.struct.dataclass
+class Seq2SeqModelOutput:
+    last_hidden_state: jax.Array
+    encoder_last_hidden_state: jax.Array
+
+
+class LSHKey(nnx.Variable):
+    """Raw PRNG key data used for LSH projections when a call gives no key (not saved with the weights)."""
+
+
+class Linear(nnx.Module):
+    """Projection with bias; the kernel keeps input and output axes apart, e.g. (embed, heads, kv)."""
+
+    def __init__(self, in_shape, out_shape, axes, std, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.num_in = len(in_shape)
+        self.dtype = dtype
+        self.kernel = normal_param(rngs, (*in_shape, *out_shape), std, axes, param_dtype)
+        self.bias = nnx.Param(jnp.zeros(tuple(out_shape), param_dtype), logical_axes=tuple(axes[self.num_in:]))
+
+    def __call__(self, x):
+        y = jnp.tensordot(x.astype(self.dtype), self.kernel[...].astype(self.dtype), axes=self.num_in)
+        return y + self.bias[...].astype(self.dtype)
+
+
+class LayerNorm(nnx.Module):
+    def __init__(self, size: int, eps: float = 1e-5, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.eps, self.dtype = eps, dtype
+        self.scale = nnx.Param(jnp.ones((size,), param_dtype), logical_axes=("embed",))
+        self.bias = nnx.Param(jnp.zeros((size,), param_dtype), logical_axes=("embed",))
+
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(self.dtype)
+
+
+class Attention(nnx.Module):
+    """BART multi-head attention projections; the attention itself depends on the caller (full, LSG, cached)."""
+
+    def __init__(self, config: LSGBartConfig, num_heads: int, *, dtype, param_dtype, rngs):
+        d, h = config.d_model, num_heads
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        std = config.init_std
+        self.query = Linear((d,), (h, d // h), ("embed", "heads", "kv"), std, **kw)
+        self.key = Linear((d,), (h, d // h), ("embed", "heads", "kv"), std, **kw)
+        self.value = Linear((d,), (h, d // h), ("embed", "heads", "kv"), std, **kw)
+        self.out = Linear((h, d // h), (d,), ("heads", "kv", "embed"), std, **kw)
+        self.dropout_rate = config.attention_dropout
+        self.dtype = dtype
+
+    def attend(self, x, bias, *, context=None, cache=None, position=0, rng=None):
+        """Full attention from x [B,T,E] to context (x when None); bias broadcastable to [B,H,T,S]. With `cache`,
+        new keys/values are written at `position` and the query attends over the whole cache."""
+        source = x if context is None else context
+        q, k, v = self.query(x), self.key(source), self.value(source)  # [B, T, H, D]
+        if cache is not None:
+            k = jax.lax.dynamic_update_slice_in_dim(cache["key"], k.astype(cache["key"].dtype), position, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cache["value"], v.astype(cache["value"].dtype), position, axis=1)
+            cache = {"key": k, "value": v}
+        scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
+        probs = dropout(jax.nn.softmax(scores + bias, axis=-1).astype(self.dtype), self.dropout_rate, rng)
+        return self.out(jnp.einsum("bhts,bshd->bthd", probs, v.astype(self.dtype))), cache
+
+
+class EncoderLayer(nnx.Module):
+    def __init__(self, config: LSGBartConfig, *, dtype, param_dtype, rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        d, ff, std = config.d_model, config.encoder_ffn_dim, config.init_std
+        self.self_attn = Attention(config, config.encoder_attention_heads, **kw)
+        self.self_attn_layer_norm = LayerNorm(d, **kw)
+        self.fc1 = Linear((d,), (ff,), ("embed", "mlp"), std, **kw)
+        self.fc2 = Linear((ff,), (d,), ("mlp", "embed"), std, **kw)
+        self.final_layer_norm = LayerNorm(d, **kw)
+        self.config = config
+        self.act = ACTIVATIONS[config.activation_function]
+        self.dtype = dtype
+
+    def __call__(self, x, bias, lsh_projections=None, rng=None):
+        """x [B, L, E]; bias [B, L] additive float32 over keys."""
+        cfg = self.config
+        rngs = split_rng(rng, 4)
+        if cfg.lsg:
+            attn = self.self_attn
+            q, k, v = (jnp.swapaxes(proj(x), 1, 2) for proj in (attn.query, attn.key, attn.value))  # [B,H,L,D]
+            out = lsg_attention(q, k, v, bias, cfg, self.dtype, lsh_projections)
+            h = attn.out(jnp.swapaxes(out, 1, 2).astype(self.dtype))
+        else:
+            h, _ = self.self_attn.attend(x, bias[:, None, None, :], rng=rngs[0])
+        x = self.self_attn_layer_norm(x + dropout(h, cfg.dropout, rngs[1]))
+        h = dropout(self.act(self.fc1(x)), cfg.activation_dropout, rngs[2])
+        return self.final_layer_norm(x + dropout(self.fc2(h), cfg.dropout, rngs[3]))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, config: LSGBartConfig, *, dtype, param_dtype, rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        d, ff, std = config.d_model, config.decoder_ffn_dim, config.init_std
+        self.self_attn = Attention(config, config.decoder_attention_heads, **kw)
+        self.self_attn_layer_norm = LayerNorm(d, **kw)
+        self.encoder_attn = Attention(config, config.decoder_attention_heads, **kw)
+        self.encoder_attn_layer_norm = LayerNorm(d, **kw)
+        self.fc1 = Linear((d,), (ff,), ("embed", "mlp"), std, **kw)
+        self.fc2 = Linear((ff,), (d,), ("mlp", "embed"), std, **kw)
+        self.final_layer_norm = LayerNorm(d, **kw)
+        self.config = config
+        self.act = ACTIVATIONS[config.activation_function]
+
+    def __call__(self, x, self_bias, context, cross_bias, cache=None, position=0, rng=None):
+        cfg = self.config
+        rngs = split_rng(rng, 7)
+        h, cache = self.self_attn.attend(x, self_bias, cache=cache, position=position, rng=rngs[0])
+        x = self.self_attn_layer_norm(x + dropout(h, cfg.dropout, rngs[1]))
+        h, _ = self.encoder_attn.attend(x, cross_bias, context=context, rng=rngs[2])
+        x = self.encoder_attn_layer_norm(x + dropout(h, cfg.dropout, rngs[3]))
+        h = dropout(self.act(self.fc1(x)), cfg.activation_dropout, rngs[4])
+        return self.final_layer_norm(x + dropout(self.fc2(h), cfg.dropout, rngs[5])), cache
+
+
+def _positions_embed(config, dtype, param_dtype, rngs):
+    return Embed(config.max_position_embeddings + POSITION_OFFSET, config.d_model, (None, "embed"), config.init_std,
+                 dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+class Encoder(nnx.Module):
+    def __init__(self, config: LSGBartConfig, *, dtype, param_dtype, rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.embed_positions = _positions_embed(config, **kw)
+        if config.lsg:
+            self.global_embeddings = Embed(512, config.d_model, (None, "embed"), config.init_std, **kw)
+        self.layernorm_embedding = LayerNorm(config.d_model, **kw)
+        self.layers = nnx.List([EncoderLayer(config, **kw) for _ in range(config.encoder_layers)])
+        self.config = config
+        self.dtype = dtype
+
+    def __call__(self, embeds, attention_mask, lsh_key=None, rng=None):
+        """embeds [B, T, E] (scaled token embeddings, T already a multiple of block_size where LSG needs it),
+        attention_mask [B, T] -> states [B, G + T, E] (G = 0 for plain BART)."""
+        cfg = self.config
+        B, T, _ = embeds.shape
+        x = embeds + self.embed_positions.embedding[POSITION_OFFSET:POSITION_OFFSET + T].astype(self.dtype)
+        bias = jnp.where(attention_mask > 0, 0.0, NEG_INF).astype(jnp.float32)
+        if cfg.lsg:
+            G = cfg.num_global_tokens
+            glob = self.global_embeddings.embedding[:G].astype(self.dtype)
+            x = jnp.concatenate([jnp.broadcast_to(glob[None], (B, G, glob.shape[-1])), x], axis=1)
+            bias = jnp.concatenate([jnp.zeros((B, G), jnp.float32), bias], axis=1)
+        rngs = split_rng(rng, len(self.layers) + 1)
+        x = dropout(self.layernorm_embedding(x), cfg.dropout, rngs[-1])
+        heads, head_dim = cfg.encoder_attention_heads, cfg.d_model // cfg.encoder_attention_heads
+        for i, (layer, layer_rng) in enumerate(zip(self.layers, rngs)):
+            projections = None
+            if cfg.lsg and cfg.sparsity_type == "lsh" and cfg.has_sparse:
+                projections = draw_lsh_projections(jax.random.fold_in(lsh_key, i), cfg, heads, head_dim)
+            x = layer(x, bias, projections, layer_rng)
+        return x
+
+
+class Decoder(nnx.Module):
+    def __init__(self, config: LSGBartConfig, *, dtype, param_dtype, rngs):
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.embed_positions = _positions_embed(config, **kw)
+        self.layernorm_embedding = LayerNorm(config.d_model, **kw)
+        self.layers = nnx.List([DecoderLayer(config, **kw) for _ in range(config.decoder_layers)])
+        self.config = config
+        self.dtype = dtype
+
+    def __call__(self, embeds, encoder_hidden, cross_bias, decoder_attention_mask=None, cache=None, position=0,
+                 rng=None):
+        cfg = self.config
+        num_queries = embeds.shape[1]
+        query_positions = position + jnp.arange(num_queries)
+        positions = jax.lax.dynamic_slice_in_dim(self.embed_positions.embedding[...], position + POSITION_OFFSET,
+                                                 num_queries, axis=0)
+        x = embeds + positions.astype(self.dtype)
+        num_keys = num_queries if cache is None else cache["layers"][0]["key"].shape[1]
+        self_bias = causal_bias(query_positions, jnp.arange(num_keys))
+        if decoder_attention_mask is not None:
+            self_bias = self_bias + padding_bias(decoder_attention_mask)
+        rngs = split_rng(rng, len(self.layers) + 1)
+        x = dropout(self.layernorm_embedding(x), cfg.dropout, rngs[-1])
+        new_cache = []
+        for i, (layer, layer_rng) in enumerate(zip(self.layers, rngs)):
+            layer_cache = None if cache is None else cache["layers"][i]
+            x, layer_cache = layer(x, self_bias, encoder_hidden, cross_bias, layer_cache, position, layer_rng)
+            new_cache.append(layer_cache)
+        return x, (None if cache is None else {"layers": new_cache})
+
+
+def _raw_key(key):
+    """uint32 key data from a typed key or a legacy uint32 key."""
+    key = key if isinstance(key, jax.Array) else jnp.asarray(key)
+    return jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+
+
+def _typed_key(key):
+    key = key if isinstance(key, jax.Array) else jnp.asarray(key)
+    return key if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else jax.random.wrap_key_data(key)
+
+
+class LSGBartModel(PretrainedModel):
+    """The encoder-decoder without the language-model head (the original's LSGBartModel)."""
+
+    config_class = LSGBartConfig
+    _with_head = False
+
+    def __init__(self, config: LSGBartConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = config
+        self.dtype = dtype
+        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.shared = Embed(config.vocab_size, config.d_model, ("vocab", "embed"), config.init_std, **kw)
+        self.encoder = Encoder(config, **kw)
+        self.decoder = Decoder(config, **kw)
+        self.lsh_key = LSHKey(jax.random.key_data(jax.random.key(0)))
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+
+    @classmethod
+    def conversion_rules(cls, config: LSGBartConfig):
+        from lsg_jax.convert import lsg_bart_rules
+        return lsg_bart_rules(config, with_head=cls._with_head)
+
+    # --- encoder ---------------------------------------------------------------------------------------
+
+    def prepare_inputs(self, input_ids, attention_mask=None, *, truncation: bool = False):
+        """Checks (or with truncation=True, cuts) the input length against max_position_embeddings; returns
+        (input_ids, attention_mask) as int32 arrays."""
+        input_ids = jnp.asarray(input_ids, jnp.int32)
+        mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+        limit = self.config.max_position_embeddings
+        if self.config.lsg and self.config.adaptive and input_ids.shape[1] > 2 * self.config.block_size:
+            limit -= limit % self.config.block_size  # padding up to a whole block must stay within the table
+        if input_ids.shape[1] > limit:
+            if not truncation:
+                raise ValueError(
+                    f"input length {input_ids.shape[1]} exceeds what the position table allows ({limit} tokens: "
+                    f"max_position_embeddings={self.config.max_position_embeddings}, padded to whole blocks of "
+                    f"{self.config.block_size}); pass truncation=True to cut inputs, or convert the checkpoint "
+                    "for a longer length (lsg_jax.bart_to_lsg)")
+            input_ids, mask = input_ids[:, :limit], mask[:, :limit]
+        return input_ids, mask
+
+    def encode(self, input_ids=None, attention_mask=None, *, inputs_embeds=None, lsh_key=None, dropout_rng=None,
+               truncation: bool = False) -> jax.Array:
+        """Encoder states [B, G + T, E] with pass_global_tokens_to_decoder (LSG), [B, T, E] otherwise.
+
+        lsh_key: PRNG key for the random projections of sparsity_type='lsh' (layer i uses fold_in(key, i)); when
+        None, one derived from dropout_rng, else the model's `lsh_key` variable."""
+        cfg = self.config
+        if inputs_embeds is None:
+            input_ids, attention_mask = self.prepare_inputs(input_ids, attention_mask, truncation=truncation)
+            inputs_embeds = self.shared(input_ids) * self.embed_scale
+        elif attention_mask is None:
+            attention_mask = jnp.ones(inputs_embeds.shape[:2], jnp.int32)
+        attention_mask = jnp.asarray(attention_mask, jnp.int32)
+        B, T = attention_mask.shape
+        if lsh_key is None:
+            lsh_key = jax.random.fold_in(_typed_key(dropout_rng), 7) if dropout_rng is not None else self.lsh_key[...]
+        lsh_key = _typed_key(lsh_key)
+        if not cfg.lsg:
+            if T > cfg.max_position_embeddings:
+                raise ValueError(f"input length {T} exceeds max_position_embeddings={cfg.max_position_embeddings}")
+            return self.encoder(inputs_embeds, attention_mask, lsh_key, dropout_rng)
+        bs, G = cfg.block_size, cfg.num_global_tokens
+        if cfg.mask_first_token:
+            attention_mask = attention_mask.at[:, 0].set(0)
+        padded = T
+        if T > 2 * bs and T % bs:
+            if not cfg.adaptive:
+                raise ValueError(f"input length {T} is not a multiple of block_size {bs} and adaptive=False")
+            padded = T + bs - T % bs
+            inputs_embeds = jnp.pad(inputs_embeds, ((0, 0), (0, padded - T), (0, 0)))
+            # Padded token ids would be pad_token_id; embeds of padding do not matter beyond being masked, but
+            # the original embeds the pad token: do the same for identical states at padded positions.
+            if input_ids is not None:
+                pad_embed = self.shared(jnp.full((1, 1), cfg.pad_token_id, jnp.int32)) * self.embed_scale
+                inputs_embeds = inputs_embeds.at[:, T:].set(jnp.broadcast_to(pad_embed, (B, padded - T,
+                                                                                        inputs_embeds.shape[-1])))
+            attention_mask = jnp.pad(attention_mask, ((0, 0), (0, padded - T)))
+        if padded > cfg.max_position_embeddings:
+            raise ValueError(f"input length {T} (padded to {padded}) exceeds max_position_embeddings="
+                             f"{cfg.max_position_embeddings}; pass truncation=True or convert for a longer length")
+        hidden = self.encoder(inputs_embeds, attention_mask, lsh_key, dropout_rng)
+        if cfg.pass_global_tokens_to_decoder:
+            return hidden[:, :G + T]
+        if cfg.pool_with_global:
+            hidden = hidden.at[:, G].set(hidden[:, 0])
+        return hidden[:, G:G + T]
+
+    def cross_attention_mask(self, attention_mask, encoder_length: int):
+        """The decoder's mask over encoder states from the encoder's input mask [B, T]: the original masks the
+        first token too with mask_first_token (its encoder edits the caller's mask in place) and prepends ones
+        for the global tokens it passes to the decoder."""
+        mask = jnp.asarray(attention_mask, jnp.int32)
+        cfg = self.config
+        if cfg.lsg and mask.shape[1] != encoder_length:
+            if cfg.mask_first_token:
+                mask = mask.at[:, 0].set(0)
+            if cfg.pass_global_tokens_to_decoder:
+                mask = jnp.concatenate([jnp.ones((mask.shape[0], cfg.num_global_tokens), jnp.int32), mask], axis=1)
+        elif cfg.lsg and cfg.mask_first_token and not cfg.pass_global_tokens_to_decoder:
+            mask = mask.at[:, 0].set(0)
+        if mask.shape[1] != encoder_length:
+            raise ValueError(f"encoder attention mask of length {mask.shape[1]} does not fit {encoder_length} "
+                             "encoder states")
+        return mask
+
+    # --- decoder -----------------------------------------------------------------------------------------
+
+    def init_cache(self, batch_size: int, max_length: int) -> dict:
+        cfg = self.config
+        if max_length > cfg.max_position_embeddings:
+            raise ValueError(f"max_length {max_length} exceeds max_position_embeddings={cfg.max_position_embeddings}")
+        heads = cfg.decoder_attention_heads
+        shape = (batch_size, max_length, heads, cfg.d_model // heads)
+        return {"layers": [{"key": jnp.zeros(shape, self.dtype), "value": jnp.zeros(shape, self.dtype)}
+                           for _ in range(cfg.decoder_layers)]}
+
+    def decode_hidden(self, decoder_input_ids, encoder_hidden, encoder_attention_mask=None, cache=None, position=0,
+                      *, decoder_attention_mask=None, dropout_rng=None):
+        if encoder_attention_mask is None:
+            cross_bias = jnp.zeros((1, 1, 1, encoder_hidden.shape[1]), jnp.float32)
+        else:
+            cross_bias = padding_bias(self.cross_attention_mask(encoder_attention_mask, encoder_hidden.shape[1]))
+        embeds = self.shared(decoder_input_ids) * self.embed_scale
+        return self.decoder(embeds, encoder_hidden, cross_bias, decoder_attention_mask, cache, position, dropout_rng)
+
+    def __call__(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
+                 *, inputs_embeds=None, lsh_key=None, dropout_rng=None, truncation=False) -> Seq2SeqModelOutput:
+        if decoder_input_ids is None:
+            decoder_input_ids = shift_tokens_right(input_ids, self.config.pad_token_id,
+                                                   self.config.decoder_start_token_id)
+        if inputs_embeds is None:
+            had_mask = attention_mask is not None
+            input_ids, attention_mask = self.prepare_inputs(input_ids, attention_mask, truncation=truncation)
+            # Without a mask, the original's decoder sees every encoder state (globals, first token included).
+            attention_mask_for_decoder = attention_mask if had_mask else None
+        else:
+            attention_mask_for_decoder = attention_mask
+        encoder_rng, decoder_rng = split_rng(dropout_rng, 2)
+        hidden = self.encode(input_ids, attention_mask, inputs_embeds=inputs_embeds, lsh_key=lsh_key,
+                             dropout_rng=encoder_rng)
+        attention_mask = attention_mask_for_decoder
+        states, _ = self.decode_hidden(decoder_input_ids, hidden, attention_mask,
+                                       decoder_attention_mask=decoder_attention_mask, dropout_rng=decoder_rng)
+        return Seq2SeqModelOutput(last_hidden_state=states, encoder_last_hidden_state=hidden)
+
+
+class LSGBartForConditionalGeneration(LSGBartModel):
+    """LSG-BART with its language-model head (tied to the embedding unless tie_word_embeddings=False)."""
+
+    _with_head = True
+
+    def __init__(self, config: LSGBartConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        super().__init__(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        self.final_logits_bias = nnx.Param(jnp.zeros((1, config.vocab_size), param_dtype),
+                                           logical_axes=(None, "vocab"))
+        if not config.tie_word_embeddings:
+            self.lm_head = Embed(config.vocab_size, config.d_model, ("vocab", "embed"), config.init_std,
+                                 dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+    def lm_logits(self, hidden):
+        head = self.shared if self.config.tie_word_embeddings else self.lm_head
+        return (head.attend(hidden).astype(jnp.float32) + self.final_logits_bias[...].astype(jnp.float32))
+
+    def decode(self, decoder_input_ids, encoder_hidden, encoder_attention_mask=None, cache=None, position=0, *,
+               decoder_attention_mask=None, dropout_rng=None):
+        """Logits [B, T, V]. encoder_attention_mask is the encoder's input mask [B, T_in] (global tokens and
+        mask_first_token are applied here). With `cache`, tokens sit at `position` (incremental decoding)."""
+        hidden, cache = self.decode_hidden(decoder_input_ids, encoder_hidden, encoder_attention_mask, cache, position,
+                                           decoder_attention_mask=decoder_attention_mask, dropout_rng=dropout_rng)
+        return self.lm_logits(hidden), cache
+
+    def __call__(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
+                 *, inputs_embeds=None, labels=None, lsh_key=None, dropout_rng=None,
+                 truncation=False) -> Seq2SeqLMOutput:
+        if decoder_input_ids is None:
+            if labels is not None:
+                decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id,
+                                                       self.config.decoder_start_token_id)
+            else:
+                decoder_input_ids = shift_tokens_right(input_ids, self.config.pad_token_id,
+                                                       self.config.decoder_start_token_id)
+        out = super().__call__(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
+                               inputs_embeds=inputs_embeds, lsh_key=lsh_key, dropout_rng=dropout_rng,
+                               truncation=truncation)
+        return Seq2SeqLMOutput(logits=self.lm_logits(out.last_hidden_state),
+                               encoder_last_hidden_state=out.encoder_last_hidden_state)
+
+    def generate(self, input_ids, attention_mask=None, *, lsh_key=None, truncation=False, **kwargs):
+        """Greedy, beam or sampled decoding with transformers' argument names (jaxport.generation); returns
+        `.sequences`. lsh_key: the key of the LSH projections for this call (sparsity_type='lsh')."""
+        from jaxport.generation import seq2seq_generate
+        input_ids, attention_mask = self.prepare_inputs(input_ids, attention_mask, truncation=truncation)
+        model = self
+        if lsh_key is not None:
+            graphdef, state = nnx.split(self)
+            model = nnx.merge(graphdef, state)
+            model.lsh_key[...] = _raw_key(lsh_key)
+        return seq2seq_generate(model, input_ids, attention_mask, **kwargs)
+
+
+def shift_tokens_right(ids, pad_token_id: int, decoder_start_token_id: int):
+    """BART's teacher-forcing inputs: start token, then ids without the last; -100 becomes pad."""
+    ids = jnp.asarray(ids, jnp.int32)
+    shifted = jnp.concatenate([jnp.full_like(ids[:, :1], decoder_start_token_id), ids[:, :-1]], axis=1)
+    return jnp.where(shifted == -100, pad_token_id, shifted)
