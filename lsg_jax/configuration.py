@@ -4,9 +4,10 @@ written by the PyTorch LSG-BART (model_type "bart" with LSG keys, or "lsg_bart")
 A config without any LSG key describes plain BART (full attention, no global tokens).
 """
 import dataclasses
-import json
 import warnings
 from typing import Any
+
+from jaxport.hf_config import HFConfig
 
 SPARSITY_TYPES = (None, "none", "norm", "pooling", "lsh", "stride", "block_stride", "bos_pooling")
 ACTIVATIONS = ("gelu", "relu", "gelu_new", "silu")
@@ -17,7 +18,7 @@ MAX_GLOBAL_TOKENS = 512  # rows of the original's global embedding table
 
 
 @dataclasses.dataclass
-class LSGBartConfig:
+class LSGBartConfig(HFConfig):
     vocab_size: int = 50265
     max_position_embeddings: int = 1024
     d_model: int = 1024
@@ -101,28 +102,17 @@ class LSGBartConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "LSGBartConfig":
         values = dict(values)
-        extra = dict(values.pop("extra", {}) or {})
         if "lsg" not in values:
             architectures = values.get("architectures") or []
             values["lsg"] = (values.get("model_type") == "lsg_bart" or any(key in values for key in LSG_KEYS)
                              or any(str(name).startswith("LSG") for name in architectures))
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        known = {k: v for k, v in values.items() if k in names}
-        extra.update({k: v for k, v in values.items() if k not in names})
-        return cls(**known, extra=extra)
+        return super().from_dict(values)
 
     def to_dict(self) -> dict:
-        values = dataclasses.asdict(self)
-        extra = values.pop("extra")
+        values = super().to_dict()
         lsg = values.pop("lsg")
         if not lsg:
             for key in LSG_KEYS:
                 values.pop(key)
         # None generation defaults are left out, as transformers leaves out defaults.
-        values = {k: v for k, v in values.items() if v is not None or k in ("sparsity_type", "forced_bos_token_id")}
-        return {**extra, **values}
-
-    @classmethod
-    def from_json_file(cls, path) -> "LSGBartConfig":
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        return {k: v for k, v in values.items() if v is not None or k in ("sparsity_type", "forced_bos_token_id")}

@@ -1,13 +1,14 @@
 """T5 configuration with transformers' field names, so config.json files move both ways."""
 import dataclasses
-import json
 from typing import Any
+
+from jaxport.hf_config import HFConfig
 
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
 
 
 @dataclasses.dataclass
-class T5Config:
+class T5Config(HFConfig):
     vocab_size: int = 32128
     d_model: int = 512
     d_kv: int = 64
@@ -59,19 +60,4 @@ class T5Config:
         # scale_decoder_outputs; an unscaled T5 has its own lm_head.
         if values.get("scale_decoder_outputs") is False:
             values["tie_word_embeddings"] = False
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        known = {k: v for k, v in values.items() if k in names}
-        extra = {k: v for k, v in values.items() if k not in names}
-        extra.update(values.get("extra", {}))
-        extra.pop("extra", None)
-        return cls(**known, extra=extra)
-
-    def to_dict(self) -> dict:
-        values = dataclasses.asdict(self)
-        extra = values.pop("extra")
-        return {**extra, **values}
-
-    @classmethod
-    def from_json_file(cls, path) -> "T5Config":
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        return super().from_dict(values)

@@ -251,6 +251,6 @@ def test_cli_dtype_and_sharding(tmp_path):
 
 def test_cli_runs_as_a_module():
     result = subprocess.run([sys.executable, "-m", "convert", "--help"], capture_output=True, text=True, check=True)
-    assert "--to-pytorch" in result.stdout and "{t5}" in result.stdout
+    assert "--to-pytorch" in result.stdout and "{lsg,t5}" in result.stdout
     result = subprocess.run([sys.executable, "-m", "convert", "nope", "a", "b"], capture_output=True, text=True)
     assert result.returncode == 2 and "invalid choice" in result.stderr
