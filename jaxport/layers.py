@@ -16,18 +16,21 @@ def normal_param(rngs: nnx.Rngs, shape, std: float, axes: Sequence[str | None], 
 
 
 class Dense(nnx.Module):
-    """A bias-free projection whose kernel keeps input and output axes apart, e.g. (embed, heads, kv),
-    so each axis can be sharded on its own."""
+    """A projection whose kernel keeps input and output axes apart, e.g. (embed, heads, kv), so each axis
+    can be sharded on its own; optionally with a bias over the output axes."""
 
     def __init__(self, in_shape: Sequence[int], out_shape: Sequence[int], axes: Sequence[str | None], std: float,
-                 *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+                 *, use_bias: bool = False, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.num_in = len(in_shape)
         self.dtype = dtype
         self.kernel = normal_param(rngs, (*in_shape, *out_shape), std, axes, param_dtype)
+        if use_bias:
+            self.bias = nnx.Param(jnp.zeros(tuple(out_shape), param_dtype), logical_axes=tuple(axes[self.num_in:]))
+        self.use_bias = use_bias
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.kernel[...].astype(self.dtype)
-        return jnp.tensordot(x.astype(self.dtype), kernel, axes=self.num_in)
+        y = jnp.tensordot(x.astype(self.dtype), self.kernel[...].astype(self.dtype), axes=self.num_in)
+        return y + self.bias[...].astype(self.dtype) if self.use_bias else y
 
 
 class Embed(nnx.Module):

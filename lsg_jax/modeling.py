@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxport.hf import PretrainedModel
-from jaxport.layers import ACTIVATIONS, Embed, causal_bias, dropout, padding_bias, split_rng, NEG_INF, normal_param
+from jaxport.layers import ACTIVATIONS, NEG_INF, Dense, Embed, causal_bias, dropout, padding_bias, split_rng
 from lsg_jax.attention import draw_lsh_projections, full_attention, lsg_attention
 from lsg_jax.configuration import LSGBartConfig
 
@@ -37,20 +37,6 @@ class Seq2SeqModelOutput:
 
 class LSHKey(nnx.Variable):
     """Raw PRNG key data used for LSH projections when a call gives no key (not saved with the weights)."""
-
-
-class Linear(nnx.Module):
-    """Projection with bias; the kernel keeps input and output axes apart, e.g. (embed, heads, kv)."""
-
-    def __init__(self, in_shape, out_shape, axes, std, *, dtype, param_dtype, rngs: nnx.Rngs):
-        self.num_in = len(in_shape)
-        self.dtype = dtype
-        self.kernel = normal_param(rngs, (*in_shape, *out_shape), std, axes, param_dtype)
-        self.bias = nnx.Param(jnp.zeros(tuple(out_shape), param_dtype), logical_axes=tuple(axes[self.num_in:]))
-
-    def __call__(self, x):
-        y = jnp.tensordot(x.astype(self.dtype), self.kernel[...].astype(self.dtype), axes=self.num_in)
-        return y + self.bias[...].astype(self.dtype)
 
 
 class LayerNorm(nnx.Module):
@@ -74,10 +60,10 @@ class Attention(nnx.Module):
         d, h = config.d_model, num_heads
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         std = config.init_std
-        self.query = Linear((d,), (h, d // h), ("embed", "heads", "kv"), std, **kw)
-        self.key = Linear((d,), (h, d // h), ("embed", "heads", "kv"), std, **kw)
-        self.value = Linear((d,), (h, d // h), ("embed", "heads", "kv"), std, **kw)
-        self.out = Linear((h, d // h), (d,), ("heads", "kv", "embed"), std, **kw)
+        self.query = Dense((d,), (h, d // h), ("embed", "heads", "kv"), std, use_bias=True, **kw)
+        self.key = Dense((d,), (h, d // h), ("embed", "heads", "kv"), std, use_bias=True, **kw)
+        self.value = Dense((d,), (h, d // h), ("embed", "heads", "kv"), std, use_bias=True, **kw)
+        self.out = Dense((h, d // h), (d,), ("heads", "kv", "embed"), std, use_bias=True, **kw)
         self.dropout_rate = config.attention_dropout
         self.dtype = dtype
 
@@ -101,8 +87,8 @@ class EncoderLayer(nnx.Module):
         d, ff, std = config.d_model, config.encoder_ffn_dim, config.init_std
         self.self_attn = Attention(config, config.encoder_attention_heads, **kw)
         self.self_attn_layer_norm = LayerNorm(d, **kw)
-        self.fc1 = Linear((d,), (ff,), ("embed", "mlp"), std, **kw)
-        self.fc2 = Linear((ff,), (d,), ("mlp", "embed"), std, **kw)
+        self.fc1 = Dense((d,), (ff,), ("embed", "mlp"), std, use_bias=True, **kw)
+        self.fc2 = Dense((ff,), (d,), ("mlp", "embed"), std, use_bias=True, **kw)
         self.final_layer_norm = LayerNorm(d, **kw)
         self.config = config
         self.act = ACTIVATIONS[config.activation_function]
@@ -132,8 +118,8 @@ class DecoderLayer(nnx.Module):
         self.self_attn_layer_norm = LayerNorm(d, **kw)
         self.encoder_attn = Attention(config, config.decoder_attention_heads, **kw)
         self.encoder_attn_layer_norm = LayerNorm(d, **kw)
-        self.fc1 = Linear((d,), (ff,), ("embed", "mlp"), std, **kw)
-        self.fc2 = Linear((ff,), (d,), ("mlp", "embed"), std, **kw)
+        self.fc1 = Dense((d,), (ff,), ("embed", "mlp"), std, use_bias=True, **kw)
+        self.fc2 = Dense((ff,), (d,), ("mlp", "embed"), std, use_bias=True, **kw)
         self.final_layer_norm = LayerNorm(d, **kw)
         self.config = config
         self.act = ACTIVATIONS[config.activation_function]
