@@ -3,6 +3,7 @@
     python -m convert t5 t5-small runs/t5-small-flax               # hub id or HF folder -> Flax folder
     python -m convert t5 runs/t5-small-flax runs/t5-pt --to-pytorch  # Flax folder -> PyTorch-named safetensors
     python -m convert lsg facebook/bart-base runs/lsg-bart --from-bart --max-length 16384   # BART -> LSG-BART
+    python -m convert sip_finetune namednil/sip-d4-pt runs/sip-ft --from-pretraining  # SIP pre-training -> fine-tuning
 """
 import argparse
 import sys
@@ -32,9 +33,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     lsg.add_argument("--num-global-tokens", type=int, default=1)
     lsg.add_argument("--global-positional-stride", type=int, default=64)
     lsg.add_argument("--mask-token-id", type=int, default=None)
+    sip = parser.add_argument_group("sip_finetune --from-pretraining: a sip_pretrain folder -> a sip_finetune one, "
+                                    "its prefix initialised from the FST encoder's encodings of random FSTs")
+    sip.add_argument("--from-pretraining", action="store_true")
+    sip.add_argument("--num-precomputed-examples", type=int, default=400)
+    sip.add_argument("--prefix-max-init-length", type=int, default=70)
+    sip.add_argument("--num-examples", type=int, default=32)
+    sip.add_argument("--prefix-length", type=int, default=50)
+    sip.add_argument("--no-random-selection", action="store_true")
+    sip.add_argument("--fst-seed", type=int, default=0, help="seed of the random FSTs that are encoded")
+    sip.add_argument("--fst-tokenizer", default=None, help="unicode_char_tokenizer_ipa.json (default: looked up)")
     args = parser.parse_args(argv)
     if args.from_bart and args.family != "lsg":
         parser.error("--from-bart converts to the lsg family")
+    if args.from_pretraining and args.family != "sip_finetune":
+        parser.error("--from-pretraining converts to the sip_finetune family")
     return args
 
 
@@ -51,7 +64,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.dst}")
         return 0
     dtype = jnp.dtype(args.dtype)
-    model = registry.model_class(args.family).from_pretrained(args.src, dtype=dtype, param_dtype=dtype)
+    if args.from_pretraining:
+        from sip_jax.convert import convert_pretraining_folder
+        convert_pretraining_folder(
+            args.src, args.dst, pytorch=args.to_pytorch, dtype=dtype, max_shard_size=args.max_shard_size,
+            num_precomputed_examples=args.num_precomputed_examples, prefix_max_init_length=args.prefix_max_init_length,
+            num_examples=args.num_examples, prefix_length=args.prefix_length,
+            random_selection=not args.no_random_selection, seed=args.fst_seed, fst_tokenizer_path=args.fst_tokenizer)
+        print(f"wrote {args.dst}")
+        return 0
+    # A sip_finetune checkpoint keeps its NaN (not yet initialised) prefix: the loader initialises it on use.
+    keep_prefix = {"initialize_prefix": False} if args.family == "sip_finetune" else {}
+    model = registry.model_class(args.family).from_pretrained(args.src, dtype=dtype, param_dtype=dtype, **keep_prefix)
     model.save_pretrained(args.dst, pytorch=args.to_pytorch, max_shard_size=args.max_shard_size)
     print(f"wrote {args.dst}")
     return 0

@@ -5,6 +5,8 @@ import importlib
 FAMILIES = {
     "t5": ("t5_jax", "T5ForConditionalGeneration"),
     "lsg": ("lsg_jax", "LSGBartForConditionalGeneration"),
+    "sip_pretrain": ("sip_jax", "SIPPreTrainingModel"),
+    "sip_finetune": ("sip_jax", "SIPFinetuningModel"),
 }
 
 

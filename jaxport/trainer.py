@@ -98,7 +98,9 @@ def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int, params: dict)
     groups = opt.get("groups", {}) or {}
     labels = param_groups(opt, tree.flatten(params))
     peaks = {"default": opt.learning_rate, **{name: g.learning_rate for name, g in groups.items()}}
-    transforms = {name: base_optimizer(opt, make_schedule(opt, peak, num_steps)) for name, peak in peaks.items()}
+    # A group with learning rate 0 is frozen: no update and, unlike Adam at lr 0, no optimizer state.
+    transforms = {name: base_optimizer(opt, make_schedule(opt, peak, num_steps)) if peak else optax.set_to_zero()
+                  for name, peak in peaks.items()}
     tx = optax.multi_transform(transforms, tree.unflatten(labels))
     if opt.clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(opt.clip_norm), tx)
@@ -230,8 +232,11 @@ def build(config, task: Task) -> Setup:
 
     abstract_state = jax.eval_shape(state_from, abstract_params)
     replicated = sharding.replicated(mesh)
-    opt_shardings = optax.tree_map_params(tx, lambda _, s: s, abstract_state.opt_state, param_shardings,
-                                          transform_non_params=lambda _: replicated)
+    # Groups that multi_transform masks out hold MaskedNode placeholders, not arrays: they keep no sharding.
+    masked = lambda x: isinstance(x, optax.MaskedNode)
+    opt_shardings = optax.tree_map_params(tx, lambda leaf, s: leaf if masked(leaf) else s, abstract_state.opt_state,
+                                          param_shardings, transform_non_params=lambda _: replicated,
+                                          is_leaf=masked)
     state_shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
                                  rng=replicated, nonfinite_step=replicated)
 

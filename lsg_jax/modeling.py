@@ -17,7 +17,7 @@ from flax import nnx
 
 from jaxport.hf import PretrainedModel
 from jaxport.layers import ACTIVATIONS, NEG_INF, Dense, Embed, causal_bias, dropout, padding_bias, split_rng
-from lsg_jax.attention import draw_lsh_projections, full_attention, lsg_attention
+from lsg_jax.attention import draw_lsh_projections, lsg_attention
 from lsg_jax.configuration import LSGBartConfig
 
 POSITION_OFFSET = 2  # BART's learned positions start at row 2

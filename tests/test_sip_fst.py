@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+from pathlib import Path
 import pickle
 import random
 
@@ -13,7 +14,9 @@ from sip_jax.fst import (SPLITS, VOCAB, FSTPretrainingSource, FSTSeq2SeqPreproce
                          final_states, generate_dataset, graph_hash, pad_transitions, read_jsonl, simulate)
 from sip_jax.fst.transitions import EPSILON, ID, SPECIAL, TO_LOWER, TO_UPPER, num_states
 
-SHARED_TOKENIZER = os.environ.get("SIP_FST_TOKENIZER", "/work/shared/sip/unicode_char_tokenizer_ipa.json")
+# The team's shared/ folder sits beside the checkout (here and in CI).
+SHARED_TOKENIZER = os.environ.get(
+    "SIP_FST_TOKENIZER", str(Path(__file__).resolve().parents[2] / "shared" / "sip" / "unicode_char_tokenizer_ipa.json"))
 
 
 def _pynini():

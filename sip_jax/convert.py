@@ -1,0 +1,186 @@
+"""SIP's rule tables (PyTorch state-dict keys <-> Flax paths), and pre-training -> fine-tuning conversion.
+
+The original's Hub models wrap transformers' T5ForConditionalGeneration as `self.model`, so every T5 key gets
+the prefix `model.` (sip/fst_pretrain.py:177, sip/embed_finetune.py:201); the SIP parts sit at the top level:
+
+  sip_pretrain (fst_pretrain.py:179-189)          sip_finetune (embed_finetune.py:204, 212)
+    state_embeddings.weight      [num_states, S]    prefix_init_tensor  [num_precomputed_examples,
+    token_embeddings.weight      [vocab, T]                              prefix_max_init_length, d_model]
+    final_state_embedding.weight [3, F]             prefix_embedding    [1, prefix_length, d_model]
+    input_layer.weight/.bias     (no MLP), or
+    down_project.weight/.bias, output_layer.weight/.bias (mlp_hidden_dim set)
+
+The Flax models keep the T5 under `model/` too, so `model.X` <-> `model/Y` whenever T5's own table maps X <-> Y.
+
+    python -m sip_jax.convert --from-pretraining SRC DST [--pytorch] [--num-precomputed-examples 400] [--seed 0]
+"""
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+
+from jaxport.convert import Alias, Entry, Ignore, Rule, linear_kernel
+from t5_jax.convert import t5_rules
+
+T5_PYTORCH_PREFIX = "model."
+T5_FLAX_PREFIX = "model/"
+
+
+def prefixed(entries: Sequence[Entry], pytorch_prefix: str, flax_prefix: str) -> list[Entry]:
+    """A rule table for the same weights held one module deeper on both sides."""
+    out: list[Entry] = []
+    for entry in entries:
+        if isinstance(entry, Rule):
+            out.append(dataclasses.replace(entry, pytorch=pytorch_prefix + entry.pytorch, flax=flax_prefix + entry.flax))
+        elif isinstance(entry, Alias):
+            out.append(dataclasses.replace(entry, pytorch=pytorch_prefix + entry.pytorch,
+                                           canonical=pytorch_prefix + entry.canonical))
+        elif isinstance(entry, Ignore):
+            out.append(dataclasses.replace(entry, pytorch=pytorch_prefix + entry.pytorch))
+        else:
+            raise TypeError(f"unknown rule table entry {entry!r}")
+    return out
+
+
+def _linear(pytorch: str, flax: str) -> list[Rule]:
+    return [Rule(f"{pytorch}.weight", f"{flax}/kernel", linear_kernel(input_axes=1)),
+            Rule(f"{pytorch}.bias", f"{flax}/bias")]
+
+
+def sip_pretrain_rules(config) -> list[Entry]:
+    rules = prefixed(t5_rules(config), T5_PYTORCH_PREFIX, T5_FLAX_PREFIX)
+    rules += [
+        Rule("state_embeddings.weight", "fst_encoder/state_embeddings/embedding"),
+        Rule("token_embeddings.weight", "fst_encoder/token_embeddings/embedding"),
+        Rule("final_state_embedding.weight", "fst_encoder/final_state_embedding/embedding"),
+    ]
+    if config.mlp_hidden_dim is None:
+        rules += _linear("input_layer", "fst_encoder/input_layer")
+    else:
+        rules += _linear("down_project", "fst_encoder/down_project") + _linear("output_layer", "fst_encoder/output_layer")
+    return rules
+
+
+def sip_finetune_rules(config) -> list[Entry]:
+    return prefixed(t5_rules(config), T5_PYTORCH_PREFIX, T5_FLAX_PREFIX) + [
+        Rule("prefix_embedding", "prefix_embedding"),
+        Rule("prefix_init_tensor", "prefix_init_tensor"),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pre-training model -> fine-tuning model
+
+
+def pad_fst_reps(fst_reps: Sequence, num_states: int, max_len: int | None = None) -> np.ndarray:
+    """Stack transition id arrays [n_i, 4 or 5] into [N, max_len, width] as the original's `batch_fsts`
+    (sip/data_loading.py:81-93): padding transitions have the padding state `num_states - 1` on both ends,
+    symbol id 0 ([PAD] of the FST tokenizer) and flag 0; FSTs longer than `max_len` are cut."""
+    reps = [np.asarray(rep, np.int64) for rep in fst_reps]
+    if not reps:
+        raise ValueError("no FSTs to pad")
+    for index, rep in enumerate(reps):
+        if rep.ndim != 2 or rep.shape[1] not in (4, 5) or rep.shape[1] != reps[0].shape[1]:
+            raise ValueError(f"FST {index}: transition array of shape {rep.shape}; expected [transitions, 4 or 5] "
+                             "(from state, input symbol, output symbol, to state[, is final]), one width for all")
+    width = reps[0].shape[1]
+    length = max(len(rep) for rep in reps) if max_len is None else max_len
+    out = np.zeros((len(reps), length, width), np.int32)
+    out[:, :, 0] = num_states - 1
+    out[:, :, 3] = num_states - 1
+    for i, rep in enumerate(reps):
+        rep = rep[:length]
+        out[i, :len(rep)] = rep
+    return out
+
+
+def compute_prefix_init_tensor(model, fst_reps: np.ndarray, batch_size: int = 50) -> np.ndarray:
+    """Encode padded FSTs [N, L, 4 or 5] with a pre-training model's FST encoder (no dropout), as the original
+    does to initialise the prefix (sip/embed_finetune.py:39-45): [N, L, d_model] float32."""
+    import jax
+
+    from sip_jax.modeling import check_fst_rep_values
+
+    check_fst_rep_values(fst_reps, model.config)
+    encode = jax.jit(lambda encoder, reps: encoder(reps))
+    chunks = [np.asarray(encode(model.fst_encoder, fst_reps[start:start + batch_size]), np.float32)
+              for start in range(0, len(fst_reps), batch_size)]
+    return np.concatenate(chunks, axis=0)
+
+
+def sample_fst_reps(num: int, *, num_states: int, seed: int = 0, fst_tokenizer_path=None) -> list[np.ndarray]:
+    """`num` random FSTs drawn by the FST generator (sip_jax.fst.FSTPretrainingSource), each as the id array
+    [transitions, 5] of the original's `fst_to_vector` (through the FST tokenizer)."""
+    from sip_jax.fst import FSTPretrainingSource, FSTTokenizer, encode_transitions
+    from sip_jax.fst_data import resolve_fst_tokenizer_path
+
+    tokenizer = FSTTokenizer(resolve_fst_tokenizer_path(fst_tokenizer_path))
+    source = FSTPretrainingSource(seed=seed)
+    return [encode_transitions(source[i]["FST"], tokenizer, num_states) for i in range(num)]
+
+
+def finetuning_from_pretraining(model, fst_reps=None, *, num_examples: int = 32, prefix_length: int = 50,
+                                random_selection: bool = True, prefix_max_init_length: int = 70,
+                                num_precomputed_examples: int = 400, seed: int = 0, batch_size: int = 50,
+                                initialize_prefix: bool = False, prefix_init_rng=None, fst_tokenizer_path=None):
+    """A SIPFinetuningModel from a SIPPreTrainingModel: the same T5 weights, and `prefix_init_tensor` holding the
+    FST encoder's output for `num_precomputed_examples` FSTs padded or cut to `prefix_max_init_length`
+    transitions (the original's recipe: sip/embed_finetune.py:19-50 and 175-223).
+
+    `fst_reps`: the FSTs, as id arrays [n_i, 4 or 5] (or already padded [N, L, W]); None samples random ones
+    from the FST generator with `seed`. The prefix is left NaN, as on the Hub, so that from_pretrained
+    initialises it (with the loader's selection settings); `initialize_prefix=True` sets it now instead.
+    """
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from sip_jax.configuration import finetuning_config_from_pretraining
+    from sip_jax.modeling import SIPFinetuningModel
+
+    pre_config = model.config
+    config = finetuning_config_from_pretraining(
+        pre_config, num_examples=num_examples, prefix_length=prefix_length, random_selection=random_selection,
+        prefix_max_init_length=prefix_max_init_length, num_precomputed_examples=num_precomputed_examples)
+    if fst_reps is None:
+        fst_reps = sample_fst_reps(num_precomputed_examples, seed=seed, num_states=pre_config.num_states,
+                                   fst_tokenizer_path=fst_tokenizer_path)
+    padded = pad_fst_reps(list(fst_reps), pre_config.num_states, prefix_max_init_length)
+    if len(padded) != num_precomputed_examples:
+        raise ValueError(f"{len(padded)} FSTs given for num_precomputed_examples={num_precomputed_examples}")
+    init_tensor = compute_prefix_init_tensor(model, padded, batch_size)
+
+    t5_state = nnx.state(model.model, nnx.Param)
+    param_dtype = jax.tree.leaves(t5_state)[0].dtype
+    finetuning = nnx.eval_shape(lambda: SIPFinetuningModel(config, dtype=model.dtype, param_dtype=param_dtype,
+                                                           rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(finetuning)
+    pure = nnx.to_pure_dict(state)
+    pure["model"] = nnx.to_pure_dict(t5_state)
+    pure["prefix_init_tensor"] = jnp.asarray(init_tensor, param_dtype)
+    pure["prefix_embedding"] = jnp.full(pure["prefix_embedding"].shape, jnp.nan, param_dtype)
+    nnx.replace_by_pure_dict(state, pure)
+    finetuning = nnx.merge(graphdef, state)
+    if initialize_prefix:
+        finetuning.initialize_prefix(jax.random.key(seed) if prefix_init_rng is None else prefix_init_rng)
+    return finetuning
+
+
+def convert_pretraining_folder(src, dst, *, pytorch: bool = False, num_precomputed_examples: int = 400,
+                               prefix_max_init_length: int = 70, num_examples: int = 32, prefix_length: int = 50,
+                               random_selection: bool = True, seed: int = 0, fst_reps=None, dtype=None,
+                               fst_tokenizer_path=None, max_shard_size=None):
+    """Read a sip_pretrain folder (PyTorch or Flax weights), write a sip_finetune folder (Flax weights, or with
+    `pytorch=True` the original's key names)."""
+    import jax.numpy as jnp
+
+    from sip_jax.modeling import SIPPreTrainingModel
+
+    dtype = jnp.float32 if dtype is None else dtype
+    model = SIPPreTrainingModel.from_pretrained(src, dtype=dtype, param_dtype=dtype)
+    finetuning = finetuning_from_pretraining(
+        model, fst_reps, num_examples=num_examples, prefix_length=prefix_length, random_selection=random_selection,
+        prefix_max_init_length=prefix_max_init_length, num_precomputed_examples=num_precomputed_examples, seed=seed,
+        fst_tokenizer_path=fst_tokenizer_path)
+    finetuning.save_pretrained(dst, pytorch=pytorch, max_shard_size=max_shard_size)
+    return finetuning

@@ -1,0 +1,57 @@
+"""The training side's link to the FST generator (sip_jax.fst): where the FST tokenizer file is, and the
+pre-training source and preprocessor made from a config's `data` section.
+
+The generator itself (FST sampling, the on-the-fly source, the tokenizer encoding) lives in sip_jax.fst;
+this module only chooses and wires its pieces.
+"""
+import os
+from pathlib import Path
+
+from sip_jax.fst.settings import FST_TOKENIZER_FILE
+
+# Where the FST tokenizer (the original's unicode_char_tokenizer_ipa.json) is looked for, in order, when
+# no path is given: an environment variable, then beside the FST package, this package, the working directory.
+FST_TOKENIZER_ENV = "SIP_FST_TOKENIZER"
+
+
+def resolve_fst_tokenizer_path(path: str | os.PathLike | None = None) -> Path:
+    if path:
+        found = Path(path).expanduser()
+        if not found.is_file():
+            raise FileNotFoundError(f"no FST tokenizer file at {found}")
+        return found
+    here = Path(__file__).resolve().parent
+    candidates = [Path(os.environ[FST_TOKENIZER_ENV])] if os.environ.get(FST_TOKENIZER_ENV) else []
+    candidates += [here / "fst" / FST_TOKENIZER_FILE, here / FST_TOKENIZER_FILE, Path.cwd() / FST_TOKENIZER_FILE]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"cannot find the FST tokenizer {FST_TOKENIZER_FILE} (looked in {', '.join(map(str, candidates))}); "
+        f"pass its path (data.fst_tokenizer_path / --fst-tokenizer) or set {FST_TOKENIZER_ENV}")
+
+
+def pretraining_source(cfg, split: str):
+    """The on-the-fly source of pre-training examples for `split`: the training stream from `cfg.seed`, and
+    `cfg.num_eval_examples` examples of another seed's stream (FSTs training is unlikely to meet) for eval."""
+    from sip_jax.fst import FSTPretrainingSource, SamplerConfig
+
+    overrides = cfg.get("sampler")
+    sampler = SamplerConfig(**(overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides or {})))
+    seed = cfg.seed if split == "train" else cfg.seed + 1_000_003
+    source = FSTPretrainingSource(seed=seed, sampler=sampler, examples_per_fst=cfg.examples_per_fst)
+    return source if split == "train" else [source[i] for i in range(cfg.num_eval_examples)]
+
+
+def pretraining_preprocessor(cfg, tokenizer, num_states: int, decoder_start_token_id: int = 0):
+    """example {"FST", "input", "output"} -> the seq2seq arrays plus "fst_rep" [max_transitions, 5]."""
+    from sip_jax.fst import FSTSeq2SeqPreprocessor, FSTTokenizer
+
+    fst_tokenizer = FSTTokenizer(resolve_fst_tokenizer_path(cfg.fst_tokenizer_path))
+    if decoder_start_token_id != 0:
+        raise ValueError("the FST preprocessor starts decoder inputs with token 0 (T5's); "
+                         f"got decoder_start_token_id={decoder_start_token_id}")
+    return FSTSeq2SeqPreprocessor(tokenizer, fst_tokenizer, cfg.max_input_length, cfg.max_target_length,
+                                  num_states=num_states, max_transitions=cfg.max_transitions,
+                                  input_key=cfg.input_key, target_key=cfg.target_key, fst_key=cfg.fst_key,
+                                  truncate=cfg.truncate)
