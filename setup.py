@@ -28,7 +28,9 @@ setup(
         # Pinned exactly: on CPU-only CI this resolves to a small CPU build; elsewhere PyPI's build.
         # FST sampling for SIP's pre-training data, as the original does it (OpenFst through pynini).
         "sip": ["pynini>=2.1.6"],
-        "test": ["pytest>=8", "torch==2.13.0", "pynini>=2.1.6", "nbformat", "nbclient", "ipykernel"],
+        # ROUGE of generated summaries, the metric the LSG paper and arxiv summarization report.
+        "lsg": ["rouge-score"],
+        "test": ["pytest>=8", "torch==2.13.0", "pynini>=2.1.6", "rouge-score", "nbformat", "nbclient", "ipykernel"],
         "gpu": ["jax[cuda13]"],
         "tpu": ["jax[tpu]"],
     },

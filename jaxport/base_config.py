@@ -28,6 +28,7 @@ def base() -> ml_collections.ConfigDict:
     c.optimizer.name = "adamw"
     c.optimizer.learning_rate = 1e-3
     c.optimizer.warmup_steps = 100
+    c.optimizer.warmup_fraction = 0.0  # > 0: warmup over round(fraction * train.num_steps) steps instead
     c.optimizer.decay = "cosine"  # linear | cosine | rsqrt | constant
     c.optimizer.end_factor = 0.0  # final learning rate as a fraction of the peak
     c.optimizer.b1 = 0.9

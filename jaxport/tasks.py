@@ -1,6 +1,5 @@
 """The encoder-decoder training task shared by every seq2seq family (T5, SIP, LSG-BART, FLIPPED):
 teacher-forced cross-entropy, token and sequence accuracy, data sources chosen by `config.data`."""
-import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
@@ -12,6 +11,18 @@ def token_cross_entropy(logits, labels, mask):
     """(sum of per-token losses over mask, number of tokens)."""
     losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
     return jnp.sum(losses * mask), jnp.sum(mask).astype(jnp.float32)
+
+
+def teacher_forced_metrics(logits, batch) -> dict:
+    """Loss, token accuracy and sequence accuracy under teacher forcing, as (sum, count) pairs; rows the eval
+    iterator marks as padding (EXAMPLE_MASK) count for nothing."""
+    rows = batch.get(data.EXAMPLE_MASK, jnp.ones(logits.shape[:1], jnp.int32)).astype(jnp.float32)
+    mask = batch["decoder_attention_mask"] * rows[:, None]
+    loss_sum, tokens = token_cross_entropy(logits, batch["labels"], mask)
+    correct = (jnp.argmax(logits, -1) == batch["labels"]) * mask
+    sequence_correct = jnp.all((correct > 0) | (mask == 0), axis=-1) * rows
+    return {"loss": (loss_sum, tokens), "token_accuracy": (jnp.sum(correct), tokens),
+            "sequence_accuracy": (jnp.sum(sequence_correct), jnp.sum(rows))}
 
 
 def make_tokenizer(name: str):
@@ -41,12 +52,14 @@ def make_source(cfg, split: str):
 
 
 class Seq2SeqTask:
-    def __init__(self, config, model_class, config_class):
+    def __init__(self, config, model_class, config_class, tokenizer=None):
+        """tokenizer: the data interface's tokenizer object; None makes one from `config.data.tokenizer`."""
         self.model_class = model_class
         self.model_config = config_class.from_dict(config.model.to_dict())
         cfg = config.data
+        tokenizer = tokenizer if tokenizer is not None else make_tokenizer(cfg.tokenizer)
         self.preprocess = data.Seq2SeqPreprocessor(
-            make_tokenizer(cfg.tokenizer), cfg.max_input_length, cfg.max_target_length,
+            tokenizer, cfg.max_input_length, cfg.max_target_length,
             input_key=cfg.input_key, target_key=cfg.target_key, truncate=cfg.truncate,
             decoder_start_token_id=self.model_config.decoder_start_token_id)
 
@@ -81,10 +94,4 @@ class Seq2SeqTask:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        decoder_input_ids=batch["decoder_input_ids"],
                        decoder_attention_mask=batch["decoder_attention_mask"]).logits
-        rows = batch.get(data.EXAMPLE_MASK, jnp.ones(logits.shape[:1], jnp.int32)).astype(jnp.float32)
-        mask = batch["decoder_attention_mask"] * rows[:, None]
-        loss_sum, tokens = token_cross_entropy(logits, batch["labels"], mask)
-        correct = (jnp.argmax(logits, -1) == batch["labels"]) * mask
-        sequence_correct = jnp.all((correct > 0) | (mask == 0), axis=-1) * rows
-        return {"loss": (loss_sum, tokens), "token_accuracy": (jnp.sum(correct), tokens),
-                "sequence_accuracy": (jnp.sum(sequence_correct), jnp.sum(rows))}
+        return teacher_forced_metrics(logits, batch)

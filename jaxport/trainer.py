@@ -38,6 +38,14 @@ class Task(Protocol):
     def loss(self, model, batch: dict, dropout_rng) -> tuple[jax.Array, jax.Array]: ...
     def eval_metrics(self, model, batch: dict) -> dict[str, tuple[jax.Array, jax.Array]]: ...  # name -> (sum, count)
     def num_tokens(self, batch: dict) -> int: ...  # tokens processed, for tokens/s
+    # Optional, for metrics on generated outputs (seq2seq families); a task without `predict`, or with
+    # predict = None, has none. At each evaluation `predict` runs jitted on every eval batch like eval_metrics
+    # (on every process), its outputs and the batch's rows are gathered, and process 0 scores the real rows:
+    # per-example scores (averaged into eval_NAME) and one JSON-able record per example, written in eval order
+    # to WORKDIR/predictions_STEP.jsonl.
+    def predict(self, model, batch: dict) -> jax.Array: ...  # [B, ...] outputs, e.g. generated sequences
+    def score_predictions(self, batch: dict, predictions: np.ndarray
+                          ) -> tuple[dict[str, np.ndarray], list[dict]]: ...  # ({name: [B] scores}, B records)
 
 
 @flax.struct.dataclass
@@ -57,8 +65,11 @@ class NonFiniteLossError(FloatingPointError):
 # ----------------------------------------------------------------------------------------- optimizer
 
 def make_schedule(opt: ml_collections.ConfigDict, peak: float, num_steps: int) -> optax.Schedule:
-    """Linear warmup to `peak`, then linear/cosine/rsqrt decay or constant."""
-    warmup = opt.warmup_steps
+    """Linear warmup to `peak` (over optimizer.warmup_steps, or warmup_fraction of num_steps when > 0), then
+    linear/cosine/rsqrt decay or constant."""
+    # warmup_fraction > 0 ties the warmup to the run's length, so it follows a --config.train.num_steps override.
+    fraction = opt.get("warmup_fraction", 0.0)
+    warmup = round(fraction * num_steps) if fraction > 0 else opt.warmup_steps
     decay_steps = max(num_steps - warmup, 1)
     if opt.decay == "linear":
         decay = optax.linear_schedule(peak, peak * opt.end_factor, decay_steps)
@@ -166,6 +177,12 @@ def make_eval_step(graphdef, task: Task) -> Callable:
     return eval_step
 
 
+def make_predict_step(graphdef, task: Task) -> Callable:
+    def predict_step(params, batch):
+        return task.predict(nnx.merge(graphdef, params), batch)
+    return predict_step
+
+
 # ------------------------------------------------------------------------------------------ metrics
 
 class MetricsWriter:
@@ -257,13 +274,48 @@ def global_batch(batch: dict, batch_sharding) -> dict:
     return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v)) for k, v in batch.items()}
 
 
-def evaluate(eval_step, params, batches, batch_sharding) -> dict[str, float]:
+def all_rows(tree):
+    """Numpy copies holding every process's rows: host-local arrays concatenated in process order (the order
+    of the global batch), global jax.Arrays whole."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def evaluate(eval_step, params, batches, batch_sharding, *, predict_step=None, task: Task | None = None,
+             predictions_path: Path | None = None) -> dict[str, float]:
+    """Mean eval metrics over `batches`. With `predict_step`, also the mean of the task's per-example scores of
+    the predictions (process 0 only) and, on process 0, one record per real example in `predictions_path`."""
+    from jaxport.data import EXAMPLE_MASK
+
     totals: dict[str, list[float]] = {}
-    for batch in batches:
-        for name, (total, count) in jax.device_get(eval_step(params, global_batch(batch, batch_sharding))).items():
-            acc = totals.setdefault(name, [0.0, 0.0])
-            acc[0] += float(total)
-            acc[1] += float(count)
+    scoring = predict_step is not None and jax.process_index() == 0
+    records = open(predictions_path, "w", encoding="utf-8") if scoring and predictions_path else None
+    try:
+        for batch in batches:
+            inputs = global_batch(batch, batch_sharding)
+            outputs = predict_step(params, inputs) if predict_step is not None else None
+            for name, (total, count) in jax.device_get(eval_step(params, inputs)).items():
+                acc = totals.setdefault(name, [0.0, 0.0])
+                acc[0] += float(total)
+                acc[1] += float(count)
+            if predict_step is None:
+                continue
+            rows, outputs = all_rows((batch, outputs))  # collective: every process takes part
+            if not scoring:
+                continue
+            real = np.asarray(rows.pop(EXAMPLE_MASK, np.ones(len(outputs), bool)), bool)
+            scores, batch_records = task.score_predictions({k: v[real] for k, v in rows.items()}, outputs[real])
+            for name, values in scores.items():
+                acc = totals.setdefault(name, [0.0, 0.0])
+                acc[0] += float(np.sum(values))
+                acc[1] += float(np.size(values))
+            if records is not None:
+                records.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in batch_records)
+    finally:
+        if records is not None:
+            records.close()
     return {f"eval_{name}": total / max(count, 1.0) for name, (total, count) in totals.items()}
 
 
@@ -300,6 +352,10 @@ def train(config, workdir: str | Path, task: Task) -> dict[str, float]:
                          out_shardings=(setup.state_shardings, None), donate_argnums=0)
     eval_step = jax.jit(make_eval_step(setup.graphdef, task), in_shardings=(setup.state_shardings.params,
                                                                              setup.batch_sharding))
+    predict_step = None
+    if callable(getattr(task, "predict", None)):
+        predict_step = jax.jit(make_predict_step(setup.graphdef, task),
+                               in_shardings=(setup.state_shardings.params, setup.batch_sharding))
     writer = MetricsWriter(workdir, start)
     logged: dict[str, float] = {}
     pending, tokens, window_start = [], 0, time.perf_counter()
@@ -327,7 +383,9 @@ def train(config, workdir: str | Path, task: Task) -> dict[str, float]:
             if cfg.eval_every and (step % cfg.eval_every == 0 or last):
                 eval_batches = task.eval_data(config)
                 if eval_batches is not None:
-                    record.update(evaluate(eval_step, state.params, eval_batches, setup.batch_sharding))
+                    record.update(evaluate(eval_step, state.params, eval_batches, setup.batch_sharding,
+                                           predict_step=predict_step, task=task,
+                                           predictions_path=workdir / f"predictions_{step}.jsonl"))
             if record:
                 writer.write(step, record)
                 logged = {**logged, **record}

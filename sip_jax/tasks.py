@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from jaxport import data, tree
-from jaxport.tasks import Seq2SeqTask, make_tokenizer, token_cross_entropy
+from jaxport.tasks import Seq2SeqTask, make_tokenizer, teacher_forced_metrics, token_cross_entropy
 from sip_jax.configuration import SIPFinetuningConfig, SIPPreTrainingConfig
 from sip_jax.modeling import SIPFinetuningModel, SIPPreTrainingModel
 
@@ -101,17 +101,6 @@ def generation_metrics(tokenizer, sequences, batch) -> dict:
     total = jnp.sum(rows)
     sums = jnp.sum(scores * rows[:, None], axis=0)
     return {"accuracy": (sums[0], total), "edit_distance": (sums[1], total), "per": (sums[2], total)}
-
-
-def teacher_forced_metrics(logits, batch) -> dict:
-    """Loss, token accuracy and sequence accuracy under teacher forcing (as jaxport.tasks.Seq2SeqTask)."""
-    rows = batch.get(data.EXAMPLE_MASK, jnp.ones(logits.shape[:1], jnp.int32)).astype(jnp.float32)
-    mask = batch["decoder_attention_mask"] * rows[:, None]
-    loss_sum, tokens = token_cross_entropy(logits, batch["labels"], mask)
-    correct = (jnp.argmax(logits, -1) == batch["labels"]) * mask
-    sequence_correct = jnp.all((correct > 0) | (mask == 0), axis=-1) * rows
-    return {"loss": (loss_sum, tokens), "token_accuracy": (jnp.sum(correct), tokens),
-            "sequence_accuracy": (jnp.sum(sequence_correct), jnp.sum(rows))}
 
 
 def _masked_loss(logits, batch):

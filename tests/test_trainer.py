@@ -1,6 +1,5 @@
 """The training loop's promises: exact resume after SIGKILL, NaN stops, wrong checkpoints refused."""
 import json
-import os
 import signal
 import subprocess
 import sys
