@@ -70,6 +70,7 @@ from jaxport import base_config, trainer
 from jaxport.hf import read_config
 from jaxport.tasks import Seq2SeqTask
 from lsg_jax import LSGBartConfig, LSGBartForConditionalGeneration
+from rates import jax_matmul_peak
 
 LSG_BART_BASE = dict(
     vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
@@ -168,23 +169,6 @@ def train_flops(m: dict, tokens_in: int, tokens_out: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ device rates
-
-def jax_matmul_peak(n: int, iters: int = 20, repeats: int = 3) -> float:
-    ka, kb = jax.random.split(jax.random.key(0))
-    a = jax.random.normal(ka, (n, n), jnp.bfloat16)
-    b = jax.random.normal(kb, (n, n), jnp.bfloat16)
-    matmul = jax.jit(jnp.matmul)
-    for _ in range(3):
-        matmul(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(iters):  # dispatched back to back, one sync at the end
-            c = matmul(a, b)
-        c.block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2 * n ** 3 * iters / best
-
 
 def jax_bandwidth(nbytes: int, iters: int = 20, repeats: int = 3) -> float:
     """Bytes/s of an elementwise pass that reads and writes `nbytes` each."""

@@ -43,6 +43,7 @@ from flax import nnx
 from jaxport import base_config, trainer
 from jaxport.tasks import Seq2SeqTask
 from t5_jax import T5Config, T5ForConditionalGeneration
+from rates import jax_matmul_peak
 
 BYT5_SMALL = dict(vocab_size=384, d_model=1472, d_kv=64, num_heads=6, d_ff=3584, num_layers=12,
                   num_decoder_layers=4, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
@@ -118,22 +119,6 @@ def torch_matmul_peak(n: int, device, iters: int = 20, repeats: int = 3) -> floa
         torch_sync(device)
         best = min(best, time.perf_counter() - start)
     del a, b, c
-    return 2 * n ** 3 * iters / best
-
-
-def jax_matmul_peak(n: int, iters: int = 20, repeats: int = 3) -> float:
-    ka, kb = jax.random.split(jax.random.key(0))
-    a = jax.random.normal(ka, (n, n), jnp.bfloat16)
-    b = jax.random.normal(kb, (n, n), jnp.bfloat16)
-    matmul = jax.jit(jnp.matmul)
-    for _ in range(3):
-        matmul(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        outs = [matmul(a, b) for _ in range(iters)]  # dispatched asynchronously, one sync at the end
-        jax.block_until_ready(outs)
-        best = min(best, time.perf_counter() - start)
     return 2 * n ** 3 * iters / best
 
 
