@@ -42,7 +42,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sip.add_argument("--prefix-length", type=int, default=50)
     sip.add_argument("--no-random-selection", action="store_true")
     sip.add_argument("--fst-seed", type=int, default=0, help="seed of the random FSTs that are encoded")
-    sip.add_argument("--fst-tokenizer", default=None, help="unicode_char_tokenizer_ipa.json (default: looked up)")
+    sip.add_argument("--fst-tokenizer", default=None,
+                     help="unicode_char_tokenizer_ipa.json (default: looked up), or 'builtin'")
+    sip.add_argument("--fst-config", default=None,
+                     help="draw the FSTs as this pre-training config does (its data.sampler and FST tokenizer), "
+                          "e.g. configs/sip_pretrain.py:small; default: the original's sampler")
     args = parser.parse_args(argv)
     if args.from_bart and args.family != "lsg":
         parser.error("--from-bart converts to the lsg family")
@@ -66,11 +70,19 @@ def main(argv: list[str] | None = None) -> int:
     dtype = jnp.dtype(args.dtype)
     if args.from_pretraining:
         from sip_jax.convert import convert_pretraining_folder
+        sampler, fst_tokenizer = None, args.fst_tokenizer
+        if args.fst_config:
+            from jaxport.config import load_config
+            from sip_jax.fst import SamplerConfig
+            data = load_config(args.fst_config).data
+            sampler = SamplerConfig(**data.sampler.to_dict())
+            fst_tokenizer = fst_tokenizer or data.fst_tokenizer_path
         convert_pretraining_folder(
             args.src, args.dst, pytorch=args.to_pytorch, dtype=dtype, max_shard_size=args.max_shard_size,
             num_precomputed_examples=args.num_precomputed_examples, prefix_max_init_length=args.prefix_max_init_length,
             num_examples=args.num_examples, prefix_length=args.prefix_length,
-            random_selection=not args.no_random_selection, seed=args.fst_seed, fst_tokenizer_path=args.fst_tokenizer)
+            random_selection=not args.no_random_selection, seed=args.fst_seed, fst_tokenizer_path=fst_tokenizer,
+            sampler=sampler)
         print(f"wrote {args.dst}")
         return 0
     # A sip_finetune checkpoint keeps its NaN (not yet initialised) prefix: the loader initialises it on use.

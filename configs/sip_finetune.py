@@ -26,18 +26,17 @@ train.num_steps to epochs x ceil(rows / batch_size), e.g. 200 for 5 examples in 
 import ml_collections
 
 from jaxport.base_config import base
+from sip_jax.configuration import T5_SHAPES
 
-BYT5_SMALL = dict(vocab_size=384, d_model=1472, d_kv=64, d_ff=3584, num_layers=12, num_decoder_layers=4,
-                  num_heads=6, dropout_rate=0.1)
-TINY = dict(vocab_size=384, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
-            dropout_rate=0.0)
 # The prefix settings of the original's SIPFinetuningModelConfig (sip/embed_finetune.py:179-186); prefix_length,
 # num_examples and random_selection decide how from_pretrained initialises a fresh prefix.
 PREFIX = dict(num_examples=32, prefix_length=50, random_selection=True, prefix_max_init_length=70,
               num_precomputed_examples=400)
+# `small`: the model of configs/sip_pretrain.py:small (bench/sip_claim.py), its strings of at most 20 letters.
 PRESETS = {
-    "tiny": dict(model=TINY, prefix=PREFIX, init_from=""),
-    "sip_d4": dict(model=BYT5_SMALL, prefix=PREFIX, init_from="namednil/sip-d4"),
+    "tiny": dict(shape="tiny", init_from="", max_length=64),
+    "small": dict(shape="small", init_from="", max_length=41),
+    "sip_d4": dict(shape="byt5_small", init_from="namednil/sip-d4", max_length=64),
 }
 
 
@@ -51,7 +50,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(dict(
         relative_attention_num_buckets=32, relative_attention_max_distance=128, layer_norm_epsilon=1e-6,
         feed_forward_proj="gated-gelu", tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
-        decoder_start_token_id=0, **preset["model"], **preset["prefix"]))
+        decoder_start_token_id=0, **T5_SHAPES[preset["shape"]], **PREFIX))
 
     c.data = ml_collections.ConfigDict(dict(
         source="tsv",
@@ -62,7 +61,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         split_seed=0,
         input_key="input", target_key="output",
         tokenizer="bytes",  # ByT5's byte-level tokenizer, which SIP uses (google/byt5-small)
-        max_input_length=64, max_target_length=64, truncate=False))
+        max_input_length=preset["max_length"], max_target_length=preset["max_length"], truncate=False))
 
     c.train.num_steps = 200
     c.train.batch_size = 16

@@ -46,6 +46,8 @@ class Task(Protocol):
     def predict(self, model, batch: dict) -> jax.Array: ...  # [B, ...] outputs, e.g. generated sequences
     def score_predictions(self, batch: dict, predictions: np.ndarray
                           ) -> tuple[dict[str, np.ndarray], list[dict]]: ...  # ({name: [B] scores}, B records)
+    # Optional: run on process 0 with the final model once training has finished (e.g. test-set predictions).
+    def after_training(self, model, config, workdir: Path) -> dict | None: ...
 
 
 @flax.struct.dataclass
@@ -401,7 +403,11 @@ def train(config, workdir: str | Path, task: Task) -> dict[str, float]:
         ckpt.wait()
         ckpt.close()
         writer.close()
-    if cfg.get("export_dir"):
+    after_training = getattr(task, "after_training", None)
+    if cfg.get("export_dir") or (callable(after_training) and jax.process_index() == 0):
         model = nnx.merge(setup.graphdef, jax.device_get(state.params))
-        model.save_pretrained(cfg.export_dir)
+        if cfg.get("export_dir"):
+            model.save_pretrained(cfg.export_dir)
+        if callable(after_training) and jax.process_index() == 0:
+            after_training(model, config, workdir)
     return logged

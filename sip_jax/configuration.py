@@ -124,3 +124,16 @@ def finetuning_config_from_pretraining(config: SIPPreTrainingConfig, **sip_field
     extra = {k: v for k, v in config.extra.items() if k not in ("architectures", "auto_map")}
     values.pop("model_type")
     return SIPFinetuningConfig(**values, **sip_fields, extra=extra)
+
+
+# T5 shapes the training configs (configs/sip_pretrain.py, configs/sip_finetune.py) build SIP models in; a
+# fine-tuning config must use its pre-training model's shape. `small` is the model of the small-scale
+# reproduction in bench/sip_claim.py (about 10M parameters).
+T5_SHAPES = {
+    "tiny": dict(vocab_size=384, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
+                 dropout_rate=0.0),
+    "small": dict(vocab_size=384, d_model=256, d_kv=64, d_ff=1024, num_layers=6, num_decoder_layers=2,
+                  num_heads=4, dropout_rate=0.0),
+    "byt5_small": dict(vocab_size=384, d_model=1472, d_kv=64, d_ff=3584, num_layers=12, num_decoder_layers=4,
+                       num_heads=6, dropout_rate=0.1),
+}

@@ -108,28 +108,32 @@ def compute_prefix_init_tensor(model, fst_reps: np.ndarray, batch_size: int = 50
     return np.concatenate(chunks, axis=0)
 
 
-def sample_fst_reps(num: int, *, num_states: int, seed: int = 0, fst_tokenizer_path=None) -> list[np.ndarray]:
-    """`num` random FSTs drawn by the FST generator (sip_jax.fst.FSTPretrainingSource), each as the id array
-    [transitions, 5] of the original's `fst_to_vector` (through the FST tokenizer)."""
-    from sip_jax.fst import FSTPretrainingSource, FSTTokenizer, encode_transitions
-    from sip_jax.fst_data import resolve_fst_tokenizer_path
+def sample_fst_reps(num: int, *, num_states: int, seed: int = 0, fst_tokenizer_path=None,
+                    sampler=None) -> list[np.ndarray]:
+    """`num` random FSTs drawn by the FST generator (sip_jax.fst.FSTPretrainingSource; `sampler`: its
+    SamplerConfig, default the original's), each as the id array [transitions, 5] of the original's
+    `fst_to_vector` (through the FST tokenizer)."""
+    from sip_jax.fst import FSTPretrainingSource, encode_transitions
+    from sip_jax.fst_data import load_fst_tokenizer
 
-    tokenizer = FSTTokenizer(resolve_fst_tokenizer_path(fst_tokenizer_path))
-    source = FSTPretrainingSource(seed=seed)
+    tokenizer = load_fst_tokenizer(fst_tokenizer_path)
+    source = FSTPretrainingSource(seed=seed, **({"sampler": sampler} if sampler is not None else {}))
     return [encode_transitions(source[i]["FST"], tokenizer, num_states) for i in range(num)]
 
 
 def finetuning_from_pretraining(model, fst_reps=None, *, num_examples: int = 32, prefix_length: int = 50,
                                 random_selection: bool = True, prefix_max_init_length: int = 70,
                                 num_precomputed_examples: int = 400, seed: int = 0, batch_size: int = 50,
-                                initialize_prefix: bool = False, prefix_init_rng=None, fst_tokenizer_path=None):
+                                initialize_prefix: bool = False, prefix_init_rng=None, fst_tokenizer_path=None,
+                                sampler=None):
     """A SIPFinetuningModel from a SIPPreTrainingModel: the same T5 weights, and `prefix_init_tensor` holding the
     FST encoder's output for `num_precomputed_examples` FSTs padded or cut to `prefix_max_init_length`
     transitions (the original's recipe: sip/embed_finetune.py:19-50 and 175-223).
 
     `fst_reps`: the FSTs, as id arrays [n_i, 4 or 5] (or already padded [N, L, W]); None samples random ones
-    from the FST generator with `seed`. The prefix is left NaN, as on the Hub, so that from_pretrained
-    initialises it (with the loader's selection settings); `initialize_prefix=True` sets it now instead.
+    from the FST generator with `seed` (and `sampler`, a SamplerConfig: by default the original's). The prefix is
+    left NaN, as on the Hub, so that from_pretrained initialises it (with the loader's selection settings);
+    `initialize_prefix=True` sets it now instead.
     """
     import jax
     import jax.numpy as jnp
@@ -144,7 +148,7 @@ def finetuning_from_pretraining(model, fst_reps=None, *, num_examples: int = 32,
         prefix_max_init_length=prefix_max_init_length, num_precomputed_examples=num_precomputed_examples)
     if fst_reps is None:
         fst_reps = sample_fst_reps(num_precomputed_examples, seed=seed, num_states=pre_config.num_states,
-                                   fst_tokenizer_path=fst_tokenizer_path)
+                                   fst_tokenizer_path=fst_tokenizer_path, sampler=sampler)
     padded = pad_fst_reps(list(fst_reps), pre_config.num_states, prefix_max_init_length)
     if len(padded) != num_precomputed_examples:
         raise ValueError(f"{len(padded)} FSTs given for num_precomputed_examples={num_precomputed_examples}")
@@ -169,7 +173,7 @@ def finetuning_from_pretraining(model, fst_reps=None, *, num_examples: int = 32,
 def convert_pretraining_folder(src, dst, *, pytorch: bool = False, num_precomputed_examples: int = 400,
                                prefix_max_init_length: int = 70, num_examples: int = 32, prefix_length: int = 50,
                                random_selection: bool = True, seed: int = 0, fst_reps=None, dtype=None,
-                               fst_tokenizer_path=None, max_shard_size=None):
+                               fst_tokenizer_path=None, sampler=None, max_shard_size=None):
     """Read a sip_pretrain folder (PyTorch or Flax weights), write a sip_finetune folder (Flax weights, or with
     `pytorch=True` the original's key names)."""
     import jax.numpy as jnp
@@ -181,6 +185,6 @@ def convert_pretraining_folder(src, dst, *, pytorch: bool = False, num_precomput
     finetuning = finetuning_from_pretraining(
         model, fst_reps, num_examples=num_examples, prefix_length=prefix_length, random_selection=random_selection,
         prefix_max_init_length=prefix_max_init_length, num_precomputed_examples=num_precomputed_examples, seed=seed,
-        fst_tokenizer_path=fst_tokenizer_path)
+        fst_tokenizer_path=fst_tokenizer_path, sampler=sampler)
     finetuning.save_pretrained(dst, pytorch=pytorch, max_shard_size=max_shard_size)
     return finetuning

@@ -14,6 +14,19 @@ from sip_jax.fst.settings import FST_TOKENIZER_FILE
 FST_TOKENIZER_ENV = "SIP_FST_TOKENIZER"
 
 
+# data.fst_tokenizer_path value that selects FSTTokenizer.builtin() instead of a file.
+BUILTIN_FST_TOKENIZER = "builtin"
+
+
+def load_fst_tokenizer(path: str | os.PathLike | None = None):
+    """The FST tokenizer: the built-in one for "builtin", else the file at `path` (or looked up when empty)."""
+    from sip_jax.fst import FSTTokenizer
+
+    if path == BUILTIN_FST_TOKENIZER:
+        return FSTTokenizer.builtin()
+    return FSTTokenizer(resolve_fst_tokenizer_path(path))
+
+
 def resolve_fst_tokenizer_path(path: str | os.PathLike | None = None) -> Path:
     if path:
         found = Path(path).expanduser()
@@ -31,23 +44,35 @@ def resolve_fst_tokenizer_path(path: str | os.PathLike | None = None) -> Path:
         f"pass its path (data.fst_tokenizer_path / --fst-tokenizer) or set {FST_TOKENIZER_ENV}")
 
 
+# The evaluation stream's seed is the training seed plus this.
+EVAL_SEED_OFFSET = 1_000_003
+
+
+def pretraining_seeds(cfg) -> tuple[int, int]:
+    """The FST seeds of the training and evaluation streams."""
+    return cfg.seed, cfg.seed + EVAL_SEED_OFFSET
+
+
 def pretraining_source(cfg, split: str):
     """The on-the-fly source of pre-training examples for `split`: the training stream from `cfg.seed`, and
-    `cfg.num_eval_examples` examples of another seed's stream (FSTs training is unlikely to meet) for eval."""
-    from sip_jax.fst import FSTPretrainingSource, SamplerConfig
+    `cfg.num_eval_examples` examples of another seed's stream (FSTs training is unlikely to meet) for eval.
+    FSTs in the JSONL files `cfg.exclude_fsts` (comma-separated; e.g. few-shot tasks) are never drawn."""
+    from sip_jax.fst import FSTPretrainingSource, SamplerConfig, canonical_forms_of_files
 
     overrides = cfg.get("sampler")
     sampler = SamplerConfig(**(overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides or {})))
-    seed = cfg.seed if split == "train" else cfg.seed + 1_000_003
-    source = FSTPretrainingSource(seed=seed, sampler=sampler, examples_per_fst=cfg.examples_per_fst)
+    seed = pretraining_seeds(cfg)[split != "train"]
+    exclude_paths = [path for path in cfg.get("exclude_fsts", "").split(",") if path]
+    source = FSTPretrainingSource(seed=seed, sampler=sampler, examples_per_fst=cfg.examples_per_fst,
+                                  exclude=canonical_forms_of_files(exclude_paths))
     return source if split == "train" else [source[i] for i in range(cfg.num_eval_examples)]
 
 
 def pretraining_preprocessor(cfg, tokenizer, num_states: int, decoder_start_token_id: int = 0):
     """example {"FST", "input", "output"} -> the seq2seq arrays plus "fst_rep" [max_transitions, 5]."""
-    from sip_jax.fst import FSTSeq2SeqPreprocessor, FSTTokenizer
+    from sip_jax.fst import FSTSeq2SeqPreprocessor
 
-    fst_tokenizer = FSTTokenizer(resolve_fst_tokenizer_path(cfg.fst_tokenizer_path))
+    fst_tokenizer = load_fst_tokenizer(cfg.fst_tokenizer_path)
     if decoder_start_token_id != 0:
         raise ValueError("the FST preprocessor starts decoder inputs with token 0 (T5's); "
                          f"got decoder_start_token_id={decoder_start_token_id}")

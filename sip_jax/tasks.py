@@ -352,7 +352,8 @@ class PretrainingTask:
         from sip_jax.fst_data import pretraining_source
 
         return data.make_iterator(pretraining_source(config.data, "train"), self.preprocess,
-                                  batch_size=config.train.batch_size, seed=config.seed)
+                                  batch_size=config.train.batch_size, seed=config.seed,
+                                  num_workers=config.data.num_workers)
 
     def eval_data(self, config):
         from sip_jax.fst_data import pretraining_source

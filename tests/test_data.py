@@ -158,6 +158,33 @@ def test_resume_continues_exactly(source, prefetch):
     assert_same_batches(take(resumed, 5), expected)
 
 
+@pytest.mark.parametrize("source", [numbered_source(10), SyntheticTask("sort")], ids=["finite", "infinite"])
+def test_worker_processes_give_the_same_batches_and_resume(source):
+    def new_iterator(num_workers):
+        return make_iterator(source, preprocess(max_length=20), batch_size=4, seed=7, num_workers=num_workers,
+                             **SINGLE_HOST)
+
+    expected = take(new_iterator(0), 8)
+    pooled = new_iterator(2)
+    assert_same_batches(take(pooled, 3), expected[:3])
+    state = pooled.get_state()
+    pooled.close()
+    resumed = new_iterator(2)
+    resumed.set_state(state)
+    assert_same_batches(take(resumed, 5), expected[3:])
+    resumed.close()
+
+
+def test_worker_errors_name_the_example():
+    source = numbered_source(6)
+    source[4] = {"inputs": "x" * 20, "targets": "y"}
+    iterator = make_iterator(source, preprocess(), batch_size=2, shuffle=False, num_workers=2, **SINGLE_HOST)
+    next(iterator), next(iterator)
+    with pytest.raises(ValueError, match=r"example 4: 'inputs' is 21 tokens long"):
+        next(iterator)
+    iterator.close()
+
+
 def test_set_state_rejects_other_order_settings():
     state = make_iterator(numbered_source(10), preprocess(), batch_size=4, seed=1, **SINGLE_HOST).get_state()
     other = make_iterator(numbered_source(10), preprocess(), batch_size=4, seed=2, **SINGLE_HOST)

@@ -425,3 +425,41 @@ def test_source_resumes_exactly_through_the_batch_iterator(fst_tokenizer):
     assert np.array_equal(expected[0]["fst_rep"][0, :len(example["FST"])],
                           encode_transitions(example["FST"], fst_tokenizer))
     assert (expected[0]["fst_rep"][0, len(example["FST"]):, 0] == 14).all()
+
+
+# Built-in tokenizer and few-shot tasks
+
+def test_builtin_tokenizer_covers_every_symbol_the_generator_writes(data):
+    tokenizer = FSTTokenizer.builtin()
+    assert tokenizer.pad_id == 0 and sorted(tokenizer.vocab.values()) == list(range(tokenizer.vocab_size))
+    case_forms = {mapped for char in VOCAB for mapped in (char.upper(), char.lower()) if len(mapped) == 1}
+    for symbol in (*VOCAB, *SPECIAL, EPSILON, *case_forms):
+        tokenizer.token_id(symbol)
+    for split in SPLITS:  # every generated FST encodes
+        for example in data.examples[split][:50]:
+            encode_transitions(example["FST"], tokenizer)
+    with pytest.raises(ValueError, match=r"'Ж' \(U\+0416\) is not in the FST tokenizer <builtin>"):
+        tokenizer.token_id("Ж")
+
+
+def test_fewshot_tasks_are_unseen_simulated_and_distinct(tmp_path):
+    _pynini()
+    from sip_jax.fst.fewshot import make_tasks, write_tasks
+
+    sampler = SamplerConfig(min_vocab_size=3, max_vocab_size=5, vocab="abcdefgh", max_input_length=8)
+    tasks = make_tasks(sampler, num_tasks=3, num_train=10, num_test=20, seed=5)
+    write_tasks(tasks, tmp_path)
+    for number, task in enumerate(tasks):
+        rows = [line.split("\t") for line in (tmp_path / f"task_{number}" / "train.tsv").read_text().splitlines()]
+        assert rows[0] == ["input", "output"] and [tuple(r) for r in rows[1:]] == task["train"]
+        inputs = [i for i, _ in task["train"] + task["test"]]
+        assert len(inputs) == 30 == len(set(inputs))  # no test input is a training input
+        for text_in, text_out in task["train"] + task["test"]:
+            assert simulate(task["transitions"], text_in, task["alphabet"]) == text_out
+    # Pre-training that excludes the tasks' file never draws them, even from the tasks' own seed.
+    from sip_jax.fst import canonical_forms_of_files
+
+    excluded = canonical_forms_of_files([tmp_path / "fsts.jsonl"])
+    assert excluded == {canonical_form(task["transitions"]) for task in tasks}
+    source = FSTPretrainingSource(seed=5, sampler=sampler, exclude=excluded)
+    assert not {canonical_form(source[i]["FST"]) for i in range(20)} & excluded

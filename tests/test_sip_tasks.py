@@ -151,6 +151,9 @@ def test_finetuning_trains_evaluates_and_writes_predictions(tmp_path):
     logged = trainer.train(config, workdir, get_task(config))
     for name in ("eval_loss", "eval_accuracy", "eval_edit_distance", "eval_per"):
         assert name in logged and np.isfinite(logged[name])
+    # Training ends with the test set's predictions (the task's after_training hook).
+    after_training = json.loads((workdir / "test_metrics.json").read_text())
+    (workdir / "test_metrics.json").unlink()
 
     from sip_jax import predict
     metrics = predict.main(["--config", FINETUNE, "--workdir", str(workdir), *(f"--config.{o}" for o in overrides)])
@@ -158,6 +161,7 @@ def test_finetuning_trains_evaluates_and_writes_predictions(tmp_path):
     assert rows[0] == ["input", "output", "prediction"]
     assert [row[:2] for row in rows[1:]] == [list(r) for r in upper_rows(WORDS[8:])]
     assert json.loads((workdir / "test_metrics.json").read_text())["num_examples"] == 4 == metrics["num_examples"]
+    assert after_training == pytest.approx(metrics)
     scores = [string_scores(row[2], row[1]) for row in rows[1:]]
     assert metrics["accuracy"] == pytest.approx(np.mean([s[0] for s in scores]))
     assert metrics["edit_distance"] == pytest.approx(np.mean([s[1] for s in scores]))
@@ -190,6 +194,17 @@ def test_pretraining_runs_on_generated_fsts(tmp_path, pretrain_overrides):
     logged = trainer.train(config, tmp_path / "run", task)
     for name in ("loss", "eval_loss", "eval_accuracy", "eval_edit_distance"):
         assert np.isfinite(logged[name])
+
+
+def test_default_pretraining_config_needs_no_tokenizer_file(monkeypatch):
+    """The README's main job: the tiny config encodes FSTs with the built-in tokenizer, no file needed."""
+    pytest.importorskip("pynini")
+    monkeypatch.delenv("SIP_FST_TOKENIZER", raising=False)
+    config = config_lib.load_config(PRETRAIN)
+    task = get_task(config)
+    assert task.preprocess.fst_tokenizer.vocab_size == config.model.fst_tokenizer_vocab_size
+    batch = next(task.train_data(config))
+    assert batch["fst_rep"].shape == (config.train.batch_size, config.data.max_transitions, 5)
 
 
 def test_pretraining_example_with_a_bad_transition_is_named(pretrain_overrides):

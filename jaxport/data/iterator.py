@@ -4,10 +4,16 @@ The position in the stream is just (epoch, batch index within the epoch), and th
 position is a pure function of it: the epoch's order comes from a Generator seeded by
 (seed, epoch). Saving and restoring the position therefore resumes exactly, and every host
 computes the same global batch and keeps only its own slice of it.
+
+Building batches can run in worker processes (`num_workers`): each builds whole batches from their
+positions, so the order, and with it resuming, stays exactly that of one process.
 """
+import collections
 import collections.abc
+import multiprocessing
 import queue
 import threading
+from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -104,6 +110,40 @@ class _BatchPlan:
             epoch, batch = following
 
 
+_worker_plan: "_BatchPlan | None" = None  # the plan a worker process builds batches of
+
+
+def _set_worker_plan(plan: _BatchPlan) -> None:
+    global _worker_plan
+    _worker_plan = plan
+
+
+def _worker_batch(epoch: int, batch: int) -> dict[str, np.ndarray]:
+    return _worker_plan.batch(epoch, batch)
+
+
+def _pooled_batches(plan: _BatchPlan, epoch: int, batch: int, num_workers: int
+                    ) -> Iterator[tuple[dict, tuple[int, int]]]:
+    """`plan.batches_from(epoch, batch)` with the batches built by `num_workers` processes, in order, at most
+    2 * num_workers in flight. Processes are spawned, not forked: the parent holds JAX's threads."""
+    pool = ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_set_worker_plan, initargs=(plan,))
+    pending = collections.deque()
+    position = (epoch, batch)
+    try:
+        while True:
+            while len(pending) < 2 * num_workers and not plan.is_done(position[0]):
+                following = plan.next_position(*position)
+                pending.append((pool.submit(_worker_batch, *position), following))
+                position = following
+            if not pending:
+                return
+            future, following = pending.popleft()
+            yield future.result(), following
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 class _Prefetcher:
     """Runs a producer in a daemon thread, a bounded number of items ahead of the consumer."""
 
@@ -120,6 +160,8 @@ class _Prefetcher:
                     return
         except Exception as error:  # handed to the consumer, raised where it asks for the batch
             self._put((None, error))
+        finally:
+            produce.close()  # a generator's cleanup (e.g. stopping worker processes) runs now
 
     def _put(self, item) -> bool:
         while not self._stop.is_set():
@@ -145,13 +187,18 @@ class BatchIterator:
     """Iterator of host-local batches (dicts of numpy arrays) with exact `get_state`/`set_state`.
 
     With `prefetch > 0` batches are built that many ahead in a background thread; the state still
-    counts only the batches handed out, so it stays exact.
+    counts only the batches handed out, so it stays exact. With `num_workers > 0` that thread takes them
+    from as many worker processes (source and preprocess_fn must pickle), for preprocessing too slow for one
+    core, e.g. data generated on the fly.
     """
 
     def __init__(self, source, preprocess_fn: Callable[[dict], dict], *, batch_size: int, seed: int = 0,
                  shuffle: bool = True, num_epochs: int | None = None, drop_remainder: bool = True,
-                 prefetch: int = 2, process_index: int | None = None, process_count: int | None = None):
+                 prefetch: int = 2, num_workers: int = 0, process_index: int | None = None,
+                 process_count: int | None = None):
         self._prefetcher: _Prefetcher | None = None  # first, so __del__ works even if __init__ fails
+        if num_workers and not prefetch:
+            raise ValueError("num_workers needs prefetch > 0 (the workers are read from the prefetch thread)")
         if process_index is None or process_count is None:
             import jax
 
@@ -161,6 +208,7 @@ class BatchIterator:
                                 num_epochs=num_epochs, drop_remainder=drop_remainder,
                                 process_index=process_index, process_count=process_count)
         self._prefetch = prefetch
+        self._num_workers = num_workers
         self._position = (0, 0)
 
     @property
@@ -179,7 +227,9 @@ class BatchIterator:
             self._position = self._plan.next_position(*self._position)
             return batch
         if self._prefetcher is None:
-            self._prefetcher = _Prefetcher(self._plan.batches_from(*self._position), self._prefetch)
+            produce = (_pooled_batches(self._plan, *self._position, self._num_workers) if self._num_workers
+                       else self._plan.batches_from(*self._position))
+            self._prefetcher = _Prefetcher(produce, self._prefetch)
         try:
             batch, self._position = self._prefetcher.get()
         except Exception:
@@ -211,11 +261,11 @@ class BatchIterator:
 
 
 def make_iterator(source, preprocess_fn: Callable[[dict], dict], *, batch_size: int, seed: int = 0,
-                  shuffle: bool = True, num_epochs: int | None = None, prefetch: int = 2,
+                  shuffle: bool = True, num_epochs: int | None = None, prefetch: int = 2, num_workers: int = 0,
                   process_index: int | None = None, process_count: int | None = None) -> BatchIterator:
     """Training batches: reshuffled every epoch, each epoch's incomplete last batch dropped."""
     return BatchIterator(source, preprocess_fn, batch_size=batch_size, seed=seed, shuffle=shuffle,
-                         num_epochs=num_epochs, drop_remainder=True, prefetch=prefetch,
+                         num_epochs=num_epochs, drop_remainder=True, prefetch=prefetch, num_workers=num_workers,
                          process_index=process_index, process_count=process_count)
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sip_jax.fst.settings import NUM_STATES
+from sip_jax.fst.settings import NUM_STATES, SPECIAL_SYMBOLS, SYMBOL_EPSILON, VOCAB
 from sip_jax.fst.transitions import check_transitions, describe_transition
 
 
@@ -25,7 +25,11 @@ class FSTTokenizer:
     token, so an unknown symbol is an error (as it is in the original, from inside `tokenizers`).
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike | None = None, *, vocab: dict[str, int] | None = None):
+        if vocab is not None:  # built in memory (see `builtin`), no file
+            self.path, self.vocab = "<builtin>", dict(vocab)
+            self.pad_id, self.vocab_size = self.vocab["[PAD]"], len(self.vocab)
+            return
         self.path = os.fspath(path)
         try:
             with open(self.path, encoding="utf-8") as file:
@@ -41,6 +45,17 @@ class FSTTokenizer:
             self.vocab.setdefault(token["content"], token["id"])
         self.pad_id = self.vocab.get("[PAD]", 0)
         self.vocab_size = len(self.vocab)
+
+    @classmethod
+    def builtin(cls) -> "FSTTokenizer":
+        """A tokenizer covering every symbol the generator can write with its default vocabulary, for models
+        trained from scratch here: [PAD], the special-arc and epsilon codes, the vocabulary (printable ASCII and
+        IPA) and the case-mapped forms special arcs write. Its ids differ from the original's file, so models
+        pre-trained with one cannot read FSTs encoded with the other."""
+        symbols = [chr(code) for code in (*SPECIAL_SYMBOLS, SYMBOL_EPSILON)] + list(VOCAB)
+        symbols += sorted({mapped for char in VOCAB for mapped in (char.upper(), char.lower())
+                           if len(mapped) == 1 and mapped not in symbols})
+        return cls(vocab={"[PAD]": 0, **{symbol: index for index, symbol in enumerate(symbols, 1)}})
 
     def token_id(self, symbol: str) -> int:
         token = self.vocab.get(symbol) if isinstance(symbol, str) and len(symbol) == 1 else None
