@@ -360,12 +360,14 @@ def train(config, workdir: str | Path, task: Task) -> dict[str, float]:
                                in_shardings=(setup.state_shardings.params, setup.batch_sharding))
     writer = MetricsWriter(workdir, start)
     logged: dict[str, float] = {}
-    pending, tokens, window_start = [], 0, time.perf_counter()
+    pending, tokens, window_start, input_wait = [], 0, time.perf_counter(), 0.0
     progress = tqdm(total=cfg.num_steps, initial=start, unit="step", disable=jax.process_index() != 0,
                     dynamic_ncols=True)
     try:
         for step in range(start + 1, cfg.num_steps + 1):
+            wait_start = time.perf_counter()
             batch = next(train_iter)
+            input_wait += time.perf_counter() - wait_start
             tokens += task.num_tokens(batch)
             state, metrics = train_step(state, global_batch(batch, setup.batch_sharding))
             pending.append(metrics)
@@ -379,9 +381,11 @@ def train(config, workdir: str | Path, task: Task) -> dict[str, float]:
                 record = {"loss": float(np.mean([m["loss"] for m in fetched])),
                           "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
                           "learning_rate": float(fetched[-1]["learning_rate"]),
-                          "tokens_per_sec": tokens / elapsed, "steps_per_sec": len(fetched) / elapsed}
+                          "tokens_per_sec": tokens / elapsed, "steps_per_sec": len(fetched) / elapsed,
+                          # > 0 when the input pipeline, not the accelerator, sets the pace
+                          "input_wait_fraction": input_wait / elapsed}
                 progress.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_sec']:.0f}")
-                pending, tokens, window_start = [], 0, time.perf_counter()
+                pending, tokens, window_start, input_wait = [], 0, time.perf_counter(), 0.0
             if cfg.eval_every and (step % cfg.eval_every == 0 or last):
                 eval_batches = task.eval_data(config)
                 if eval_batches is not None:
@@ -396,7 +400,7 @@ def train(config, workdir: str | Path, task: Task) -> dict[str, float]:
                 ckpt.save(step, state, train_iter.get_state())
                 last_checkpoint = step
             if tokens == 0 and ("eval_loss" in record or step % cfg.checkpoint_every == 0):
-                window_start = time.perf_counter()  # tokens/s measures training steps only
+                window_start, input_wait = time.perf_counter(), 0.0  # tokens/s measures training steps only
     finally:
         # Pending async saves must land even when the run stops on an error (e.g. a NaN loss).
         progress.close()

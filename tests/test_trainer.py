@@ -14,7 +14,7 @@ from jaxport import checkpoint, config as config_lib, registry, trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "t5_reverse.py")
-TIMING_KEYS = {"tokens_per_sec", "steps_per_sec"}
+TIMING_KEYS = {"tokens_per_sec", "steps_per_sec", "input_wait_fraction"}
 
 
 def small_config(*overrides):
