@@ -77,8 +77,9 @@ class Checkpointer:
             cleanup_tmp_directories=True,
             create=True,
         )
+        # Absolute: newer orbax refuses relative paths (`--workdir runs/x` is relative).
         self._manager = ocp.CheckpointManager(
-            epath.Path(directory), options=options, item_names=(STATE, DATA_STATE, RECORD))
+            epath.Path(directory).absolute(), options=options, item_names=(STATE, DATA_STATE, RECORD))
 
     @property
     def directory(self) -> epath.Path:

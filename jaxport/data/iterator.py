@@ -125,14 +125,15 @@ def _worker_batch(epoch: int, batch: int) -> dict[str, np.ndarray]:
 def _pooled_batches(plan: _BatchPlan, epoch: int, batch: int, num_workers: int
                     ) -> Iterator[tuple[dict, tuple[int, int]]]:
     """`plan.batches_from(epoch, batch)` with the batches built by `num_workers` processes, in order, at most
-    2 * num_workers in flight. Processes are spawned, not forked: the parent holds JAX's threads."""
+    4 * num_workers in flight (a slow batch then holds up none of the workers). Processes are spawned, not
+    forked: the parent holds JAX's threads."""
     pool = ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_set_worker_plan, initargs=(plan,))
     pending = collections.deque()
     position = (epoch, batch)
     try:
         while True:
-            while len(pending) < 2 * num_workers and not plan.is_done(position[0]):
+            while len(pending) < 4 * num_workers and not plan.is_done(position[0]):
                 following = plan.next_position(*position)
                 pending.append((pool.submit(_worker_batch, *position), following))
                 position = following
