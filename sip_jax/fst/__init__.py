@@ -10,7 +10,8 @@
     simulate(example["FST"], example["input"], source.alphabet(12345))  # == example["output"]; None if rejected
     preprocess = FSTSeq2SeqPreprocessor(ByteTokenizer(), FSTTokenizer(path), 71, 106)  # + "fst_rep" (100, 5)
 
-Command line: `python -m sip_jax.fst.generate --out DIR --num-fsts N --seed S` (see --help) and
+Command line: `python -m sip_jax.fst.generate --out DIR --num-fsts N --seed S` (see --help),
+`python -m sip_jax.fst.fewshot --config CONFIG --out DIR` (few-shot tasks of unseen FSTs) and
 `python -m sip_jax.fst.bench` (examples per second of the on-the-fly source on one core).
 
 Why pynini. SIP's generator (sip/data_gen/gen_pretrain.py in namednil/sip) is written against
