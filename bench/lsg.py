@@ -2,6 +2,7 @@
 0.1.9) and dense BART with PyTorch sdpa, batch 1, long inputs.
 
     python bench/lsg.py [--tiny] [--out results.json] [--ref-python PY] [--ref-pythonpath DIR] [--budget S]
+                        [--attn-impl einsum,cudnn] [--remat off|on|both]
 
 Model: d_model 768, 6 + 6 layers, 12 heads, d_ff 3072, vocab 50265, 16384 positions, block 256, 64 global tokens,
 no sparse blocks (sparsity_type "none"), dropout 0.1 (activation 0.1, attention 0.0: the JAX LSG attention has
@@ -30,8 +31,12 @@ is left, and skipped items are named. --skip-{reference,dense,encoder,train,gene
 shorter runs; --jax-cache keeps compiled programs for a second run.
 --tiny: a tiny model and short inputs, a CPU smoke test of every path (the reference under .venv-lsg if present).
 
-The JAX training step uses TrainableLSGBart (below): LSG-BART without its integer `lsh_key` variable, which the
-shared trainer cannot handle yet; parameters and computation are unchanged.
+JAX variants: --attn-impl lists LSG attention implementations (LSGBartConfig.attn_implementation: einsum, the
+blocked einsums; cudnn / xla, lsg_jax.fused_attention; auto) and --remat off / on / both rematerialised encoder
+layers in training. The encoder runs once per implementation, the training step once per implementation and remat
+setting; results["jax_variants"] holds them all by name ("cudnn", "cudnn+remat", ...) and the report lists them.
+The first variant is the main one: it fills results["jax"], the tables against the original, the targets and
+generation.
 """
 import os
 
@@ -70,6 +75,7 @@ from jaxport import base_config, trainer
 from jaxport.hf import read_config
 from jaxport.tasks import Seq2SeqTask
 from lsg_jax import LSGBartConfig, LSGBartForConditionalGeneration
+from lsg_jax.configuration import ATTN_IMPLEMENTATIONS
 from rates import jax_matmul_peak
 
 LSG_BART_BASE = dict(
@@ -414,8 +420,10 @@ def torch_time(fn, device, warmup: int, runs: int) -> dict:
 
 # ------------------------------------------------------------------------------------------------ JAX
 
-def load_bf16(folder: Path):
-    return LSGBartForConditionalGeneration.from_pretrained(folder, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+def load_bf16(folder: Path, runtime: dict):
+    """runtime: LSGBartConfig's runtime fields (attn_implementation, remat) for this variant."""
+    return LSGBartForConditionalGeneration.from_pretrained(folder, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16,
+                                                           **runtime)
 
 
 def time_jax(fn, warmup: int, runs: int) -> tuple[list[float], float]:
@@ -431,7 +439,8 @@ def time_jax(fn, warmup: int, runs: int) -> tuple[list[float], float]:
     return times, (time.perf_counter() - start) / runs
 
 
-def jax_encoder(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], deadline: float) -> dict:
+def jax_encoder(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], deadline: float,
+                runtime: dict) -> dict:
     results, loaded = {}, {}
     for n in lengths:
         if time.time() > deadline - cfg["reserve_s"]["encoder"]:
@@ -442,7 +451,7 @@ def jax_encoder(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], d
             if folder not in loaded:
                 loaded.clear()
                 gc.collect()
-                graphdef, state = nnx.split(load_bf16(folder))
+                graphdef, state = nnx.split(load_bf16(folder, runtime))
                 encode = jax.jit(lambda state, ids, mask, graphdef=graphdef:
                                  nnx.merge(graphdef, state).encode(ids, mask))
                 loaded[folder] = (state, encode)
@@ -457,8 +466,8 @@ def jax_encoder(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], d
                                "ms_pipelined": 1e3 * pipelined, "compile_s": compile_s,
                                **(compiled_memory(compiled) or {"peak_bytes": None}), "pool_peak_so_far": pool_peak()}
             r = results[str(n)]
-            log(f"jax encoder {n}: {r['ms']:.2f} ms (back to back {r['ms_pipelined']:.2f}), peak "
-                f"{fmt(gb(r['peak_bytes']))} GB, compile {compile_s:.1f}s")
+            log(f"jax encoder {n} {variant_name(runtime)}: {r['ms']:.2f} ms (back to back {r['ms_pipelined']:.2f}), "
+                f"peak {fmt(gb(r['peak_bytes']))} GB, compile {compile_s:.1f}s")
         except Exception as e:  # noqa: BLE001
             results[str(n)] = error_record(e)
     loaded.clear()
@@ -466,30 +475,19 @@ def jax_encoder(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], d
     return results
 
 
-class TrainableLSGBart(LSGBartForConditionalGeneration):
-    """LSG-BART without its `lsh_key` variable. The trainer differentiates and updates every leaf of the model's
-    state, and that uint32 leaf breaks it: with init_from, trainer.build fails (pretrained_params holds only
-    nnx.Param leaves, the optimizer's mask tree has lsh_key too); from scratch, value_and_grad rejects an integer
-    input. The key is not read here: sparsity_type "none" has no LSH, and training passes a dropout rng, from which
-    encode would derive LSH keys anyway. Parameters and computation are LSGBartForConditionalGeneration's."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        del self.lsh_key
-
-
 class BenchTask(Seq2SeqTask):
     """Seq2SeqTask's model and loss without its data pipeline: batches are fixed arrays here."""
 
     def __init__(self, model_config: LSGBartConfig):
-        self.model_class = TrainableLSGBart
+        self.model_class = LSGBartForConditionalGeneration
         self.model_config = model_config
 
 
-def jax_train(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], deadline: float, setup_for: dict) -> dict:
+def jax_train(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], deadline: float, setup_for: dict,
+              runtime: dict) -> dict:
     """The project's own training path: trainer.build (shardings, AdamW, TrainState from the folder) and the
     jitted, state-donating make_train_step; bf16 compute over float32 weights. setup_for keeps the train state
-    and the jitted step from one call to the next (keyed by folder)."""
+    and the jitted step from one call to the next (keyed by folder and variant)."""
     results = {}
     labels = inputs["labels"].astype(np.int32)
     decoder_inputs = np.concatenate([np.full((1, 1), cfg["model"]["decoder_start_token_id"], np.int32),
@@ -500,7 +498,8 @@ def jax_train(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], dea
             continue
         try:
             folder = folders.for_length(n)
-            if folder not in setup_for:
+            key = (folder, variant_name(runtime))
+            if key not in setup_for:
                 setup_for.clear()
                 gc.collect()
                 config = base_config.base()
@@ -511,14 +510,14 @@ def jax_train(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], dea
                 config.optimizer.decay = "constant"
                 config.optimizer.weight_decay = WEIGHT_DECAY
                 config.optimizer.clip_norm = 0.0  # the torch side does not clip either
-                task = BenchTask(LSGBartConfig.from_dict(read_config(folder)))
+                task = BenchTask(LSGBartConfig.from_dict({**read_config(folder), **runtime}))
                 setup = trainer.build(config, task)
                 step = jax.jit(trainer.make_train_step(setup.graphdef, task, setup.tx, setup.schedule, accumulation=1),
                                in_shardings=(setup.state_shardings, setup.batch_sharding),
                                out_shardings=(setup.state_shardings, None), donate_argnums=0)
-                setup_for[folder] = [setup.state, step, setup.batch_sharding]
+                setup_for[key] = [setup.state, step, setup.batch_sharding]
                 del setup
-            state, step, batch_sharding = setup_for[folder]
+            state, step, batch_sharding = setup_for[key]
             ids = inputs[f"ids_{n}"].astype(np.int32)
             batch = trainer.global_batch({"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": labels,
                                           "decoder_input_ids": decoder_inputs,
@@ -536,7 +535,7 @@ def jax_train(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], dea
                     times.append(time.perf_counter() - start)
                 if i == 0:
                     first_loss = float(metrics["loss"])
-            setup_for[folder][0] = state
+            setup_for[key][0] = state
             if int(state.nonfinite_step) >= 0:
                 raise FloatingPointError(f"loss became non-finite at step {int(state.nonfinite_step)}")
             flops = train_flops(cfg["model"], n, cfg["train_targets"])
@@ -545,8 +544,8 @@ def jax_train(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], dea
                                "flops": flops["total"], **(compiled_memory(compiled) or {"peak_bytes": None}),
                                "pool_peak_so_far": pool_peak()}
             r = results[str(n)]
-            log(f"jax train {n}: {r['ms']:.1f} ms, peak {fmt(gb(r['peak_bytes']))} GB, first loss {first_loss:.4f}, "
-                f"compile {compile_s:.1f}s")
+            log(f"jax train {n} {variant_name(runtime)}: {r['ms']:.1f} ms, peak {fmt(gb(r['peak_bytes']))} GB, "
+                f"first loss {first_loss:.4f}, compile {compile_s:.1f}s")
             del batch, compiled
         except Exception as e:  # noqa: BLE001
             results[str(n)] = error_record(e)
@@ -555,11 +554,11 @@ def jax_train(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], dea
     return results
 
 
-def jax_generate(cfg: dict, folders: Folders, inputs: dict, deadline: float) -> dict:
+def jax_generate(cfg: dict, folders: Folders, inputs: dict, deadline: float, runtime: dict) -> dict:
     if time.time() > deadline - cfg["reserve_s"]["generate"]:
         return {"skipped": "time budget"}
     try:
-        model = load_bf16(folders.for_length(cfg["gen_input"]))
+        model = load_bf16(folders.for_length(cfg["gen_input"]), runtime)
         ids = jnp.asarray(inputs["gen"], jnp.int32)
         mask = jnp.ones_like(ids)
         kwargs = gen_kwargs(cfg)
@@ -720,12 +719,40 @@ def report(results: dict, cfg: dict) -> list[str]:
                      f"{H100_SXM['hbm_bytes_per_s'] / 1e12:.2f} TB/s): compute {floor['sheet_compute_ms']:.2f} ms, "
                      f"memory {floor['sheet_memory_ms']:.2f} ms")
     lines.append("")
+    lines += variant_lines(results, cfg)
     lines.append("targets (issue, for 16384 tokens in):")
     for t in results.get("targets", []):
         lines.append(f"  {t['name']:<44} {t['value']:>12}  target {t['target']:<10} {t['verdict']}")
     if results.get("skipped"):
         lines.append(f"skipped for the time budget: {', '.join(results['skipped'])}")
     lines.append("phases (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results.get("phase_s", {}).items()))
+    return lines
+
+
+def variant_lines(results: dict, cfg: dict) -> list[str]:
+    """With more than one JAX variant (--attn-impl, --remat): each one's encoder and training-step times, memory
+    and first loss (the same weights and batch: losses should agree to bf16 rounding), and its verdicts."""
+    by_variant = results.get("jax_variants", {})
+    if len(by_variant) < 2:
+        return []
+
+    def entry(res, item, n):
+        if status(res, item, n):
+            return f"{n}: {status(res, item, n)}"
+        text = f"{n}: {fmt(value(res, item, n))} ms {fmt(gb(value(res, item, n, field='peak_bytes')))} GB"
+        return text + (f" loss {fmt(value(res, item, n, field='first_loss'), '.4f')}" if item == "train" else "")
+
+    lines = ["JAX variants (attention implementation [+remat]): encoder / train step at each length"]
+    for name, res in by_variant.items():
+        for item in ("encoder", "train"):
+            if item in res:
+                lines.append(f"  {name:<12} {item:<7} " + "; ".join(entry(res, item, n)
+                                                                     for n in cfg[f"{item}_lengths"]))
+        verdicts = [f"{t['name'].split(',')[0]} {t['verdict']}" for t in targets({"jax": res}, cfg)[:3]
+                    if t["verdict"] != "n/a"]
+        if verdicts:
+            lines.append(f"  {'':<12} targets: " + "; ".join(verdicts))
+    lines.append("")
     return lines
 
 
@@ -761,6 +788,19 @@ def parse_lengths(text):
     return [int(x) for x in text.split(",") if x]
 
 
+def parse_implementations(text):
+    names = [x for x in text.split(",") if x]
+    unknown = [x for x in names if x not in ATTN_IMPLEMENTATIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list of {ATTN_IMPLEMENTATIONS}")
+    return names
+
+
+def variant_name(runtime: dict) -> str:
+    """'cudnn', 'cudnn+remat', ...: a variant of the JAX side (LSGBartConfig's runtime fields)."""
+    return runtime["attn_implementation"] + ("+remat" if runtime.get("remat") else "")
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny model and inputs (CPU smoke test)")
@@ -790,6 +830,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--gen-beams", type=int, help="beams (default 5)")
     parser.add_argument("--steps", type=int, help="timed training steps per length")
     parser.add_argument("--matmul-size", type=int, help="n of the n x n x n bf16 matmul timed for the peak rate")
+    parser.add_argument("--attn-impl", type=parse_implementations, default=["einsum"],
+                        help="comma-separated LSG attention implementations for the JAX side, of "
+                             f"{', '.join(ATTN_IMPLEMENTATIONS)} (default einsum): each times the encoder and the "
+                             "training step; the first one also fills the main tables, the targets and generation")
+    parser.add_argument("--remat", choices=("off", "on", "both"), default="off",
+                        help="JAX training steps without / with / both without and with rematerialised encoder "
+                             "layers (default off; with both, the main tables show off)")
     args = parser.parse_args(argv)
     cfg = dict(TINY if args.tiny else FULL)
     for key, arg in (("encoder_lengths", args.encoder_lengths), ("train_lengths", args.train_lengths),
@@ -806,6 +853,11 @@ def main(argv=None) -> dict:
     deadline = T0 + budget
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results = {"mode": "tiny" if args.tiny else "base", "config": cfg, "skipped": [], "phase_s": {}}
+    # JAX variants: every attention implementation for the encoder (remat does not change a forward pass), every
+    # implementation x remat setting for the training step. The first is the main one (results["jax"]).
+    variants = [dict(attn_implementation=name, remat=remat) for name in args.attn_impl
+                for remat in {"off": [False], "on": [True], "both": [False, True]}[args.remat]]
+    results["variants"] = [variant_name(v) for v in variants]
 
     def phase(name, fn):
         start = time.time()
@@ -856,16 +908,28 @@ def main(argv=None) -> dict:
         log(f"jax bf16 matmul {rates['matmul_flops'] / 1e12:.1f} TFLOP/s, copy bandwidth "
             f"{rates['bandwidth'] / 1e12:.2f} TB/s")
         jx = results["jax"] = {}
+        by_variant = results["jax_variants"] = {}  # variant name -> {"encoder": ..., "train": ...}
+        main_attn = {"attn_implementation": variants[0]["attn_implementation"]}
         train_cache = {}
         for number, (item, lengths) in enumerate(plan):
             if item == "encoder":
-                jx["encoder"] = phase(f"jax_{number}_encoder", lambda: jax_encoder(cfg, folders, inputs, lengths,
-                                                                                   deadline))
+                for name in args.attn_impl:
+                    runtime = {"attn_implementation": name}
+                    out = phase(f"jax_{number}_encoder_{name}", lambda: jax_encoder(cfg, folders, inputs, lengths,
+                                                                                    deadline, runtime))
+                    by_variant.setdefault(name, {})["encoder"] = out
+                    if runtime == main_attn:
+                        jx["encoder"] = out
             elif item == "train":
-                jx.setdefault("train", {}).update(phase(f"jax_{number}_train", lambda: jax_train(
-                    cfg, folders, inputs, lengths, deadline, train_cache)))
+                for runtime in variants:
+                    out = phase(f"jax_{number}_train_{variant_name(runtime)}", lambda: jax_train(
+                        cfg, folders, inputs, lengths, deadline, train_cache, runtime))
+                    by_variant.setdefault(variant_name(runtime), {}).setdefault("train", {}).update(out)
+                    if runtime is variants[0]:
+                        jx.setdefault("train", {}).update(out)
             else:
-                jx["generate"] = phase(f"jax_{number}_generate", lambda: jax_generate(cfg, folders, inputs, deadline))
+                jx["generate"] = phase(f"jax_{number}_generate", lambda: jax_generate(cfg, folders, inputs, deadline,
+                                                                                      main_attn))
         train_cache.clear()
     finally:
         if not args.workdir:
@@ -905,7 +969,10 @@ def main(argv=None) -> dict:
         floor["sum_ms"] = floor["compute_ms"] + floor["memory_ms"]
     results["floor"] = floor
     results["targets"] = targets(results, cfg)
-    for side, res in (("jax", results.get("jax", {})), ("original", ref), ("dense", results.get("dense_sdpa", {}))):
+    sides = [("jax", results.get("jax", {})), ("original", ref), ("dense", results.get("dense_sdpa", {}))]
+    main_names = {variants[0]["attn_implementation"], variant_name(variants[0])}  # already in results["jax"]
+    sides += [(f"jax {name}", res) for name, res in results.get("jax_variants", {}).items() if name not in main_names]
+    for side, res in sides:
         for part, items in (res.items() if side != "dense" else [("encoder", res)]):
             if isinstance(items, dict):
                 if "skipped" in items:

@@ -59,7 +59,10 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
         scale_embedding=False, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
         forced_bos_token_id=0, forced_eos_token_id=2, lsg=True, adaptive=True, sparsity_factor=2,
         sparsity_type="norm", pass_global_tokens_to_decoder=True, pool_with_global=True, mask_first_token=False,
-        lsh_num_pre_rounds=1))
+        lsh_num_pre_rounds=1,
+        # How this port runs (not saved in config.json): fused cuDNN attention on a GPU in bf16, else the blocked
+        # einsums; remat=True trades training time for memory (bench/RESULTS.md).
+        attn_implementation="auto", remat=False))
 
     c.data = ml_collections.ConfigDict(dict(
         source="jsonl" if tiny else "tfds", tfds_name="scientific_papers/arxiv", data_dir="",

@@ -5,7 +5,8 @@ the same tokens; it is written for jit: static shapes ([rows, max_length] buffer
 as soon as transformers would, and a key/value cache the model threads through its step function.
 
 A model takes part through a step function and an initial cache (see `generate`). Encoder-decoder models with
-`encode` / `init_cache` / `decode` methods get `seq2seq_generate`, which takes transformers' argument names.
+`encode` / `init_cache` / `decode` methods get `seq2seq_generate`, which takes transformers' argument names and
+computes the cross-attention keys/values once per call (in `init_cache`), not at every step.
 """
 import dataclasses
 from typing import Any, Callable, NamedTuple
@@ -445,32 +446,48 @@ class _StaticGraphDef:
         return hash(self.graphdef.num_leaves)
 
 
-@jax.jit(static_argnums=(0, 5))
-def _seq2seq_generate(static_graphdef: _StaticGraphDef, state, input_ids, attention_mask, rng,
+@jax.jit(static_argnums=(0, 6))
+def _seq2seq_generate(static_graphdef: _StaticGraphDef, state, input_ids, attention_mask, encode_kwargs, rng,
                       config: GenerationConfig):
     graphdef = static_graphdef.graphdef
     model = nnx.merge(graphdef, state)
-    rows = input_ids.shape[0] * config.expand_size
-    encoder_hidden = jnp.repeat(model.encode(input_ids, attention_mask), config.expand_size, axis=0)
-    encoder_mask = jnp.repeat(attention_mask, config.expand_size, axis=0)
+    encoder_hidden = model.encode(input_ids, attention_mask, **encode_kwargs)
+    # Each input becomes expand_size rows (beams or samples), copies of it: row b * expand_size + e. The cache is
+    # built per input, so its cross-attention keys/values are projected once per input, then copied like the rest.
+    def expand(x):
+        return jnp.repeat(x, config.expand_size, axis=0)
+
+    cache = jax.tree.map(expand, model.init_cache(encoder_hidden, config.max_length))
+    # The cross-attention keys/values do not change while decoding: step_fn closes over them, so the loop does not
+    # carry them and beam search does not reorder them. They need no reordering: beams move only among the rows
+    # of their own input, which are copies of the same encoder states.
+    cross = cache.pop("cross")
+    encoder_hidden, encoder_mask = expand(encoder_hidden), expand(attention_mask)
 
     def step_fn(tokens, cache, position):
         # Merged afresh here: the loop body is a trace of its own, and a module from the outer trace could not
         # update its state (e.g. an rng stream) in it.
-        logits, cache = nnx.merge(graphdef, state).decode(tokens, encoder_hidden, encoder_mask, cache, position)
+        model = nnx.merge(graphdef, state)
+        logits, cache = model.decode(tokens, encoder_hidden, encoder_mask, {**cache, "cross": cross}, position)
+        cache.pop("cross")
         return logits[:, -1], cache
 
     prompt_ids = jnp.full((input_ids.shape[0], 1), config.decoder_start_token_id, jnp.int32)
-    return generate(step_fn, model.init_cache(rows, config.max_length), prompt_ids, config, rng)
+    return generate(step_fn, cache, prompt_ids, config, rng)
 
 
-def seq2seq_generate(model: nnx.Module, input_ids, attention_mask=None, *, rng=None, **kwargs) -> GenerateOutput:
+def seq2seq_generate(model: nnx.Module, input_ids, attention_mask=None, *, rng=None, encode_kwargs=None,
+                     **kwargs) -> GenerateOutput:
     """transformers-style `generate` for an encoder-decoder nnx.Module with `config`, `encode(input_ids,
-    attention_mask)`, `init_cache(rows, max_length)` and `decode(tokens, encoder_hidden, encoder_mask, cache,
-    position) -> (logits, cache)`. kwargs: GenerationConfig fields (transformers' names). Compiled once per
-    model structure, input shapes and settings. sequences[:, 0] is the decoder start token."""
+    attention_mask) -> encoder_hidden`, `init_cache(encoder_hidden, max_length) -> cache` and `decode(tokens,
+    encoder_hidden, encoder_mask, cache, position) -> (logits, cache)`. The cache is a dict whose entry "cross"
+    holds what stays fixed while decoding (the cross-attention keys/values of encoder_hidden, computed once by
+    init_cache); decode returns it as it came. encode_kwargs: extra keyword arrays for `encode` (e.g. LSG-BART's
+    lsh_key), traced, not static. kwargs: GenerationConfig fields (transformers' names). Compiled once per model
+    structure, input shapes and settings. sequences[:, 0] is the decoder start token."""
     config = seq2seq_config(model.config, **kwargs)
     input_ids = jnp.asarray(input_ids, jnp.int32)
     attention_mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
     graphdef, state = nnx.split(model)
-    return _seq2seq_generate(_StaticGraphDef(graphdef), state, input_ids, attention_mask, rng, config)
+    return _seq2seq_generate(_StaticGraphDef(graphdef), state, input_ids, attention_mask, encode_kwargs or {}, rng,
+                             config)

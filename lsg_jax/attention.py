@@ -201,7 +201,13 @@ def sparse_tokens(q, k, v, mask, cfg, lsh_projections=None):
 
 def lsg_attention(q, k, v, bias, cfg, dtype, lsh_projections=None):
     """LSG self-attention. q/k/v [B, H, G + T, D] (G = num_global_tokens first), bias [B, G + T] additive float32
-    (0 for the global tokens). Returns [B, H, G + T, D]."""
+    (0 for the global tokens). Returns [B, H, G + T, D].
+
+    cfg.attn_implementation other than "einsum" runs lsg_jax.fused_attention (same result, fused kernels)."""
+    from lsg_jax.fused_attention import fused_lsg_attention, resolve_implementation  # it imports this module
+    implementation = resolve_implementation(cfg.attn_implementation, dtype, q.shape[-1])
+    if implementation != "einsum":
+        return fused_lsg_attention(q, k, v, bias, cfg, dtype, implementation, lsh_projections)
     G, bs = cfg.num_global_tokens, cfg.block_size
     B, H, L, D = q.shape
     bias4 = bias[:, None, None, :]

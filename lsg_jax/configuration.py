@@ -15,6 +15,8 @@ LSG_KEYS = ("adaptive", "block_size", "lsh_num_pre_rounds", "mask_first_token", 
             "pass_global_tokens_to_decoder", "pool_with_global", "sparse_block_size", "sparsity_factor",
             "sparsity_type")
 MAX_GLOBAL_TOKENS = 512  # rows of the original's global embedding table
+ATTN_IMPLEMENTATIONS = ("einsum", "xla", "cudnn", "auto")
+RUNTIME_KEYS = ("attn_implementation", "remat")  # how this port runs, not what the model is: not in config.json
 
 
 @dataclasses.dataclass
@@ -61,6 +63,13 @@ class LSGBartConfig(HFConfig):
     sparsity_factor: int = 2
     sparsity_type: str | None = "norm"
     model_type: str = "bart"
+    # LSG encoder attention: "einsum" (lsg_jax.attention's blocked einsums), "xla" / "cudnn" (lsg_jax.fused_attention
+    # through jax.nn.dot_product_attention; cudnn computes in bf16), "auto" (cudnn on an NVIDIA GPU when the model
+    # computes in bf16/fp16 and the head dim suits cuDNN, else einsum). All give the same result up to rounding.
+    attn_implementation: str = "einsum"
+    # Recompute each encoder layer in the backward pass (nnx.remat) instead of keeping its activations: training
+    # memory for compute; the same numbers.
+    remat: bool = False
     # Keys of config.json this model does not use (architectures, auto_map, task params...), written back unchanged.
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -70,6 +79,9 @@ class LSGBartConfig(HFConfig):
                              f"{', '.join(map(repr, SPARSITY_TYPES))}")
         if self.activation_function not in ACTIVATIONS:
             raise ValueError(f"activation_function={self.activation_function!r}: expected one of {ACTIVATIONS}")
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"attn_implementation={self.attn_implementation!r}: expected one of "
+                             f"{ATTN_IMPLEMENTATIONS}")
         if self.d_model % self.encoder_attention_heads or self.d_model % self.decoder_attention_heads:
             raise ValueError("d_model must be divisible by the numbers of attention heads")
         if not self.lsg:
@@ -110,6 +122,8 @@ class LSGBartConfig(HFConfig):
 
     def to_dict(self) -> dict:
         values = super().to_dict()
+        for key in RUNTIME_KEYS:
+            values.pop(key)
         lsg = values.pop("lsg")
         if not lsg:
             for key in LSG_KEYS:

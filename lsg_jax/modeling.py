@@ -19,8 +19,10 @@ from jaxport.hf import PretrainedModel
 from jaxport.layers import ACTIVATIONS, NEG_INF, Dense, Embed, causal_bias, dropout, padding_bias, split_rng
 from lsg_jax.attention import draw_lsh_projections, lsg_attention
 from lsg_jax.configuration import LSGBartConfig
+from lsg_jax.fused_attention import fused_padded_attention, resolve_implementation
 
 POSITION_OFFSET = 2  # BART's learned positions start at row 2
+DEFAULT_LSH_SEED = 0  # LSH projections use jax.random.key(DEFAULT_LSH_SEED) when a call passes no key nor rng
 
 
 @flax.struct.dataclass
@@ -33,10 +35,6 @@ class Seq2SeqLMOutput:
 class Seq2SeqModelOutput:
     last_hidden_state: jax.Array
     encoder_last_hidden_state: jax.Array
-
-
-class LSHKey(nnx.Variable):
-    """Raw PRNG key data used for LSH projections when a call gives no key (not saved with the weights)."""
 
 
 class LayerNorm(nnx.Module):
@@ -65,13 +63,28 @@ class Attention(nnx.Module):
         self.value = Dense((d,), (h, d // h), ("embed", "heads", "kv"), std, use_bias=True, **kw)
         self.out = Dense((h, d // h), (d,), ("heads", "kv", "embed"), std, use_bias=True, **kw)
         self.dropout_rate = config.attention_dropout
+        self.attn_implementation = config.attn_implementation
         self.dtype = dtype
 
-    def attend(self, x, bias, *, context=None, cache=None, position=0, rng=None):
-        """Full attention from x [B,T,E] to context (x when None); bias broadcastable to [B,H,T,S]. With `cache`,
-        new keys/values are written at `position` and the query attends over the whole cache."""
-        source = x if context is None else context
-        q, k, v = self.query(x), self.key(source), self.value(source)  # [B, T, H, D]
+    def key_value(self, source):
+        """Keys and values [B, S, H, D] of `source`."""
+        return {"key": self.key(source), "value": self.value(source)}
+
+    def attend(self, x, bias, *, context=None, context_key_value=None, cache=None, position=0, rng=None,
+               key_valid=None):
+        """Full attention from x [B,T,E] to context (x when None); bias broadcastable to [B,H,T,S].
+        `context_key_value`: the context's `key_value`, precomputed (cross-attention while decoding: the encoder
+        states do not change from step to step). With `cache`, new keys/values are written at `position` and the
+        query attends over the whole cache. `key_valid` [B, S]: the bias is only this key padding, so the
+        config's fused attn_implementation may run it (without attention dropout)."""
+        q = self.query(x)  # [B, T, H, D]
+        if context_key_value is None:
+            context_key_value = self.key_value(x if context is None else context)
+        k, v = context_key_value["key"], context_key_value["value"]
+        if key_valid is not None and cache is None and (self.dropout_rate == 0 or rng is None):
+            implementation = resolve_implementation(self.attn_implementation, self.dtype, q.shape[-1])
+            if implementation != "einsum":
+                return self.out(fused_padded_attention(q, k, v, key_valid, self.dtype, implementation)), cache
         if cache is not None:
             k = jax.lax.dynamic_update_slice_in_dim(cache["key"], k.astype(cache["key"].dtype), position, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache["value"], v.astype(cache["value"].dtype), position, axis=1)
@@ -124,12 +137,18 @@ class DecoderLayer(nnx.Module):
         self.config = config
         self.act = ACTIVATIONS[config.activation_function]
 
-    def __call__(self, x, self_bias, context, cross_bias, cache=None, position=0, rng=None):
+    def __call__(self, x, self_bias, context, cross_bias, cache=None, cross_key_value=None, position=0, rng=None):
+        """cache: this layer's self-attention keys/values (decoding); cross_key_value: the cross-attention's
+        `key_value(context)`, precomputed by init_cache (decoding), else computed here from context."""
         cfg = self.config
         rngs = split_rng(rng, 7)
         h, cache = self.self_attn.attend(x, self_bias, cache=cache, position=position, rng=rngs[0])
         x = self.self_attn_layer_norm(x + dropout(h, cfg.dropout, rngs[1]))
-        h, _ = self.encoder_attn.attend(x, cross_bias, context=context, rng=rngs[2])
+        # Teacher forcing (no precomputed keys/values) attends over the whole encoder output: fused if configured.
+        key_valid = None if cross_key_value is not None else \
+            jnp.broadcast_to(cross_bias[:, 0, 0, :] == 0, (x.shape[0], cross_bias.shape[-1]))
+        h, _ = self.encoder_attn.attend(x, cross_bias, context=context, context_key_value=cross_key_value,
+                                        rng=rngs[2], key_valid=key_valid)
         x = self.encoder_attn_layer_norm(x + dropout(h, cfg.dropout, rngs[3]))
         h = dropout(self.act(self.fc1(x)), cfg.activation_dropout, rngs[4])
         return self.final_layer_norm(x + dropout(self.fc2(h), cfg.dropout, rngs[5])), cache
@@ -166,11 +185,13 @@ class Encoder(nnx.Module):
         rngs = split_rng(rng, len(self.layers) + 1)
         x = dropout(self.layernorm_embedding(x), cfg.dropout, rngs[-1])
         heads, head_dim = cfg.encoder_attention_heads, cfg.d_model // cfg.encoder_attention_heads
+        # remat: the backward pass recomputes each layer from its input instead of keeping its activations.
+        apply = nnx.remat(EncoderLayer.__call__) if cfg.remat else EncoderLayer.__call__
         for i, (layer, layer_rng) in enumerate(zip(self.layers, rngs)):
             projections = None
             if cfg.lsg and cfg.sparsity_type == "lsh" and cfg.has_sparse:
                 projections = draw_lsh_projections(jax.random.fold_in(lsh_key, i), cfg, heads, head_dim)
-            x = layer(x, bias, projections, layer_rng)
+            x = apply(layer, x, bias, projections, layer_rng)
         return x
 
 
@@ -199,16 +220,11 @@ class Decoder(nnx.Module):
         x = dropout(self.layernorm_embedding(x), cfg.dropout, rngs[-1])
         new_cache = []
         for i, (layer, layer_rng) in enumerate(zip(self.layers, rngs)):
-            layer_cache = None if cache is None else cache["layers"][i]
-            x, layer_cache = layer(x, self_bias, encoder_hidden, cross_bias, layer_cache, position, layer_rng)
+            layer_cache, cross_key_value = (None, None) if cache is None else (cache["layers"][i], cache["cross"][i])
+            x, layer_cache = layer(x, self_bias, encoder_hidden, cross_bias, layer_cache, cross_key_value, position,
+                                   layer_rng)
             new_cache.append(layer_cache)
-        return x, (None if cache is None else {"layers": new_cache})
-
-
-def _raw_key(key):
-    """uint32 key data from a typed key or a legacy uint32 key."""
-    key = key if isinstance(key, jax.Array) else jnp.asarray(key)
-    return jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+        return x, (None if cache is None else {"layers": new_cache, "cross": cache["cross"]})
 
 
 def _typed_key(key):
@@ -229,7 +245,6 @@ class LSGBartModel(PretrainedModel):
         self.shared = Embed(config.vocab_size, config.d_model, ("vocab", "embed"), config.init_std, **kw)
         self.encoder = Encoder(config, **kw)
         self.decoder = Decoder(config, **kw)
-        self.lsh_key = LSHKey(jax.random.key_data(jax.random.key(0)))
         self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
 
     @classmethod
@@ -261,8 +276,10 @@ class LSGBartModel(PretrainedModel):
                truncation: bool = False) -> jax.Array:
         """Encoder states [B, G + T, E] with pass_global_tokens_to_decoder (LSG), [B, T, E] otherwise.
 
-        lsh_key: PRNG key for the random projections of sparsity_type='lsh' (layer i uses fold_in(key, i)); when
-        None, one derived from dropout_rng, else the model's `lsh_key` variable."""
+        lsh_key: PRNG key (typed, or raw uint32 key data) for the random projections of sparsity_type='lsh'
+        (layer i uses fold_in(key, i)). When None: fold_in(dropout_rng, 7) if dropout_rng is given (training
+        draws fresh projections per step), else the constant jax.random.key(0) (deterministic inference). The key
+        is a call argument only, never model state: an integer state leaf would break the trainer's grad."""
         cfg = self.config
         if inputs_embeds is None:
             input_ids, attention_mask = self.prepare_inputs(input_ids, attention_mask, truncation=truncation)
@@ -272,7 +289,8 @@ class LSGBartModel(PretrainedModel):
         attention_mask = jnp.asarray(attention_mask, jnp.int32)
         B, T = attention_mask.shape
         if lsh_key is None:
-            lsh_key = jax.random.fold_in(_typed_key(dropout_rng), 7) if dropout_rng is not None else self.lsh_key[...]
+            lsh_key = (jax.random.fold_in(_typed_key(dropout_rng), 7) if dropout_rng is not None
+                       else jax.random.key(DEFAULT_LSH_SEED))
         lsh_key = _typed_key(lsh_key)
         if not cfg.lsg:
             if T > cfg.max_position_embeddings:
@@ -324,14 +342,19 @@ class LSGBartModel(PretrainedModel):
 
     # --- decoder -----------------------------------------------------------------------------------------
 
-    def init_cache(self, batch_size: int, max_length: int) -> dict:
+    def init_cache(self, encoder_hidden, max_length: int) -> dict:
+        """The cache for incremental decoding against encoder_hidden [B, S, E] (`encode`'s states): per decoder
+        layer, an empty self-attention key/value buffer of max_length positions ("layers", filled by `decode`)
+        and the cross-attention keys/values of encoder_hidden ("cross"), computed here once rather than at every
+        step."""
         cfg = self.config
         if max_length > cfg.max_position_embeddings:
             raise ValueError(f"max_length {max_length} exceeds max_position_embeddings={cfg.max_position_embeddings}")
         heads = cfg.decoder_attention_heads
-        shape = (batch_size, max_length, heads, cfg.d_model // heads)
+        shape = (encoder_hidden.shape[0], max_length, heads, cfg.d_model // heads)
         return {"layers": [{"key": jnp.zeros(shape, self.dtype), "value": jnp.zeros(shape, self.dtype)}
-                           for _ in range(cfg.decoder_layers)]}
+                           for _ in self.decoder.layers],
+                "cross": [layer.encoder_attn.key_value(encoder_hidden) for layer in self.decoder.layers]}
 
     def decode_hidden(self, decoder_input_ids, encoder_hidden, encoder_attention_mask=None, cache=None, position=0,
                       *, decoder_attention_mask=None, dropout_rng=None):
@@ -383,7 +406,9 @@ class LSGBartForConditionalGeneration(LSGBartModel):
     def decode(self, decoder_input_ids, encoder_hidden, encoder_attention_mask=None, cache=None, position=0, *,
                decoder_attention_mask=None, dropout_rng=None):
         """Logits [B, T, V]. encoder_attention_mask is the encoder's input mask [B, T_in] (global tokens and
-        mask_first_token are applied here). With `cache`, tokens sit at `position` (incremental decoding)."""
+        mask_first_token are applied here). With `cache` (from `init_cache(encoder_hidden, ...)`), tokens sit at
+        `position` and cross-attention uses the cache's keys/values of the encoder states (incremental
+        decoding)."""
         hidden, cache = self.decode_hidden(decoder_input_ids, encoder_hidden, encoder_attention_mask, cache, position,
                                            decoder_attention_mask=decoder_attention_mask, dropout_rng=dropout_rng)
         return self.lm_logits(hidden), cache
@@ -406,15 +431,12 @@ class LSGBartForConditionalGeneration(LSGBartModel):
 
     def generate(self, input_ids, attention_mask=None, *, lsh_key=None, truncation=False, **kwargs):
         """Greedy, beam or sampled decoding with transformers' argument names (jaxport.generation); returns
-        `.sequences`. lsh_key: the key of the LSH projections for this call (sparsity_type='lsh')."""
+        `.sequences`. lsh_key: the key of the LSH projections for this call (sparsity_type='lsh'); None uses
+        jax.random.key(DEFAULT_LSH_SEED), as `encode` does."""
         from jaxport.generation import seq2seq_generate
         input_ids, attention_mask = self.prepare_inputs(input_ids, attention_mask, truncation=truncation)
-        model = self
-        if lsh_key is not None:
-            graphdef, state = nnx.split(self)
-            model = nnx.merge(graphdef, state)
-            model.lsh_key[...] = _raw_key(lsh_key)
-        return seq2seq_generate(model, input_ids, attention_mask, **kwargs)
+        encode_kwargs = {} if lsh_key is None else {"lsh_key": _typed_key(lsh_key)}
+        return seq2seq_generate(self, input_ids, attention_mask, encode_kwargs=encode_kwargs, **kwargs)
 
 
 def shift_tokens_right(ids, pad_token_id: int, decoder_start_token_id: int):

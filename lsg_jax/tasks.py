@@ -117,24 +117,6 @@ class _Head:
         return self.source[index]
 
 
-class _DefaultLSHKey:
-    """Stands in for the model's LSHKey variable (key_data(key(seed)), what the model holds by default) as a
-    static attribute. The shared trainer differentiates and checkpoints every state leaf of a model; a uint32 key
-    among them fails `jax.grad`, and it is not a weight (save_pretrained leaves it out too)."""
-
-    def __init__(self, seed: int = 0):
-        self.seed = seed
-
-    def __getitem__(self, index):
-        return jax.random.key_data(jax.random.key(self.seed))
-
-    def __eq__(self, other):
-        return isinstance(other, _DefaultLSHKey) and other.seed == self.seed
-
-    def __hash__(self):
-        return hash((_DefaultLSHKey, self.seed))
-
-
 def _cut_at_eos(ids, eos_id: int) -> list[int]:
     ids = [int(i) for i in ids]
     return ids[:ids.index(eos_id) + 1] if eos_id in ids else ids
@@ -163,12 +145,6 @@ class SummarizationTask(Seq2SeqTask):
         self.generation = config.eval.generation.to_dict() if "generation" in config.eval else {}
         if not config.eval.get("generate", True):
             self.predict = None  # no generation-based evaluation (see jaxport.trainer.Task)
-
-    def create_model(self, config, rngs: nnx.Rngs):
-        model = super().create_model(config, rngs)
-        del model.lsh_key
-        model.lsh_key = _DefaultLSHKey(0)  # as LSHKey(key_data(key(0))), but not state: see _DefaultLSHKey
-        return model
 
     def pretrained_params(self, config):
         params = super().pretrained_params(config)

@@ -151,8 +151,9 @@ def extend_encoder_mask(encoder_attention_mask: jax.Array, encoder_length: int) 
 class _PrefixedT5(PretrainedModel):
     """What both SIP models share: `self.model` (the T5) and the decoder side."""
 
-    def init_cache(self, batch_size: int, max_length: int) -> dict:
-        return self.model.init_cache(batch_size, max_length)
+    def init_cache(self, encoder_hidden: jax.Array, max_length: int) -> dict:
+        """T5's cache for decoding against `encode`'s states (prefix ++ input)."""
+        return self.model.init_cache(encoder_hidden, max_length)
 
     def decode(self, decoder_input_ids, encoder_hidden, encoder_attention_mask, cache=None, position=0, *,
                decoder_attention_mask=None, dropout_rng=None):
@@ -229,8 +230,8 @@ class FSTConditioned(nnx.Module):
             raise FSTInputError(f"fst_rep has {fst_rep.shape[0]} rows for {input_ids.shape[0]} inputs")
         return self.sip.encode(input_ids, attention_mask, fst_rep=fst_rep)
 
-    def init_cache(self, batch_size: int, max_length: int) -> dict:
-        return self.sip.init_cache(batch_size, max_length)
+    def init_cache(self, encoder_hidden: jax.Array, max_length: int) -> dict:
+        return self.sip.init_cache(encoder_hidden, max_length)
 
     def decode(self, *args, **kwargs):
         return self.sip.decode(*args, **kwargs)

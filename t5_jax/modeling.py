@@ -90,13 +90,22 @@ class T5Attention(nnx.Module):
         table = self.relative_attention_bias.embedding[...].astype(jnp.float32)
         return jnp.einsum("tsb,bh->hts", one_hot, table, precision=jax.lax.Precision.HIGHEST)[None]
 
+    def key_value(self, source: jax.Array) -> dict:
+        """Keys and values [B, S, heads, d_kv] of `source`."""
+        return {"key": self.key(source), "value": self.value(source)}
+
     def __call__(self, x: jax.Array, bias: jax.Array, *, context: jax.Array | None = None,
-                 cache: dict | None = None, position=0, rng=None) -> tuple[jax.Array, dict | None]:
+                 context_key_value: dict | None = None, cache: dict | None = None, position=0,
+                 rng=None) -> tuple[jax.Array, dict | None]:
         """Attend from x [B, T, D] to context (x itself when None); `bias` [B|1, heads|1, T, S] holds
-        position bias and masks. With `cache` (self-attention while decoding), the new keys/values are
-        written at `position` and the query attends over the whole cache."""
-        source = x if context is None else context
-        q, k, v = self.query(x), self.key(source), self.value(source)
+        position bias and masks. `context_key_value`: the context's `key_value`, precomputed (cross-attention
+        while decoding: the encoder states do not change from step to step). With `cache` (self-attention
+        while decoding), the new keys/values are written at `position` and the query attends over the whole
+        cache."""
+        q = self.query(x)
+        if context_key_value is None:
+            context_key_value = self.key_value(x if context is None else context)
+        k, v = context_key_value["key"], context_key_value["value"]
         if cache is not None:
             k = jax.lax.dynamic_update_slice_in_dim(cache["key"], k.astype(cache["key"].dtype), position, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache["value"], v.astype(cache["value"].dtype), position, axis=1)
@@ -151,12 +160,15 @@ class T5DecoderBlock(nnx.Module):
         self.mlp = T5MLP(config, **kw)
         self.dropout_rate = config.dropout_rate
 
-    def __call__(self, x, self_bias, context, cross_bias, cache=None, position=0, rng=None):
+    def __call__(self, x, self_bias, context, cross_bias, cache=None, cross_key_value=None, position=0, rng=None):
+        """cache: this layer's self-attention keys/values (decoding); cross_key_value: the cross-attention's
+        `key_value(context)`, precomputed by init_cache (decoding), else computed here from context."""
         rngs = split_rng(rng, 6)
         h, cache = self.self_attention(self.self_attention_norm(x), self_bias, cache=cache, position=position,
                                        rng=rngs[0])
         x = x + dropout(h, self.dropout_rate, rngs[1])
-        h, _ = self.cross_attention(self.cross_attention_norm(x), cross_bias, context=context, rng=rngs[2])
+        h, _ = self.cross_attention(self.cross_attention_norm(x), cross_bias, context=context,
+                                    context_key_value=cross_key_value, rng=rngs[2])
         x = x + dropout(h, self.dropout_rate, rngs[3])
         x = x + dropout(self.mlp(self.mlp_norm(x), rngs[4]), self.dropout_rate, rngs[5])
         return x, cache
@@ -204,11 +216,12 @@ class T5Decoder(nnx.Module):
         x = dropout(embeds, self.dropout_rate, rngs[-2])
         new_cache = []
         for i, (layer, layer_rng) in enumerate(zip(self.layers, rngs)):
-            layer_cache = None if cache is None else cache["layers"][i]
-            x, layer_cache = layer(x, self_bias, encoder_hidden, cross_bias, layer_cache, position, layer_rng)
+            layer_cache, cross_key_value = (None, None) if cache is None else (cache["layers"][i], cache["cross"][i])
+            x, layer_cache = layer(x, self_bias, encoder_hidden, cross_bias, layer_cache, cross_key_value, position,
+                                   layer_rng)
             new_cache.append(layer_cache)
         x = dropout(self.final_norm(x), self.dropout_rate, rngs[-1])
-        return x, (None if cache is None else {"layers": new_cache})
+        return x, (None if cache is None else {"layers": new_cache, "cross": cache["cross"]})
 
 
 class T5ForConditionalGeneration(PretrainedModel):
@@ -238,16 +251,20 @@ class T5ForConditionalGeneration(PretrainedModel):
             attention_mask = jnp.ones(inputs_embeds.shape[:2], jnp.int32)
         return self.encoder(inputs_embeds, attention_mask, dropout_rng)
 
-    def init_cache(self, batch_size: int, max_length: int) -> dict:
-        """Empty self-attention key/value cache for incremental decoding."""
-        shape = (batch_size, max_length, self.config.num_heads, self.config.d_kv)
+    def init_cache(self, encoder_hidden: jax.Array, max_length: int) -> dict:
+        """The cache for incremental decoding against encoder_hidden [B, S, D]: per decoder layer, an empty
+        self-attention key/value buffer of max_length positions ("layers", filled by `decode`) and the
+        cross-attention keys/values of encoder_hidden ("cross"), computed here once rather than at every step."""
+        shape = (encoder_hidden.shape[0], max_length, self.config.num_heads, self.config.d_kv)
         return {"layers": [{"key": jnp.zeros(shape, self.dtype), "value": jnp.zeros(shape, self.dtype)}
-                           for _ in range(self.config.num_decoder_layers)]}
+                           for _ in self.decoder.layers],
+                "cross": [layer.cross_attention.key_value(encoder_hidden) for layer in self.decoder.layers]}
 
     def decode(self, decoder_input_ids, encoder_hidden, encoder_attention_mask, cache=None, position=0, *,
                decoder_attention_mask=None, dropout_rng=None):
-        """Logits [B, T, V] for decoder tokens; with `cache`, tokens sit at `position` and the cache is returned
-        updated (incremental decoding), otherwise the whole target is processed causally."""
+        """Logits [B, T, V] for decoder tokens; with `cache` (from `init_cache(encoder_hidden, ...)`), tokens sit
+        at `position`, cross-attention uses the cache's keys/values of the encoder states and the cache is
+        returned updated (incremental decoding), otherwise the whole target is processed causally."""
         hidden, cache = self.decoder(self.shared(decoder_input_ids), encoder_hidden, encoder_attention_mask,
                                      decoder_attention_mask, cache, position, dropout_rng)
         return self.lm_logits(hidden), cache

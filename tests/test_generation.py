@@ -310,12 +310,12 @@ class ToySeq2Seq(nnx.Module):
         ToySeq2Seq.traces += 1
         return self.embed(input_ids) * attention_mask[..., None]
 
-    def init_cache(self, batch_size, max_length):
-        return jnp.zeros((batch_size, 4))
+    def init_cache(self, encoder_hidden, max_length):
+        return {"cross": encoder_hidden.sum(1), "hidden": jnp.zeros((encoder_hidden.shape[0], 4))}
 
     def decode(self, tokens, encoder_hidden, encoder_mask, cache, position):
-        hidden = cache + self.embed(tokens).sum(1) + encoder_hidden.sum(1)
-        return self.out(hidden)[:, None], hidden
+        hidden = cache["hidden"] + self.embed(tokens).sum(1) + cache["cross"]
+        return self.out(hidden)[:, None], {"cross": cache["cross"], "hidden": hidden}
 
 
 def test_seq2seq_generate_compiles_once_per_shape_and_settings():
@@ -383,3 +383,29 @@ def test_t5_matches_transformers(t5_pair, kwargs):
     assert ends_early(out.sequences, max_length)
     if kwargs.get("num_beams", 1) > 1:
         np.testing.assert_allclose(np.asarray(out.scores), expected.sequences_scores.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def _dot_operand_shapes(jaxpr, in_loop=False):
+    """(in_loop, operand shapes) of every matrix product in `jaxpr` and the jaxprs nested in it (jit, while)."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            yield in_loop, [tuple(var.aval.shape) for var in eqn.invars]
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr's Jaxpr
+                if hasattr(sub, "eqns"):
+                    yield from _dot_operand_shapes(sub, in_loop or eqn.primitive.name == "while")
+
+
+def test_seq2seq_generate_projects_encoder_states_once(t5_pair):
+    """The cross-attention keys/values are computed before the decoding loop, once per input: no matrix product
+    in a loop takes [rows, encoder length, d_model] encoder states, none outside it takes them per beam."""
+    _, model = t5_pair
+    batch, length, beams, d_model = 2, 13, 3, model.config.d_model
+    ids = np.random.default_rng(0).integers(2, 60, (batch, length))
+    jaxpr = jax.make_jaxpr(lambda ids: model.generate(ids, num_beams=beams, max_new_tokens=5).sequences)(ids)
+    encoder_products = [(in_loop, shapes[0]) for in_loop, shapes in _dot_operand_shapes(jaxpr.jaxpr)
+                        if shapes[0][-2:] == (length, d_model)]
+    assert encoder_products, "no product of the encoder states found: the test no longer sees them"
+    assert [shape for in_loop, shape in encoder_products if in_loop] == []
+    assert {shape[0] for _, shape in encoder_products} == {batch}

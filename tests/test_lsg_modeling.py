@@ -139,10 +139,13 @@ def test_incremental_decoding_equals_full_pass(reference):
     model = LSGBartForConditionalGeneration.from_pretrained(folder)
     full = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec)
     hidden = model.encode(ids, mask)
-    cache = model.init_cache(len(ids), dec.shape[1])
+    cache = model.init_cache(hidden, dec.shape[1])
+    # The cache holds the cross-attention keys/values: a decoding step must not project the encoder states again
+    # (it would turn these NaN states into NaN logits).
+    unused = jnp.full_like(hidden, jnp.nan)
     steps = []
     for t in range(dec.shape[1]):
-        logits, cache = model.decode(jnp.asarray(dec[:, t:t + 1]), hidden, jnp.asarray(mask), cache, t)
+        logits, cache = model.decode(jnp.asarray(dec[:, t:t + 1]), unused, jnp.asarray(mask), cache, t)
         steps.append(np.asarray(logits))
     np.testing.assert_allclose(np.concatenate(steps, axis=1), np.asarray(full.logits), atol=1e-4, rtol=1e-4)
 
@@ -206,3 +209,9 @@ def test_lsh_key_changes_the_projections():
     a = model.encode(ids, lsh_key=jax.random.key(1))
     assert np.array_equal(np.asarray(a), np.asarray(model.encode(ids, lsh_key=jax.random.key(1))))
     assert not np.allclose(np.asarray(a), np.asarray(model.encode(ids, lsh_key=jax.random.key(2))))
+    # The key is a call argument only: no integer state leaf the trainer would have to differentiate, and a call
+    # without key nor dropout rng uses the documented constant key(0).
+    assert all(jnp.issubdtype(x.dtype, jnp.inexact) for x in jax.tree.leaves(nnx.state(model)))
+    assert np.array_equal(np.asarray(model.encode(ids)), np.asarray(model.encode(ids, lsh_key=jax.random.key(0))))
+    assert np.array_equal(np.asarray(model.generate(ids, max_length=6).sequences),
+                          np.asarray(model.generate(ids, max_length=6, lsh_key=jax.random.key(0)).sequences))

@@ -5,7 +5,6 @@ at the end prints the notebook's `summary` dict as JSON, and the tests check its
 import json
 import math
 import os
-import warnings
 from pathlib import Path
 
 import pytest
@@ -113,6 +112,3 @@ def test_lsg_notebook_converts_summarizes_and_fine_tunes_a_tiny_model(tmp_path):
     assert math.isfinite(summary["eval_loss"])
     assert summary["eval_rouge1"] is None or 0.0 <= summary["eval_rouge1"] <= 100.0
     assert (Path(summary["export_dir"]) / "config.json").is_file()
-    if summary["lsh_key_workaround"]:
-        warnings.warn("notebooks/lsg.ipynb trained through its own LSH-key workaround: lsg_jax's task still hands "
-                      "the trainer the integer lsh_key variable (see notebooks/README.md)")

@@ -284,7 +284,7 @@ def test_incremental_decoding_with_the_input_mask_equals_full_pass(finetuning_pa
     full = model(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(dec)).logits
     hidden = model.encode(jnp.asarray(ids), jnp.asarray(mask))
     assert hidden.shape[1] == PREFIX_KWARGS["prefix_length"] + ids.shape[1]
-    cache = model.init_cache(len(ids), dec.shape[1])
+    cache = model.init_cache(hidden, dec.shape[1])
     steps = []
     for t in range(dec.shape[1]):
         logits, cache = model.decode(jnp.asarray(dec[:, t:t + 1]), hidden, jnp.asarray(mask), cache, t)

@@ -72,10 +72,13 @@ def test_incremental_decoding_equals_full_pass(tmp_path):
     ids, mask, dec = padded_batch(np.random.default_rng(2))
     full = model(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask), decoder_input_ids=jnp.asarray(dec))
     hidden = model.encode(jnp.asarray(ids), jnp.asarray(mask))
-    cache = model.init_cache(len(ids), dec.shape[1])
+    cache = model.init_cache(hidden, dec.shape[1])
+    # The cache holds the cross-attention keys/values: a decoding step must not project the encoder states again
+    # (it would turn these NaN states into NaN logits).
+    unused = jnp.full_like(hidden, jnp.nan)
     steps = []
     for t in range(dec.shape[1]):
-        logits, cache = model.decode(jnp.asarray(dec[:, t:t + 1]), hidden, jnp.asarray(mask), cache, t)
+        logits, cache = model.decode(jnp.asarray(dec[:, t:t + 1]), unused, jnp.asarray(mask), cache, t)
         steps.append(np.asarray(logits))
     np.testing.assert_allclose(np.concatenate(steps, axis=1), np.asarray(full.logits), atol=1e-4, rtol=1e-4)
 

@@ -1,0 +1,184 @@
+"""The fused LSG attention (lsg_jax.fused_attention, attn_implementation="xla": the formulation the "cudnn" path
+runs on GPU) against the einsum path, float32 on CPU: outputs and gradients for block sizes, global-token counts,
+every sparsity type, lengths that are not a multiple of the block, padding at the end and in the middle, short
+inputs; the whole model; and encoder rematerialisation (same loss and gradients)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxport.layers import NEG_INF
+from lsg_jax import LSGBartConfig, LSGBartForConditionalGeneration
+from lsg_jax.attention import draw_lsh_projections, lsg_attention
+from lsg_jax.fused_attention import resolve_implementation
+from tests.lsg_reference.harness import VOCAB, tiny_config
+
+HEADS, HEAD_DIM = 4, 8
+
+# name -> (LSG fields, tokens after the global ones: a multiple of block_size, or short enough for full attention)
+CASES = {
+    "none-b8-g2": (dict(block_size=8, sparsity_type="none", num_global_tokens=2), 48),
+    "none-b16-g1": (dict(block_size=16, sparsity_type="none", num_global_tokens=1), 64),
+    "none-b4-g7": (dict(block_size=4, sparsity_type="none", num_global_tokens=7), 28),
+    "norm-b8-s4": (dict(block_size=8, sparse_block_size=4, sparsity_factor=2, sparsity_type="norm",
+                        num_global_tokens=2), 40),
+    "pooling-b8-s4-f4": (dict(block_size=8, sparse_block_size=4, sparsity_factor=4, sparsity_type="pooling",
+                              num_global_tokens=2), 48),
+    "pooling-f1": (dict(block_size=8, sparse_block_size=8, sparsity_factor=1, sparsity_type="pooling",
+                        num_global_tokens=1), 40),
+    "stride-g4": (dict(block_size=8, sparse_block_size=8, sparsity_factor=2, sparsity_type="stride",
+                       num_global_tokens=4), 48),
+    "block_stride-s4": (dict(block_size=8, sparse_block_size=4, sparsity_factor=2, sparsity_type="block_stride",
+                             num_global_tokens=1), 56),
+    "bos_pooling-f4": (dict(block_size=8, sparse_block_size=8, sparsity_factor=4, sparsity_type="bos_pooling",
+                            num_global_tokens=2), 48),
+    "lsh-b16-s8-f4-pre2": (dict(block_size=16, sparse_block_size=8, sparsity_factor=4, sparsity_type="lsh",
+                                num_global_tokens=2, lsh_num_pre_rounds=2), 64),
+    "odd-step-b4-f4": (dict(block_size=4, sparse_block_size=2, sparsity_factor=4, sparsity_type="pooling",
+                            num_global_tokens=2), 32),
+    "short-full-attention": (dict(block_size=32, sparsity_type="norm", sparse_block_size=32, num_global_tokens=2),
+                             45),
+}
+
+
+def lsg_config(lsg: dict, **runtime) -> LSGBartConfig:
+    return LSGBartConfig.from_dict({**tiny_config(), "sparse_block_size": 8, **lsg, **runtime})
+
+
+def attention_inputs(config, tokens: int, seed: int = 0):
+    """q/k/v [3, H, G + tokens, D], a bias, LSH projections (or None) and a cotangent for the output. Row 0 is
+    unpadded, row 1 padded at the end (more than a block), row 2 has holes: single tokens and a whole block."""
+    G, bs = config.num_global_tokens, config.block_size
+    L = G + tokens
+    rng = np.random.default_rng(seed)
+    q, k, v, cotangent = (rng.standard_normal((3, HEADS, L, HEAD_DIM), np.float32) for _ in range(4))
+    mask = np.ones((3, L), bool)
+    mask[1, L - bs - 3:] = False
+    mask[2, [G, G + 3, L - 1]] = False
+    mask[2, G + bs:G + 2 * bs] = False
+    bias = np.where(mask, 0.0, NEG_INF).astype(np.float32)
+    projections = None
+    if config.has_sparse and config.sparsity_type == "lsh":
+        projections = draw_lsh_projections(jax.random.key(seed), config, HEADS, HEAD_DIM)
+    return (q, k, v), bias, projections, cotangent
+
+
+def attention_and_grads(config, qkv, bias, projections, cotangent):
+    """The output and d<out, cotangent>/d(q, k, v), jitted (one compilation instead of one per operation)."""
+    def run(qkv, bias, projections, cotangent):
+        out, vjp = jax.vjp(lambda *qkv: lsg_attention(*qkv, bias, config, jnp.float32, projections), *qkv)
+        return out, vjp(cotangent)
+    return jax.jit(run)(qkv, bias, projections, cotangent)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_fused_attention_equals_einsum(case):
+    lsg, tokens = CASES[case]
+    einsum, fused = lsg_config(lsg), lsg_config(lsg, attn_implementation="xla")
+    qkv, bias, projections, cotangent = attention_inputs(einsum, tokens)
+    expected, expected_grads = attention_and_grads(einsum, qkv, bias, projections, cotangent)
+    out, grads = attention_and_grads(fused, qkv, bias, projections, cotangent)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=1e-5, rtol=1e-5)
+    for name, grad, expected_grad in zip("qkv", grads, expected_grads):
+        np.testing.assert_allclose(np.asarray(grad), np.asarray(expected_grad), atol=1e-5, rtol=1e-5,
+                                   err_msg=f"d{name}")
+
+
+def test_fused_attention_without_global_tokens():
+    """num_global_tokens = 0 (the config clamps it to 1; lsg_attention can be called without): equal wherever a
+    query has a valid key; finite where it has none (the last block of row 1, whose keys are all padding)."""
+    einsum, fused = (lsg_config(dict(block_size=4, sparsity_type="none"), attn_implementation=name)
+                     for name in ("einsum", "xla"))
+    einsum.num_global_tokens = fused.num_global_tokens = 0
+    qkv, _, _, _ = attention_inputs(einsum, 24)
+    mask = np.ones((3, 24), bool)
+    mask[1, 14:] = False  # blocks 4 and 5 are padding: block 5 sees no valid key
+    mask[2, [0, 5, 9, 10]] = False
+    bias = np.where(mask, 0.0, NEG_INF).astype(np.float32)
+    expected, out = (np.asarray(jax.jit(lambda qkv: lsg_attention(*qkv, bias, config, jnp.float32))(qkv))
+                     for config in (einsum, fused))
+    assert np.isfinite(out).all()
+    has_key = np.ones((3, 24), bool)
+    has_key[1, 20:] = False
+    np.testing.assert_allclose(out.transpose(0, 2, 1, 3)[has_key], expected.transpose(0, 2, 1, 3)[has_key],
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_bfloat16_compute():
+    """bf16 through the fused path (what cuDNN computes in) stays near the float32 einsum result."""
+    lsg, tokens = CASES["none-b8-g2"]
+    config = lsg_config(lsg, attn_implementation="xla")
+    qkv, bias, _, _ = attention_inputs(config, tokens)
+    expected = jax.jit(lambda qkv: lsg_attention(*qkv, bias, lsg_config(lsg), jnp.float32))(qkv)
+    out = jax.jit(lambda qkv: lsg_attention(*(x.astype(jnp.bfloat16) for x in qkv), bias, config, jnp.bfloat16))(qkv)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(expected), atol=3e-2)
+
+
+MODEL_LSG = dict(block_size=8, sparse_block_size=8, sparsity_factor=2, sparsity_type="stride", num_global_tokens=2,
+                 decoder_layers=1, dropout=0.1, activation_dropout=0.1)
+
+
+def run_model(ids, mask, labels, **runtime):
+    """(encoder states, logits, loss, parameter gradients) of the tiny model (the same weights whatever `runtime`),
+    dropout on with a fixed rng, in one jitted call."""
+    model = LSGBartForConditionalGeneration(lsg_config(MODEL_LSG, **runtime), rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(params):
+        out = nnx.merge(graphdef, params, rest)(input_ids=ids, attention_mask=mask, labels=labels,
+                                                dropout_rng=jax.random.key(3))
+        nll = -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(out.logits), labels[..., None], axis=-1))
+        return nll, out
+
+    (value, out), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    return {"encoder states": out.encoder_last_hidden_state, "logits": out.logits, "loss": value,
+            "grads": jax.tree.leaves(grads)}
+
+
+@pytest.fixture(scope="module")
+def model_runs():
+    """The tiny model on 45 tokens (padded to 48 by the model; row 1 padded at the end, row 2 in the middle):
+    einsum, fused ("xla") and fused with remat."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, VOCAB, (3, 45))
+    mask = np.ones_like(ids)
+    mask[1, 32:] = 0
+    mask[2, 5:9] = 0
+    mask[2, 20:31] = 0
+    labels = rng.integers(3, VOCAB, (3, 7))
+    return {name: run_model(ids, mask, labels, **runtime) for name, runtime in
+            (("einsum", {}), ("xla", dict(attn_implementation="xla")),
+             ("xla+remat", dict(attn_implementation="xla", remat=True)))}
+
+
+def assert_runs_close(out, expected, atol, rtol):
+    for name in ("encoder states", "logits", "loss"):
+        np.testing.assert_allclose(np.asarray(out[name]), np.asarray(expected[name]), atol=atol, rtol=rtol,
+                                   err_msg=name)
+    for grad, expected_grad in zip(out["grads"], expected["grads"]):
+        np.testing.assert_allclose(np.asarray(grad), np.asarray(expected_grad), atol=atol, rtol=10 * rtol)
+
+
+def test_model_with_fused_attention(model_runs):
+    """LSGBartForConditionalGeneration with attn_implementation switched: the same encoder states, logits, loss and
+    parameter gradients."""
+    assert_runs_close(model_runs["xla"], model_runs["einsum"], atol=1e-5, rtol=1e-5)
+
+
+def test_remat_gives_the_same_loss_and_grads(model_runs):
+    """remat=True recomputes the encoder layers in the backward pass (dropout included, from the same rng)."""
+    assert_runs_close(model_runs["xla+remat"], model_runs["xla"], atol=1e-6, rtol=1e-6)
+
+
+def test_implementation_choice_and_config():
+    assert resolve_implementation("auto", jnp.bfloat16, 64) == ("cudnn" if jax.default_backend() == "gpu" else "einsum")
+    assert resolve_implementation("auto", jnp.float32, 64) == "einsum"  # float32 models keep float32 attention
+    if jax.default_backend() != "gpu":
+        with pytest.raises(ValueError, match="cudnn.*GPU"):
+            resolve_implementation("cudnn", jnp.bfloat16, 64)
+    with pytest.raises(ValueError, match="attn_implementation='flash'"):
+        lsg_config({}, attn_implementation="flash")
+    config = lsg_config({}, attn_implementation="xla", remat=True)
+    assert "attn_implementation" not in config.to_dict() and "remat" not in config.to_dict()  # runtime settings
