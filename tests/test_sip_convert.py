@@ -1,6 +1,7 @@
 """SIP's rule tables and configs against folders in the original's Hub layout, both directions, and the
 pre-training -> fine-tuning conversion (prefix_init_tensor = the FST encoder's output on padded FSTs)."""
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -198,3 +199,23 @@ def test_convert_command_samples_and_encodes_fsts(tmp_path):
     assert np.allclose(init[:, -1], pad, atol=1e-5)
     model = SIPFinetuningModel.from_pretrained(tmp_path / "ft", prefix_init_rng=jax.random.key(0))
     assert model.prefix_embedding[...].shape == (1, 4, 32) and bool(jnp.isfinite(model.prefix_embedding[...]).all())
+
+
+def test_convert_command_draws_fsts_as_a_pretraining_config_does(tmp_path):
+    """--fst-config: FSTs from that config's sampler (the tiny one: 3-6 lower-case letters, at most 4 x 6 = 24
+    transitions), encoded with its FST tokenizer (the built-in one)."""
+    pytest.importorskip("pynini")
+    from sip_jax.fst.encoding import FSTTokenizer
+    vocab_size = FSTTokenizer.builtin().vocab_size
+    torch.manual_seed(0)
+    fst = dict(FST_KWARGS["linear"], num_states=15, fst_tokenizer_vocab_size=vocab_size)
+    reference = TorchSIPPretraining(fst).eval()
+    save_original_layout(reference, tmp_path / "pre", "sip_pretrain", fst)
+    import convert
+    convert.main(["sip_finetune", str(tmp_path / "pre"), str(tmp_path / "ft"), "--from-pretraining",
+                  "--num-precomputed-examples", "6", "--prefix-max-init-length", "30", "--num-examples", "2",
+                  "--prefix-length", "4", "--fst-config", str(Path(__file__).parents[1] / "configs" / "sip_pretrain.py")])
+    init = read_folder(tmp_path / "ft")["prefix_init_tensor"]
+    pad = reference.encode_fst(torch.tensor([[[14, 0, 0, 14, 0]]])).detach().numpy()[0, 0]
+    # No FST of the tiny sampler has more than 24 transitions: rows 24.. are all the padding transition's.
+    assert np.allclose(init[:, 24:], pad, atol=1e-5) and not np.allclose(init[:, 0], pad, atol=1e-5)
