@@ -25,6 +25,23 @@ def teacher_forced_metrics(logits, batch) -> dict:
             "sequence_accuracy": (jnp.sum(sequence_correct), jnp.sum(rows))}
 
 
+def check_params_fit(task, config, params: dict) -> dict:
+    """`params` (flat {path: array}, loaded from config.init_from) checked against the model config.model describes:
+    every parameter present with its shape and nothing else, or a ValueError listing each difference."""
+    abstract = nnx.eval_shape(lambda: task.create_model(config, nnx.Rngs(0)))
+    expected = {path: tuple(value.shape)
+                for path, value in tree.flatten(nnx.to_pure_dict(nnx.state(abstract, nnx.Param))).items()}
+    problems = [f"{path}: init_from has {tuple(params[path].shape)}, config.model gives {shape}"
+                for path, shape in expected.items() if path in params and tuple(params[path].shape) != shape]
+    problems += [f"{path}: missing from init_from" for path in expected if path not in params]
+    problems += [f"{path}: in init_from, not in the model config.model describes" for path in params
+                 if path not in expected]
+    if problems:
+        raise ValueError(f"config.model does not describe the model in init_from={config.init_from!r}:\n  "
+                         + "\n  ".join(problems))
+    return params
+
+
 def make_tokenizer(name: str):
     if name == "bytes":
         return data.ByteTokenizer()
@@ -70,7 +87,7 @@ class Seq2SeqTask:
         if not config.init_from:
             return None
         model = self.model_class.from_pretrained(config.init_from)
-        return tree.flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+        return check_params_fit(self, config, tree.flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
 
     def train_data(self, config):
         return data.make_iterator(make_source(config.data, "train"), self.preprocess,

@@ -17,7 +17,8 @@ import numpy as np
 from flax import nnx
 
 from jaxport import data, tree
-from jaxport.tasks import Seq2SeqTask, make_tokenizer, teacher_forced_metrics, token_cross_entropy
+from jaxport.tasks import (Seq2SeqTask, check_params_fit, make_tokenizer, teacher_forced_metrics,
+                            token_cross_entropy)
 from sip_jax.configuration import SIPFinetuningConfig, SIPPreTrainingConfig
 from sip_jax.modeling import SIPFinetuningModel, SIPPreTrainingModel
 
@@ -115,19 +116,6 @@ def _max_new_tokens(config) -> int:
     return config.data.max_target_length + EXTRA_NEW_TOKENS
 
 
-def _check_params_fit(task, config, params: dict) -> dict:
-    """The loaded parameters must have the shapes of the model config.model describes."""
-    abstract = nnx.eval_shape(lambda: task.create_model(config, nnx.Rngs(0)))
-    expected = {path: value.shape for path, value in tree.flatten(nnx.to_pure_dict(nnx.state(abstract))).items()}
-    problems = [f"{path}: init_from has {params[path].shape}, config.model gives {shape}"
-                for path, shape in expected.items() if path in params and tuple(params[path].shape) != tuple(shape)]
-    problems += [f"{path}: missing from init_from" for path in expected if path not in params]
-    if problems:
-        raise ValueError(f"config.model does not describe the model in init_from={config.init_from!r}:\n  "
-                         + "\n  ".join(problems))
-    return {path: params[path] for path in expected}
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Fine-tuning data: TSV files of input/output pairs
 
@@ -212,7 +200,7 @@ class FinetuningTask(Seq2SeqTask):
         overrides = {name: config.model[name] for name in PREFIX_INIT_FIELDS if name in config.model}
         model = SIPFinetuningModel.from_pretrained(config.init_from, prefix_init_rng=jax.random.key(config.seed),
                                                    **overrides)
-        return _check_params_fit(self, config, tree.flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
+        return check_params_fit(self, config, tree.flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
 
     def train_data(self, config):
         source = finetuning_source(config.data, "train")
@@ -346,7 +334,7 @@ class PretrainingTask:
             params = tree.flatten(fresh)
             params.update({f"model/{path}": value
                            for path, value in tree.flatten(nnx.to_pure_dict(nnx.state(t5, nnx.Param))).items()})
-        return _check_params_fit(self, config, params)
+        return check_params_fit(self, config, params)
 
     def train_data(self, config):
         from sip_jax.fst_data import pretraining_source

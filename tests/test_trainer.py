@@ -114,6 +114,20 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
         trainer.train(other, tmp_path, registry.task("t5", other))
 
 
+def test_init_from_a_model_of_another_shape_names_the_parameters(tmp_path):
+    from flax import nnx
+
+    config = small_config()
+    task = registry.task("t5", config)
+    task.create_model(config, nnx.Rngs(0)).save_pretrained(tmp_path / "same")
+    other = small_config(f"model.d_ff={config.model.d_ff * 2}")
+    registry.task("t5", other).create_model(other, nnx.Rngs(0)).save_pretrained(tmp_path / "wider")
+    assert task.pretrained_params(small_config(f"init_from={tmp_path / 'same'}"))
+    with pytest.raises(ValueError, match=r"does not describe the model in init_from=.*wider.*\n.*wi.*: init_from has "
+                                         r"\(\d+, \d+\), config.model gives"):
+        task.pretrained_params(small_config(f"init_from={tmp_path / 'wider'}"))
+
+
 def test_unknown_config_key_names_the_closest(tmp_path):
     with pytest.raises(config_lib.ConfigError, match="did you mean 'train.num_steps'"):
         config_lib.load_config(CONFIG, ["train.num_stepz=3"])
