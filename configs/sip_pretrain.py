@@ -13,7 +13,7 @@ checkpoints use; "" looks that file up: see sip_jax/fst_data.py). Strings are By
 of data.exclude_fsts (e.g. few-shot tasks from `python -m sip_jax.fst.fewshot`) are never drawn.
 
 `tiny` (the default) draws FSTs over 3..6 lower-case letters and strings of at most 8: small enough to learn on a
-CPU in minutes. `small` is the small-scale reproduction of bench/sip_claim.py: a 10M-parameter T5 from scratch on
+CPU in minutes. `small` is the small-scale reproduction of bench/sip_claim.py: a 9.2M-parameter T5 from scratch on
 FSTs over 4..12 lower-case letters and strings of at most 20, for about 7 minutes on an H100.
 
 `paper` follows configs/pretrain_non_hub/pretrain_SIP_d4.jsonnet of namednil/sip: google/byt5-small as the start,

@@ -128,7 +128,7 @@ def finetuning_config_from_pretraining(config: SIPPreTrainingConfig, **sip_field
 
 # T5 shapes the training configs (configs/sip_pretrain.py, configs/sip_finetune.py) build SIP models in; a
 # fine-tuning config must use its pre-training model's shape. `small` is the model of the small-scale
-# reproduction in bench/sip_claim.py (about 10M parameters).
+# reproduction in bench/sip_claim.py (9.2M parameters with the FST encoder).
 T5_SHAPES = {
     "tiny": dict(vocab_size=384, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
                  dropout_rate=0.0),
