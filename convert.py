@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         sampler, fst_tokenizer = None, args.fst_tokenizer
         if args.fst_config:
             from jaxport.config import load_config
-            from sip_jax.fst import SamplerConfig
+            from sip_jax.fst_data import sampler_config
             data = load_config(args.fst_config).data
-            sampler = SamplerConfig(**data.sampler.to_dict())
+            sampler = sampler_config(data)
             fst_tokenizer = fst_tokenizer or data.fst_tokenizer_path
         convert_pretraining_folder(
             args.src, args.dst, pytorch=args.to_pytorch, dtype=dtype, max_shard_size=args.max_shard_size,

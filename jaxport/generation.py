@@ -446,6 +446,15 @@ class _StaticGraphDef:
         return hash(self.graphdef.num_leaves)
 
 
+def seq2seq_cache(encoder_hidden, max_length: int, num_heads: int, head_dim: int, dtype, cross_attentions) -> dict:
+    """An encoder-decoder model's `init_cache`: per decoder layer an empty self-attention key/value buffer
+    [B, max_length, num_heads, head_dim] ("layers", filled by decoding) and the cross-attention keys/values of
+    encoder_hidden ("cross", from each of `cross_attentions`' `key_value`), computed here once, not at every step."""
+    shape = (encoder_hidden.shape[0], max_length, num_heads, head_dim)
+    return {"layers": [{"key": jnp.zeros(shape, dtype), "value": jnp.zeros(shape, dtype)} for _ in cross_attentions],
+            "cross": [attention.key_value(encoder_hidden) for attention in cross_attentions]}
+
+
 @jax.jit(static_argnums=(0, 6))
 def _seq2seq_generate(static_graphdef: _StaticGraphDef, state, input_ids, attention_mask, encode_kwargs, rng,
                       config: GenerationConfig):

@@ -407,11 +407,11 @@ def train(config, workdir: str | Path, task: Task) -> dict[str, float]:
         ckpt.wait()
         ckpt.close()
         writer.close()
-    after_training = getattr(task, "after_training", None)
-    if cfg.get("export_dir") or (callable(after_training) and jax.process_index() == 0):
+    after_training = getattr(task, "after_training", None) if jax.process_index() == 0 else None
+    if cfg.get("export_dir") or callable(after_training):
         model = nnx.merge(setup.graphdef, jax.device_get(state.params))
         if cfg.get("export_dir"):
             model.save_pretrained(cfg.export_dir)
-        if callable(after_training) and jax.process_index() == 0:
+        if callable(after_training):
             after_training(model, config, workdir)
     return logged

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxport.generation import seq2seq_cache, seq2seq_generate
 from jaxport.hf import PretrainedModel
 from jaxport.layers import ACTIVATIONS, NEG_INF, Dense, Embed, causal_bias, dropout, padding_bias, split_rng
 from lsg_jax.attention import draw_lsh_projections, lsg_attention
@@ -343,18 +344,14 @@ class LSGBartModel(PretrainedModel):
     # --- decoder -----------------------------------------------------------------------------------------
 
     def init_cache(self, encoder_hidden, max_length: int) -> dict:
-        """The cache for incremental decoding against encoder_hidden [B, S, E] (`encode`'s states): per decoder
-        layer, an empty self-attention key/value buffer of max_length positions ("layers", filled by `decode`)
-        and the cross-attention keys/values of encoder_hidden ("cross"), computed here once rather than at every
-        step."""
+        """The cache for incremental decoding against encoder_hidden [B, S, E], `encode`'s states
+        (jaxport.generation.seq2seq_cache)."""
         cfg = self.config
         if max_length > cfg.max_position_embeddings:
             raise ValueError(f"max_length {max_length} exceeds max_position_embeddings={cfg.max_position_embeddings}")
         heads = cfg.decoder_attention_heads
-        shape = (encoder_hidden.shape[0], max_length, heads, cfg.d_model // heads)
-        return {"layers": [{"key": jnp.zeros(shape, self.dtype), "value": jnp.zeros(shape, self.dtype)}
-                           for _ in self.decoder.layers],
-                "cross": [layer.encoder_attn.key_value(encoder_hidden) for layer in self.decoder.layers]}
+        return seq2seq_cache(encoder_hidden, max_length, heads, cfg.d_model // heads, self.dtype,
+                             [layer.encoder_attn for layer in self.decoder.layers])
 
     def decode_hidden(self, decoder_input_ids, encoder_hidden, encoder_attention_mask=None, cache=None, position=0,
                       *, decoder_attention_mask=None, dropout_rng=None):
@@ -433,7 +430,6 @@ class LSGBartForConditionalGeneration(LSGBartModel):
         """Greedy, beam or sampled decoding with transformers' argument names (jaxport.generation); returns
         `.sequences`. lsh_key: the key of the LSH projections for this call (sparsity_type='lsh'); None uses
         jax.random.key(DEFAULT_LSH_SEED), as `encode` does."""
-        from jaxport.generation import seq2seq_generate
         input_ids, attention_mask = self.prepare_inputs(input_ids, attention_mask, truncation=truncation)
         encode_kwargs = {} if lsh_key is None else {"lsh_key": _typed_key(lsh_key)}
         return seq2seq_generate(self, input_ids, attention_mask, encode_kwargs=encode_kwargs, **kwargs)

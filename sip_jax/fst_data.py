@@ -53,14 +53,21 @@ def pretraining_seeds(cfg) -> tuple[int, int]:
     return cfg.seed, cfg.seed + EVAL_SEED_OFFSET
 
 
+def sampler_config(cfg):
+    """The fst.SamplerConfig of a pre-training config's `data` section (its `sampler` overrides)."""
+    from sip_jax.fst import SamplerConfig
+
+    overrides = cfg.get("sampler")
+    return SamplerConfig(**(overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides or {})))
+
+
 def pretraining_source(cfg, split: str):
     """The on-the-fly source of pre-training examples for `split`: the training stream from `cfg.seed`, and
     `cfg.num_eval_examples` examples of another seed's stream (FSTs training is unlikely to meet) for eval.
     FSTs in the JSONL files `cfg.exclude_fsts` (comma-separated; e.g. few-shot tasks) are never drawn."""
-    from sip_jax.fst import FSTPretrainingSource, SamplerConfig, canonical_forms_of_files
+    from sip_jax.fst import FSTPretrainingSource, canonical_forms_of_files
 
-    overrides = cfg.get("sampler")
-    sampler = SamplerConfig(**(overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides or {})))
+    sampler = sampler_config(cfg)
     seed = pretraining_seeds(cfg)[split != "train"]
     exclude_paths = [path for path in cfg.get("exclude_fsts", "").split(",") if path]
     source = FSTPretrainingSource(seed=seed, sampler=sampler, examples_per_fst=cfg.examples_per_fst,

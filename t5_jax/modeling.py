@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxport.generation import seq2seq_cache, seq2seq_generate
 from jaxport.hf import PretrainedModel
 from jaxport.layers import ACTIVATIONS, Dense, Embed, causal_bias, dropout, padding_bias, split_rng
 from t5_jax.configuration import T5Config
@@ -252,13 +253,9 @@ class T5ForConditionalGeneration(PretrainedModel):
         return self.encoder(inputs_embeds, attention_mask, dropout_rng)
 
     def init_cache(self, encoder_hidden: jax.Array, max_length: int) -> dict:
-        """The cache for incremental decoding against encoder_hidden [B, S, D]: per decoder layer, an empty
-        self-attention key/value buffer of max_length positions ("layers", filled by `decode`) and the
-        cross-attention keys/values of encoder_hidden ("cross"), computed here once rather than at every step."""
-        shape = (encoder_hidden.shape[0], max_length, self.config.num_heads, self.config.d_kv)
-        return {"layers": [{"key": jnp.zeros(shape, self.dtype), "value": jnp.zeros(shape, self.dtype)}
-                           for _ in self.decoder.layers],
-                "cross": [layer.cross_attention.key_value(encoder_hidden) for layer in self.decoder.layers]}
+        """The cache for incremental decoding against encoder_hidden [B, S, D] (jaxport.generation.seq2seq_cache)."""
+        return seq2seq_cache(encoder_hidden, max_length, self.config.num_heads, self.config.d_kv, self.dtype,
+                             [layer.cross_attention for layer in self.decoder.layers])
 
     def decode(self, decoder_input_ids, encoder_hidden, encoder_attention_mask, cache=None, position=0, *,
                decoder_attention_mask=None, dropout_rng=None):
@@ -292,7 +289,6 @@ class T5ForConditionalGeneration(PretrainedModel):
 
     def generate(self, input_ids, attention_mask=None, **kwargs):
         """Greedy, beam or sampled decoding with transformers' argument names; returns `.sequences`."""
-        from jaxport.generation import seq2seq_generate
         return seq2seq_generate(self, input_ids, attention_mask, **kwargs)
 
 

@@ -79,13 +79,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=20_240_811, help="FST seed; pre-training's data.seed differs")
     args = parser.parse_args(argv)
     from jaxport.config import load_config
-    from sip_jax.fst_data import pretraining_seeds
+    from sip_jax.fst_data import pretraining_seeds, sampler_config
 
     config = load_config(args.config)
     if args.seed in pretraining_seeds(config.data):
         parser.error(f"--seed {args.seed} is a seed pre-training draws FSTs from; choose another")
-    sampler = SamplerConfig(**config.data.sampler.to_dict())
-    summary = write_tasks(make_tasks(sampler, args.num_tasks, args.num_train, args.num_test, args.seed), args.out)
+    summary = write_tasks(make_tasks(sampler_config(config.data), args.num_tasks, args.num_train, args.num_test, args.seed), args.out)
     print(json.dumps(summary, indent=1, ensure_ascii=False))
     return summary
 
