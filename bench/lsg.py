@@ -2,7 +2,7 @@
 0.1.9) and dense BART with PyTorch sdpa, batch 1, long inputs.
 
     python bench/lsg.py [--tiny] [--out results.json] [--ref-python PY] [--ref-pythonpath DIR] [--budget S]
-                        [--attn-impl einsum,cudnn] [--remat off|on|both]
+                        [--attn-impl einsum,cudnn] [--remat none,dots,full]
 
 Model: d_model 768, 6 + 6 layers, 12 heads, d_ff 3072, vocab 50265, 16384 positions, block 256, 64 global tokens,
 no sparse blocks (sparsity_type "none"), dropout 0.1 (activation 0.1, attention 0.0: the JAX LSG attention has
@@ -32,9 +32,10 @@ shorter runs; --jax-cache keeps compiled programs for a second run.
 --tiny: a tiny model and short inputs, a CPU smoke test of every path (the reference under .venv-lsg if present).
 
 JAX variants: --attn-impl lists LSG attention implementations (LSGBartConfig.attn_implementation: einsum, the
-blocked einsums; cudnn / xla, lsg_jax.fused_attention; auto) and --remat off / on / both rematerialised encoder
-layers in training. The encoder runs once per implementation, the training step once per implementation and remat
-setting; results["jax_variants"] holds them all by name ("cudnn", "cudnn+remat", ...) and the report lists them.
+blocked einsums; cudnn / xla, lsg_jax.fused_attention; auto) and --remat lists encoder rematerialisation modes
+for training (LSGBartConfig.remat: none, dots, full). The encoder runs once per implementation, the training step
+once per implementation and remat mode; results["jax_variants"] holds them all by name ("cudnn", "cudnn+dots",
+...) and the report lists them.
 The first variant is the main one: it fills results["jax"], the tables against the original, the targets and
 generation.
 """
@@ -75,7 +76,7 @@ from jaxport import base_config, trainer
 from jaxport.hf import read_config
 from jaxport.tasks import Seq2SeqTask
 from lsg_jax import LSGBartConfig, LSGBartForConditionalGeneration
-from lsg_jax.configuration import ATTN_IMPLEMENTATIONS
+from lsg_jax.configuration import ATTN_IMPLEMENTATIONS, REMAT_MODES
 from rates import jax_matmul_peak
 
 LSG_BART_BASE = dict(
@@ -452,6 +453,7 @@ def jax_encoder(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], d
                 loaded.clear()
                 gc.collect()
                 graphdef, state = nnx.split(load_bf16(folder, runtime))
+                state = nnx.to_pure_dict(state)  # plain dicts: a quicker dispatch than nnx.State's nodes
                 encode = jax.jit(lambda state, ids, mask, graphdef=graphdef:
                                  nnx.merge(graphdef, state).encode(ids, mask))
                 loaded[folder] = (state, encode)
@@ -483,15 +485,41 @@ class BenchTask(Seq2SeqTask):
         self.model_config = model_config
 
 
+def train_setup(model_config: LSGBartConfig, init_from: Path | None = None):
+    """The project's own training path for the bench: trainer.build (shardings, AdamW, TrainState from init_from,
+    random weights without it) and the jitted, state-donating make_train_step; bf16 compute over float32
+    weights. Returns (state, step, batch_sharding)."""
+    config = base_config.base()
+    config.init_from = str(init_from or "")
+    config.train.compute_dtype = "bfloat16"
+    config.optimizer.learning_rate = LEARNING_RATE
+    config.optimizer.warmup_steps = 0
+    config.optimizer.decay = "constant"
+    config.optimizer.weight_decay = WEIGHT_DECAY
+    config.optimizer.clip_norm = 0.0  # the torch side does not clip either
+    task = BenchTask(model_config)
+    setup = trainer.build(config, task)
+    step = jax.jit(trainer.make_train_step(setup.graphdef, task, setup.tx, setup.schedule, accumulation=1),
+                   in_shardings=(setup.state_shardings, setup.batch_sharding),
+                   out_shardings=(setup.state_shardings, None), donate_argnums=0)
+    return setup.state, step, setup.batch_sharding
+
+
+def train_batch(ids: np.ndarray, labels: np.ndarray, decoder_start_token_id: int, batch_sharding) -> dict:
+    """A teacher-forced batch: ids [B, L] in, labels [B, T] out (decoder inputs: start token, then labels)."""
+    ids, labels = ids.astype(np.int32), labels.astype(np.int32)
+    decoder_inputs = np.concatenate([np.full((labels.shape[0], 1), decoder_start_token_id, np.int32),
+                                     labels[:, :-1]], axis=1)
+    return trainer.global_batch({"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": labels,
+                                 "decoder_input_ids": decoder_inputs,
+                                 "decoder_attention_mask": np.ones_like(labels)}, batch_sharding)
+
+
 def jax_train(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], deadline: float, setup_for: dict,
               runtime: dict) -> dict:
-    """The project's own training path: trainer.build (shardings, AdamW, TrainState from the folder) and the
-    jitted, state-donating make_train_step; bf16 compute over float32 weights. setup_for keeps the train state
-    and the jitted step from one call to the next (keyed by folder and variant)."""
+    """train_setup's step from the folder's weights at each length. setup_for keeps the train state and the
+    jitted step from one call to the next (keyed by folder and variant)."""
     results = {}
-    labels = inputs["labels"].astype(np.int32)
-    decoder_inputs = np.concatenate([np.full((1, 1), cfg["model"]["decoder_start_token_id"], np.int32),
-                                     labels[:, :-1]], axis=1)
     for n in lengths:
         if time.time() > deadline - cfg["reserve_s"]["train"]:
             results[str(n)] = {"skipped": "time budget"}
@@ -502,26 +530,11 @@ def jax_train(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], dea
             if key not in setup_for:
                 setup_for.clear()
                 gc.collect()
-                config = base_config.base()
-                config.init_from = str(folder)
-                config.train.compute_dtype = "bfloat16"
-                config.optimizer.learning_rate = LEARNING_RATE
-                config.optimizer.warmup_steps = 0
-                config.optimizer.decay = "constant"
-                config.optimizer.weight_decay = WEIGHT_DECAY
-                config.optimizer.clip_norm = 0.0  # the torch side does not clip either
-                task = BenchTask(LSGBartConfig.from_dict({**read_config(folder), **runtime}))
-                setup = trainer.build(config, task)
-                step = jax.jit(trainer.make_train_step(setup.graphdef, task, setup.tx, setup.schedule, accumulation=1),
-                               in_shardings=(setup.state_shardings, setup.batch_sharding),
-                               out_shardings=(setup.state_shardings, None), donate_argnums=0)
-                setup_for[key] = [setup.state, step, setup.batch_sharding]
-                del setup
+                model_config = LSGBartConfig.from_dict({**read_config(folder), **runtime})
+                setup_for[key] = list(train_setup(model_config, folder))
             state, step, batch_sharding = setup_for[key]
-            ids = inputs[f"ids_{n}"].astype(np.int32)
-            batch = trainer.global_batch({"input_ids": ids, "attention_mask": np.ones_like(ids), "labels": labels,
-                                          "decoder_input_ids": decoder_inputs,
-                                          "decoder_attention_mask": np.ones_like(labels)}, batch_sharding)
+            batch = train_batch(inputs[f"ids_{n}"], inputs["labels"], cfg["model"]["decoder_start_token_id"],
+                                batch_sharding)
             start = time.perf_counter()
             compiled = step.lower(state, batch).compile()
             compile_s = time.perf_counter() - start
@@ -535,16 +548,22 @@ def jax_train(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], dea
                     times.append(time.perf_counter() - start)
                 if i == 0:
                     first_loss = float(metrics["loss"])
+            # Back to back, as the trainer runs steps (it waits on the device only to log or save).
+            start = time.perf_counter()
+            for _ in range(cfg["train_steps"]):
+                state, metrics = compiled(state, batch)
+            jax.block_until_ready((state, metrics))
+            back_to_back = (time.perf_counter() - start) / cfg["train_steps"]
             setup_for[key][0] = state
             if int(state.nonfinite_step) >= 0:
                 raise FloatingPointError(f"loss became non-finite at step {int(state.nonfinite_step)}")
             flops = train_flops(cfg["model"], n, cfg["train_targets"])
             results[str(n)] = {"ms": 1e3 * statistics.median(times), "times_ms": [1e3 * t for t in times],
-                               "compile_s": compile_s, "first_loss": first_loss, "last_loss": float(metrics["loss"]),
+                               "ms_pipelined": 1e3 * back_to_back, "compile_s": compile_s, "first_loss": first_loss, "last_loss": float(metrics["loss"]),
                                "flops": flops["total"], **(compiled_memory(compiled) or {"peak_bytes": None}),
                                "pool_peak_so_far": pool_peak()}
             r = results[str(n)]
-            log(f"jax train {n} {variant_name(runtime)}: {r['ms']:.1f} ms, peak {fmt(gb(r['peak_bytes']))} GB, "
+            log(f"jax train {n} {variant_name(runtime)}: {r['ms']:.1f} ms (b2b {r['ms_pipelined']:.1f}), peak {fmt(gb(r['peak_bytes']))} GB, "
                 f"first loss {first_loss:.4f}, compile {compile_s:.1f}s")
             del batch, compiled
         except Exception as e:  # noqa: BLE001
@@ -673,8 +692,10 @@ def report(results: dict, cfg: dict) -> list[str]:
                               [value(res, *keys, n) for n in cfg["encoder_lengths"]],
                               [value(res, *keys, n, field="peak_bytes") for n in cfg["encoder_lengths"]])
     lines.append("")
-    lines.append(f"training step, batch 1 x (L in + {cfg['train_targets']} out), AdamW (median ms; peak GB)")
-    lines.append(f"{'L':>8} | {'JAX bf16':>9} {'GB':>6} {'MFU':>6} | {'LSG torch fp16':>14} {'GB':>6} | {'LSG/JAX':>8}")
+    lines.append(f"training step, batch 1 x (L in + {cfg['train_targets']} out), AdamW (median ms, synchronised per "
+                 "step; JAX b2b: mean of steps dispatched back to back; peak GB)")
+    lines.append(f"{'L':>8} | {'JAX bf16':>9} {'b2b':>6} {'GB':>6} {'MFU':>6} | {'LSG torch fp16':>14} {'GB':>6} | "
+                 f"{'LSG/JAX':>8}")
     peak_flops = results.get("rates", {}).get("matmul_flops")
     for n in cfg["train_lengths"]:
         j, r = value(jx, "train", n), value(ref, "train", n)
@@ -684,7 +705,9 @@ def report(results: dict, cfg: dict) -> list[str]:
         notes = "; ".join(f"{who} {s}" for who, s in (("jax", status(jx, "train", n)),
                                                        ("lsg", status(ref, "train", n))) if s)
         mfu_pct = None if mfu is None else 100 * mfu
-        lines.append(f"{n:>8} | {fmt(j, '.1f'):>9} {fmt(gb(jm)):>6} {fmt(mfu_pct, '.1f'):>5}% | {fmt(r, '.1f'):>14} "
+        b2b = value(jx, "train", n, field="ms_pipelined")
+        lines.append(f"{n:>8} | {fmt(j, '.1f'):>9} {fmt(b2b, '.1f'):>6} {fmt(gb(jm)):>6} {fmt(mfu_pct, '.1f'):>5}% | "
+                     f"{fmt(r, '.1f'):>14} "
                      f"{fmt(gb(rm)):>6} | {fmt(ratio(r, j)):>7}x" + (f"  ({notes})" if notes else ""))
     for who, res in (("JAX", jx), ("LSG torch", ref)):
         lines += growth_lines(f"{who} train", cfg["train_lengths"],
@@ -739,7 +762,8 @@ def variant_lines(results: dict, cfg: dict) -> list[str]:
     def entry(res, item, n):
         if status(res, item, n):
             return f"{n}: {status(res, item, n)}"
-        text = f"{n}: {fmt(value(res, item, n))} ms {fmt(gb(value(res, item, n, field='peak_bytes')))} GB"
+        text = (f"{n}: {fmt(value(res, item, n))} ms (b2b {fmt(value(res, item, n, field='ms_pipelined'))}) "
+                f"{fmt(gb(value(res, item, n, field='peak_bytes')))} GB")
         return text + (f" loss {fmt(value(res, item, n, field='first_loss'), '.4f')}" if item == "train" else "")
 
     lines = ["JAX variants (attention implementation [+remat]): encoder / train step at each length"]
@@ -788,17 +812,19 @@ def parse_lengths(text):
     return [int(x) for x in text.split(",") if x]
 
 
-def parse_implementations(text):
-    names = [x for x in text.split(",") if x]
-    unknown = [x for x in names if x not in ATTN_IMPLEMENTATIONS]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list of {ATTN_IMPLEMENTATIONS}")
-    return names
+def parse_names(valid: tuple):
+    def parse(text):
+        names = [x for x in text.split(",") if x]
+        if not names or any(x not in valid for x in names):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list of {valid}")
+        return names
+    return parse
 
 
 def variant_name(runtime: dict) -> str:
-    """'cudnn', 'cudnn+remat', ...: a variant of the JAX side (LSGBartConfig's runtime fields)."""
-    return runtime["attn_implementation"] + ("+remat" if runtime.get("remat") else "")
+    """'cudnn', 'cudnn+dots', 'cudnn+full', ...: a variant of the JAX side (LSGBartConfig's runtime fields)."""
+    remat = runtime.get("remat", "none")
+    return runtime["attn_implementation"] + ("" if remat == "none" else f"+{remat}")
 
 
 def main(argv=None) -> dict:
@@ -830,12 +856,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--gen-beams", type=int, help="beams (default 5)")
     parser.add_argument("--steps", type=int, help="timed training steps per length")
     parser.add_argument("--matmul-size", type=int, help="n of the n x n x n bf16 matmul timed for the peak rate")
-    parser.add_argument("--attn-impl", type=parse_implementations, default=["einsum"],
+    parser.add_argument("--attn-impl", type=parse_names(ATTN_IMPLEMENTATIONS), default=["einsum"],
                         help="comma-separated LSG attention implementations for the JAX side, of "
                              f"{', '.join(ATTN_IMPLEMENTATIONS)} (default einsum): each times the encoder and the "
                              "training step; the first one also fills the main tables, the targets and generation")
-    parser.add_argument("--remat", choices=("off", "on", "both"), default="off",
-                        help="JAX training steps without / with / both without and with rematerialised encoder "
+    parser.add_argument("--remat", type=parse_names(REMAT_MODES), default=["none"],
+                        help="comma-separated encoder rematerialisation modes for the JAX training step, of "
+                             f"{', '.join(REMAT_MODES)} (default none; the first fills the main tables) "
                              "layers (default off; with both, the main tables show off)")
     args = parser.parse_args(argv)
     cfg = dict(TINY if args.tiny else FULL)
@@ -856,7 +883,7 @@ def main(argv=None) -> dict:
     # JAX variants: every attention implementation for the encoder (remat does not change a forward pass), every
     # implementation x remat setting for the training step. The first is the main one (results["jax"]).
     variants = [dict(attn_implementation=name, remat=remat) for name in args.attn_impl
-                for remat in {"off": [False], "on": [True], "both": [False, True]}[args.remat]]
+                for remat in args.remat]
     results["variants"] = [variant_name(v) for v in variants]
 
     def phase(name, fn):

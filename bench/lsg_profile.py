@@ -1,65 +1,191 @@
-"""Where the LSG-BART-base encoder's GPU time goes: `python bench/lsg_profile.py [--attn-impl cudnn] [--length N]`.
+"""Where the LSG-BART-base encoder's and training step's GPU time goes:
 
-Random bf16 weights (the bench/lsg.py shape), batch 1. Profiles jitted calls of the encoder forward and of its
-forward + backward (gradient of the summed encoder states) with jax.profiler, and prints the GPU kernels that
-take the most time, summed over the profiled calls, per call. Needs a GPU.
+    python bench/lsg_profile.py [--what encode,grad,train] [--attn-impl cudnn] [--length N] [--set KEY=VALUE ...]
+
+Random weights (the bench/lsg.py shape), batch 1. For each program: its compiled memory, the median time of
+synchronised calls, the mean of calls dispatched back to back and the host time one dispatch takes; then a
+jax.profiler trace of a few calls, with GPU kernel time per call summed by the source line that XLA's metadata
+gives each kernel (the jitted code's file:line and op name) and by kernel name. encode: the encoder forward
+(bf16 weights); grad: its forward + backward (gradient of the summed states); train: one step of the project's
+training path (bench/lsg.py's train_setup: bf16 compute over float32 weights, AdamW, 320 target tokens).
+--set overrides LSGBartConfig fields for A/B runs (e.g. --set dropout=0 --set remat=true). Needs a GPU.
 """
 import argparse
 import collections
 import gzip
 import json
+import re
+import statistics
 import tempfile
+import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from lsg import LSG_BART_BASE  # bench/ is the script's folder, so it is on sys.path
+from lsg import LSG_BART_BASE, compiled_memory, train_batch, train_setup  # bench/ is on sys.path
 from lsg_jax.configuration import LSGBartConfig
 from lsg_jax.modeling import LSGBartForConditionalGeneration
 
+TARGET_TOKENS = 320
 
-def kernel_times(trace_dir: Path) -> collections.Counter:
-    """Microseconds per kernel name, from the Perfetto trace jax.profiler wrote (GPU stream events only)."""
+
+def _kernel_key(name: str) -> str:
+    return re.sub(r"[^0-9A-Za-z]", "_", name)
+
+
+def _table(hlo_text: str, title: str) -> dict:
+    """One of the compiled HLO text's tables (FileNames, FunctionNames, FileLocations, StackFrames): id -> text."""
+    match = re.search(rf"^{title}\n((?:\d+ .*\n)*)", hlo_text, re.M)
+    return dict(line.split(" ", 1) for line in match.group(1).splitlines()) if match else {}
+
+
+def hlo_sources(hlo_text: str, depth: int = 2) -> dict:
+    """Instruction name (as kernels are named: non-alphanumerics as '_') -> 'file:line <- caller file:line op'
+    from its metadata's stack frame (the innermost `depth` frames) and op name."""
+    files, functions = _table(hlo_text, "FileNames"), _table(hlo_text, "FunctionNames")
+    locations, frames = _table(hlo_text, "FileLocations"), _table(hlo_text, "StackFrames")
+    field = lambda text, name: re.search(rf"{name}=(\d+)", text).group(1)
+
+    def where(frame_id: str) -> str:
+        parts = []
+        while frame_id in frames and len(parts) < depth:
+            location = locations[field(frames[frame_id], "file_location_id")]
+            file = Path(files[field(location, "file_name_id")].strip('"')).name
+            parts.append(f"{file}:{field(location, 'line')} "
+                         f"{functions[field(location, 'function_name_id')].strip(chr(34))}")
+            parent = field(frames[frame_id], "parent_frame_id")
+            frame_id = parent if parent != frame_id else None
+        return " <- ".join(parts) or "?"
+
+    sources = {}
+    for m in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = [^\n]*?metadata=\{([^}]*)\}", hlo_text, re.M):
+        op = re.search(r'op_name="([^"]*)"', m.group(2))
+        frame = re.search(r"stack_frame_id=(\d+)", m.group(2))
+        sources[_kernel_key(m.group(1))] = (f"{where(frame.group(1)) if frame else '?'} "
+                                            f"[{op.group(1).split('/')[-1] if op else '?'}]")
+    return sources
+
+
+def trace_kernels(trace_dir: Path) -> list:
+    """(kernel name, HLO op or None, microseconds) of every GPU stream event in jax.profiler's Perfetto trace."""
     trace = json.loads(gzip.open(next(trace_dir.rglob("perfetto_trace.json.gz"))).read())
     threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in trace["traceEvents"]
                if e.get("ph") == "M" and e.get("name") == "thread_name"}
-    times = collections.Counter()
-    for event in trace["traceEvents"]:
-        if event.get("ph") == "X" and "stream" in threads.get((event["pid"], event.get("tid")), "").lower():
-            times[event["name"]] += event["dur"]
-    return times
+    return [(e["name"], (e.get("args") or {}).get("hlo_op"), e["dur"]) for e in trace["traceEvents"]
+            if e.get("ph") == "X" and "stream" in threads.get((e["pid"], e.get("tid")), "").lower()]
 
 
-def profile(fn, calls: int, title: str, top: int) -> None:
-    jax.block_until_ready(fn())  # compiled and warm
+def time_calls(fn, runs: int = 10) -> dict:
+    jax.block_until_ready(fn())
+    synced, dispatch = [], []
+    for _ in range(runs):
+        start = time.perf_counter()
+        out = fn()
+        dispatch.append(time.perf_counter() - start)
+        jax.block_until_ready(out)
+        synced.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    outs = [fn() for _ in range(runs)]
+    jax.block_until_ready(outs[-1])  # one stream: the last call ends last (earlier train states are donated)
+    return {"ms": 1e3 * statistics.median(synced), "ms_back_to_back": 1e3 * (time.perf_counter() - start) / runs,
+            "dispatch_ms": 1e3 * statistics.median(dispatch)}
+
+
+def profile(title: str, compiled, fn, calls: int, top: int, hlo_dir: str | None = None) -> dict:
+    timing = time_calls(fn)
+    memory = compiled_memory(compiled) or {}
     with tempfile.TemporaryDirectory() as folder:
         with jax.profiler.trace(folder, create_perfetto_trace=True):
-            jax.block_until_ready([fn() for _ in range(calls)])
-        times = kernel_times(Path(folder))
-    total = sum(times.values()) / calls
-    print(f"\n== {title}: {total / 1e3:.2f} ms of GPU kernels per call ({len(times)} kernel names)")
-    for name, us in times.most_common(top):
-        print(f"  {us / calls / 1e3:7.3f} ms  {100 * us / calls / total:5.1f}%  {name[:110]}")
+            outs = [fn() for _ in range(calls)]
+            jax.block_until_ready(outs[-1])
+        kernels = trace_kernels(Path(folder))
+    hlo = compiled.as_text()
+    if hlo_dir:
+        Path(hlo_dir, f"{title.split()[0]}.hlo.txt.gz").write_bytes(gzip.compress(hlo.encode()))
+    sources = hlo_sources(hlo)
+    by_source, by_kernel = collections.Counter(), collections.Counter()
+    for name, op, us in kernels:
+        source = sources.get(_kernel_key(op or ""), sources.get(_kernel_key(name), "?"))
+        by_source[source] += us / calls
+        by_kernel[name] += us / calls
+    total = sum(by_kernel.values()) or 1e-9  # no GPU stream events off a GPU
+    print(f"\n== {title}: {timing['ms']:.2f} ms synchronised, {timing['ms_back_to_back']:.2f} ms back to back, "
+          f"dispatch {timing['dispatch_ms']:.3f} ms; {total / 1e3:.2f} ms of GPU kernels in "
+          f"{len(kernels) // calls} launches per call; peak {memory.get('peak_bytes', 0) / 1e9:.2f} GB "
+          f"(temp {memory.get('temp_bytes', 0) / 1e9:.2f} GB)")
+    print("  by source line (file:line op):")
+    for source, us in by_source.most_common(top):
+        print(f"    {us / 1e3:7.3f} ms  {100 * us / total:5.1f}%  {source[:100]}")
+    print("  by kernel:")
+    for name, us in by_kernel.most_common(top):
+        print(f"    {us / 1e3:7.3f} ms  {100 * us / total:5.1f}%  {name[:100]}")
+    return {"title": title, **timing, **memory, "kernel_ms": total / 1e3,
+            "by_source_ms": {k: v / 1e3 for k, v in by_source.most_common()},
+            "by_kernel_ms": {k: v / 1e3 for k, v in by_kernel.most_common()}}
+
+
+def parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--what", default="encode,grad,train")
     parser.add_argument("--attn-impl", default="cudnn")
     parser.add_argument("--length", type=int, default=16384)
     parser.add_argument("--calls", type=int, default=5)
-    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an LSGBartConfig field for this run (JSON value), e.g. dropout=0")
+    parser.add_argument("--out", help="write the profiles as JSON here")
+    parser.add_argument("--hlo", help="write each program's optimised HLO here, as PROGRAM.hlo.txt.gz")
     args = parser.parse_args()
-    config = LSGBartConfig(**LSG_BART_BASE, attn_implementation=args.attn_impl)
-    model = LSGBartForConditionalGeneration(config, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
-    graphdef, state = nnx.split(model)
-    ids = jax.random.randint(jax.random.key(1), (1, args.length), 3, config.vocab_size)
-    mask = jnp.ones_like(ids)
-    encode = jax.jit(lambda state: nnx.merge(graphdef, state).encode(ids, mask))
-    grad = jax.jit(jax.grad(lambda state: nnx.merge(graphdef, state).encode(ids, mask).astype(jnp.float32).sum()))
-    profile(lambda: encode(state), args.calls, f"encoder forward {args.length} {args.attn_impl}", args.top)
-    profile(lambda: grad(state), args.calls, f"encoder forward + backward {args.length} {args.attn_impl}", args.top)
+    overrides = dict(item.split("=", 1) for item in args.set)
+    fields = {**LSG_BART_BASE, "attn_implementation": args.attn_impl,
+              **{k: parse_value(v) for k, v in overrides.items()}}
+    config = LSGBartConfig(**fields)
+    label = f"{args.length} {args.attn_impl}" + "".join(f" {k}={v}" for k, v in overrides.items())
+    ids = np.random.default_rng(1).integers(3, config.vocab_size, (1, args.length))
+    results = []
+    what = args.what.split(",")
+    if "encode" in what or "grad" in what:
+        model = LSGBartForConditionalGeneration(config, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16,
+                                                rngs=nnx.Rngs(0))
+        graphdef, state = nnx.split(model)
+        state = nnx.to_pure_dict(state)  # plain dicts: a quicker dispatch than nnx.State's nodes
+        del model
+        x, mask = jnp.asarray(ids, jnp.int32), jnp.ones(ids.shape, jnp.int32)
+        programs = {
+            "encode": lambda state: nnx.merge(graphdef, state).encode(x, mask),
+            "grad": jax.grad(lambda state: nnx.merge(graphdef, state).encode(x, mask).astype(jnp.float32).sum()),
+        }
+        for name in ("encode", "grad"):
+            if name in what:
+                compiled = jax.jit(programs[name]).lower(state).compile()
+                results.append(profile(f"{name} {label}", compiled, lambda: compiled(state), args.calls, args.top,
+                                       args.hlo))
+        del state
+    if "train" in what:
+        state, step, batch_sharding = train_setup(config)
+        labels = np.random.default_rng(2).integers(3, config.vocab_size, (1, TARGET_TOKENS))
+        batch = train_batch(ids, labels, config.decoder_start_token_id, batch_sharding)
+        compiled = step.lower(state, batch).compile()
+        holder = [state]
+
+        def train_call():  # the state is donated: each call takes the last one's
+            holder[0], metrics = compiled(holder[0], batch)
+            return holder[0], metrics
+
+        results.append(profile(f"train {label} + {TARGET_TOKENS}", compiled, train_call, args.calls, args.top,
+                               args.hlo))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -61,8 +61,8 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
         sparsity_type="norm", pass_global_tokens_to_decoder=True, pool_with_global=True, mask_first_token=False,
         lsh_num_pre_rounds=1,
         # How this port runs (not saved in config.json): fused cuDNN attention on a GPU in bf16, else the blocked
-        # einsums; remat=True trades training time for memory (bench/RESULTS.md).
-        attn_implementation="auto", remat=False))
+        # einsums; remat ("none", "dots", "full") trades training time for memory (bench/RESULTS.md).
+        attn_implementation="auto", remat="none"))
 
     c.data = ml_collections.ConfigDict(dict(
         source="jsonl" if tiny else "tfds", tfds_name="scientific_papers/arxiv", data_dir="",

@@ -16,6 +16,7 @@ LSG_KEYS = ("adaptive", "block_size", "lsh_num_pre_rounds", "mask_first_token", 
             "sparsity_type")
 MAX_GLOBAL_TOKENS = 512  # rows of the original's global embedding table
 ATTN_IMPLEMENTATIONS = ("einsum", "xla", "cudnn", "auto")
+REMAT_MODES = ("none", "full", "dots")
 RUNTIME_KEYS = ("attn_implementation", "remat")  # how this port runs, not what the model is: not in config.json
 
 
@@ -67,9 +68,10 @@ class LSGBartConfig(HFConfig):
     # through jax.nn.dot_product_attention; cudnn computes in bf16), "auto" (cudnn on an NVIDIA GPU when the model
     # computes in bf16/fp16 and the head dim suits cuDNN, else einsum). All give the same result up to rounding.
     attn_implementation: str = "einsum"
-    # Recompute each encoder layer in the backward pass (nnx.remat) instead of keeping its activations: training
-    # memory for compute; the same numbers.
-    remat: bool = False
+    # Encoder layers in the backward pass: "none" keeps their activations; "full" recomputes each layer from its
+    # input; "dots" keeps only the matmul outputs and recomputes the rest (attention, GELU, LayerNorm, dropout
+    # masks). Training memory for compute; the same numbers. True / False mean "full" / "none".
+    remat: str | bool = "none"
     # Keys of config.json this model does not use (architectures, auto_map, task params...), written back unchanged.
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -82,6 +84,9 @@ class LSGBartConfig(HFConfig):
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ValueError(f"attn_implementation={self.attn_implementation!r}: expected one of "
                              f"{ATTN_IMPLEMENTATIONS}")
+        self.remat = {True: "full", False: "none"}.get(self.remat, self.remat)
+        if self.remat not in REMAT_MODES:
+            raise ValueError(f"remat={self.remat!r}: expected one of {REMAT_MODES} (or True / False)")
         if self.d_model % self.encoder_attention_heads or self.d_model % self.decoder_attention_heads:
             raise ValueError("d_model must be divisible by the numbers of attention heads")
         if not self.lsg:

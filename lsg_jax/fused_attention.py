@@ -155,6 +155,8 @@ def fused_lsg_attention(q, k, v, bias, cfg, dtype, implementation: str, lsh_proj
     if G:  # the global tokens' queries attend to every valid key
         # Through XLA even under cuDNN: flash attention spreads work over (batch, heads, query tiles), and G queries
         # make a single tile, so cuDNN would run B * H thread blocks down all L keys (measured on an H100: the
-        # larger part of the encoder's attention time); XLA's [G, L] scores are small and fully parallel.
-        out = jnp.concatenate([_attend(q[:, :G], k, v, valid, "xla"), out], axis=1)
+        # larger part of the encoder's attention time); XLA's [G, L] scores are small and fully parallel, and
+        # take the padding as a mask (no key permutation).
+        glob = jax.nn.dot_product_attention(q[:, :G], k, v, mask=valid[:, None, None, :], implementation="xla")
+        out = jnp.concatenate([glob, out], axis=1)
     return jnp.swapaxes(out, 1, 2).astype(dtype)

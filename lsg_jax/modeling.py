@@ -186,8 +186,12 @@ class Encoder(nnx.Module):
         rngs = split_rng(rng, len(self.layers) + 1)
         x = dropout(self.layernorm_embedding(x), cfg.dropout, rngs[-1])
         heads, head_dim = cfg.encoder_attention_heads, cfg.d_model // cfg.encoder_attention_heads
-        # remat: the backward pass recomputes each layer from its input instead of keeping its activations.
-        apply = nnx.remat(EncoderLayer.__call__) if cfg.remat else EncoderLayer.__call__
+        # remat: the backward pass recomputes each layer (all of it, or all but the matmuls) from its input
+        # instead of keeping its activations.
+        apply = EncoderLayer.__call__
+        if cfg.remat != "none":
+            policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable if cfg.remat == "dots" else None
+            apply = nnx.remat(apply, policy=policy)
         for i, (layer, layer_rng) in enumerate(zip(self.layers, rngs)):
             projections = None
             if cfg.lsg and cfg.sparsity_type == "lsh" and cfg.has_sparse:

@@ -140,7 +140,7 @@ def run_model(ids, mask, labels, **runtime):
 @pytest.fixture(scope="module")
 def model_runs():
     """The tiny model on 45 tokens (padded to 48 by the model; row 1 padded at the end, row 2 in the middle):
-    einsum, fused ("xla") and fused with remat."""
+    einsum, fused ("xla") and fused with each remat mode."""
     rng = np.random.default_rng(0)
     ids = rng.integers(3, VOCAB, (3, 45))
     mask = np.ones_like(ids)
@@ -150,7 +150,8 @@ def model_runs():
     labels = rng.integers(3, VOCAB, (3, 7))
     return {name: run_model(ids, mask, labels, **runtime) for name, runtime in
             (("einsum", {}), ("xla", dict(attn_implementation="xla")),
-             ("xla+remat", dict(attn_implementation="xla", remat=True)))}
+             ("xla+remat", dict(attn_implementation="xla", remat=True)),
+             ("xla+dots", dict(attn_implementation="xla", remat="dots")))}
 
 
 def assert_runs_close(out, expected, atol, rtol):
@@ -167,9 +168,11 @@ def test_model_with_fused_attention(model_runs):
     assert_runs_close(model_runs["xla"], model_runs["einsum"], atol=1e-5, rtol=1e-5)
 
 
-def test_remat_gives_the_same_loss_and_grads(model_runs):
-    """remat=True recomputes the encoder layers in the backward pass (dropout included, from the same rng)."""
-    assert_runs_close(model_runs["xla+remat"], model_runs["xla"], atol=1e-6, rtol=1e-6)
+@pytest.mark.parametrize("mode", ["xla+remat", "xla+dots"])
+def test_remat_gives_the_same_loss_and_grads(model_runs, mode):
+    """remat=True ("full") and "dots" recompute encoder layers in the backward pass (dropout included, from the
+    same rng)."""
+    assert_runs_close(model_runs[mode], model_runs["xla"], atol=1e-6, rtol=1e-6)
 
 
 def test_implementation_choice_and_config():
@@ -180,5 +183,8 @@ def test_implementation_choice_and_config():
             resolve_implementation("cudnn", jnp.bfloat16, 64)
     with pytest.raises(ValueError, match="attn_implementation='flash'"):
         lsg_config({}, attn_implementation="flash")
+    with pytest.raises(ValueError, match="remat='some'"):
+        lsg_config({}, remat="some")
+    assert lsg_config({}, remat=True).remat == "full" and lsg_config({}, remat=False).remat == "none"
     config = lsg_config({}, attn_implementation="xla", remat=True)
     assert "attn_implementation" not in config.to_dict() and "remat" not in config.to_dict()  # runtime settings
