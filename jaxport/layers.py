@@ -87,6 +87,15 @@ def _dropout_bwd(rate, key_data, g):
 _dropout.defvjp(_dropout_fwd, _dropout_bwd)
 
 
+def layer_drop(apply, x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+    """LayerDrop: in training (rng given), the layer `apply` is skipped - x passes unchanged - with probability
+    `rate`. The layer still runs (a select, not a branch: no host round trip for the decision)."""
+    if rng is None or rate == 0.0:
+        return apply(x)
+    skip = jax.random.uniform(jax.random.fold_in(rng, 0x1D0)) < rate
+    return jnp.where(skip, x, apply(x))
+
+
 def split_rng(rng: jax.Array | None, num: int) -> list:
     """`num` independent keys, or `num` Nones in evaluation."""
     return [None] * num if rng is None else list(jax.random.split(rng, num))

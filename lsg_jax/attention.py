@@ -18,20 +18,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxport.layers import NEG_INF
+from jaxport.layers import NEG_INF, dropout, split_rng
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def _softmax_attend(scores: jax.Array, values: jax.Array, pattern: str, dtype) -> jax.Array:
-    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+def _softmax_attend(scores: jax.Array, values: jax.Array, pattern: str, dtype, dropout_rate: float = 0.0,
+                    rng=None) -> jax.Array:
+    probs = dropout(jax.nn.softmax(scores, axis=-1).astype(dtype), dropout_rate, rng)
     return jnp.einsum(pattern, probs, values.astype(dtype))
 
 
-def full_attention(q, k, v, bias, dtype):
-    """Softmax(q k^T / sqrt(d) + bias) v. q [B,H,Q,D], k/v [B,H,K,D], bias broadcastable to [B,H,Q,K]."""
+def full_attention(q, k, v, bias, dtype, dropout_rate: float = 0.0, rng=None):
+    """Softmax(q k^T / sqrt(d) + bias) v, with dropout on the probabilities when rng is given. q [B,H,Q,D],
+    k/v [B,H,K,D], bias broadcastable to [B,H,Q,K]."""
     scores = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
-    return _softmax_attend(scores + bias, v, "bhqk,bhkd->bhqd", dtype)
+    return _softmax_attend(scores + bias, v, "bhqk,bhkd->bhqd", dtype, dropout_rate, rng)
 
 
 @functools.lru_cache(maxsize=None)
@@ -199,25 +201,29 @@ def sparse_tokens(q, k, v, mask, cfg, lsh_projections=None):
 # ------------------------------------------------------------------------------------------------------------
 
 
-def lsg_attention(q, k, v, bias, cfg, dtype, lsh_projections=None):
+def lsg_attention(q, k, v, bias, cfg, dtype, lsh_projections=None, rng=None):
     """LSG self-attention. q/k/v [B, H, G + T, D] (G = num_global_tokens first), bias [B, G + T] additive float32
-    (0 for the global tokens). Returns [B, H, G + T, D].
+    (0 for the global tokens). Returns [B, H, G + T, D]. With rng (training), cfg.attention_dropout drops
+    attention probabilities, as the original does.
 
-    cfg.attn_implementation other than "einsum" runs lsg_jax.fused_attention (same result, fused kernels)."""
+    cfg.attn_implementation other than "einsum" runs lsg_jax.fused_attention (same result, fused kernels), except
+    with attention dropout in training: fused attention has none, so those steps take the einsums."""
     from lsg_jax.fused_attention import fused_lsg_attention, resolve_implementation  # it imports this module
     implementation = resolve_implementation(cfg.attn_implementation, dtype, q.shape[-1])
-    if implementation != "einsum":
+    dropping = rng is not None and cfg.attention_dropout > 0
+    if implementation != "einsum" and not dropping:
         return fused_lsg_attention(q, k, v, bias, cfg, dtype, implementation, lsh_projections)
+    global_rng, local_rng = split_rng(rng if dropping else None, 2)
     G, bs = cfg.num_global_tokens, cfg.block_size
     B, H, L, D = q.shape
     bias4 = bias[:, None, None, :]
     if L <= 2 * bs + G:  # local attention would cover every token: plain attention
-        return full_attention(q, k, v, bias4, dtype)
+        return full_attention(q, k, v, bias4, dtype, cfg.attention_dropout, global_rng)
     T = L - G
     if T % bs:
         raise ValueError(f"sequence length {T} is not a multiple of block_size {bs} (adaptive=False)")
     nb = T // bs
-    global_out = full_attention(q[:, :, :G], k, v, bias4, dtype)
+    global_out = full_attention(q[:, :, :G], k, v, bias4, dtype, cfg.attention_dropout, global_rng)
     kg, vg = k[:, :, :G], v[:, :, :G]
     qn, kn, vn = q[:, :, G:], k[:, :, G:], v[:, :, G:]
     mask = bias[:, None, G:]  # [B,1,T]
@@ -249,7 +255,8 @@ def lsg_attention(q, k, v, bias, cfg, dtype, lsh_projections=None):
                           + m_sparse[:, :, :, None, :])
             values.append(("bhnqk,bhnkd->bhnqd", v_sparse))
     sizes = [s.shape[-1] for s in scores]
-    probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1).astype(dtype)
+    probs = dropout(jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1).astype(dtype), cfg.attention_dropout,
+                    local_rng)
     out = 0
     for (pattern, value), part in zip(values, jnp.split(probs, np.cumsum(sizes)[:-1], axis=-1)):
         out = out + jnp.einsum(pattern, part, value.astype(dtype))

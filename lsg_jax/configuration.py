@@ -35,6 +35,9 @@ class LSGBartConfig(HFConfig):
     dropout: float = 0.1
     attention_dropout: float = 0.0
     activation_dropout: float = 0.0
+    # LayerDrop: in training, each layer is skipped with this probability (BART's encoder/decoder_layerdrop).
+    encoder_layerdrop: float = 0.0
+    decoder_layerdrop: float = 0.0
     init_std: float = 0.02
     scale_embedding: bool = False
     tie_word_embeddings: bool = True

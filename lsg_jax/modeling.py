@@ -17,7 +17,8 @@ from flax import nnx
 
 from jaxport.generation import seq2seq_cache, seq2seq_generate
 from jaxport.hf import PretrainedModel
-from jaxport.layers import ACTIVATIONS, NEG_INF, Dense, Embed, causal_bias, dropout, padding_bias, split_rng
+from jaxport.layers import (ACTIVATIONS, NEG_INF, Dense, Embed, causal_bias, dropout, layer_drop, padding_bias,
+                            split_rng)
 from lsg_jax.attention import draw_lsh_projections, lsg_attention
 from lsg_jax.configuration import LSGBartConfig
 from lsg_jax.fused_attention import fused_padded_attention, resolve_implementation
@@ -73,16 +74,19 @@ class Attention(nnx.Module):
 
     def attend(self, x, bias, *, context=None, context_key_value=None, cache=None, position=0, rng=None,
                key_valid=None):
-        """Full attention from x [B,T,E] to context (x when None); bias broadcastable to [B,H,T,S].
-        `context_key_value`: the context's `key_value`, precomputed (cross-attention while decoding: the encoder
-        states do not change from step to step). With `cache`, new keys/values are written at `position` and the
-        query attends over the whole cache. `key_valid` [B, S]: the bias is only this key padding, so the
-        config's fused attn_implementation may run it (without attention dropout)."""
+        """Full attention from x [B,T,E] to context (x when None); bias broadcastable to [B,H,T,S], or None with
+        `key_valid` [B, S] (the keys to attend to, then the only bias). `context_key_value`: the context's
+        `key_value`, precomputed (cross-attention while decoding: the encoder states do not change from step to
+        step). With `cache`, new keys/values are written at `position` and the query attends over the whole cache.
+        Teacher-forced attention over a key padding alone (the decoder's cross-attention in training) runs the
+        config's fused attn_implementation (without attention dropout)."""
+        fusable = (key_valid is not None and cache is None and context_key_value is None
+                   and (self.dropout_rate == 0 or rng is None))
         q = self.query(x)  # [B, T, H, D]
         if context_key_value is None:
             context_key_value = self.key_value(x if context is None else context)
         k, v = context_key_value["key"], context_key_value["value"]
-        if key_valid is not None and cache is None and (self.dropout_rate == 0 or rng is None):
+        if fusable:
             implementation = resolve_implementation(self.attn_implementation, self.dtype, q.shape[-1])
             if implementation != "einsum":
                 return self.out(fused_padded_attention(q, k, v, key_valid, self.dtype, implementation)), cache
@@ -90,6 +94,8 @@ class Attention(nnx.Module):
             k = jax.lax.dynamic_update_slice_in_dim(cache["key"], k.astype(cache["key"].dtype), position, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache["value"], v.astype(cache["value"].dtype), position, axis=1)
             cache = {"key": k, "value": v}
+        if bias is None:
+            bias = padding_bias(key_valid)
         scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
         probs = dropout(jax.nn.softmax(scores + bias, axis=-1).astype(self.dtype), self.dropout_rate, rng)
         return self.out(jnp.einsum("bhts,bshd->bthd", probs, v.astype(self.dtype))), cache
@@ -115,7 +121,7 @@ class EncoderLayer(nnx.Module):
         if cfg.lsg:
             attn = self.self_attn
             q, k, v = (jnp.swapaxes(proj(x), 1, 2) for proj in (attn.query, attn.key, attn.value))  # [B,H,L,D]
-            out = lsg_attention(q, k, v, bias, cfg, self.dtype, lsh_projections)
+            out = lsg_attention(q, k, v, bias, cfg, self.dtype, lsh_projections, rngs[0])
             h = attn.out(jnp.swapaxes(out, 1, 2).astype(self.dtype))
         else:
             h, _ = self.self_attn.attend(x, bias[:, None, None, :], rng=rngs[0])
@@ -138,18 +144,16 @@ class DecoderLayer(nnx.Module):
         self.config = config
         self.act = ACTIVATIONS[config.activation_function]
 
-    def __call__(self, x, self_bias, context, cross_bias, cache=None, cross_key_value=None, position=0, rng=None):
-        """cache: this layer's self-attention keys/values (decoding); cross_key_value: the cross-attention's
-        `key_value(context)`, precomputed by init_cache (decoding), else computed here from context."""
+    def __call__(self, x, self_bias, context, context_valid, cache=None, cross_key_value=None, position=0, rng=None):
+        """context_valid [B, S]: the encoder states to attend to; cache: this layer's self-attention keys/values
+        (decoding); cross_key_value: the cross-attention's `key_value(context)`, precomputed by init_cache
+        (decoding), else computed here from context."""
         cfg = self.config
         rngs = split_rng(rng, 7)
         h, cache = self.self_attn.attend(x, self_bias, cache=cache, position=position, rng=rngs[0])
         x = self.self_attn_layer_norm(x + dropout(h, cfg.dropout, rngs[1]))
-        # Teacher forcing (no precomputed keys/values) attends over the whole encoder output: fused if configured.
-        key_valid = None if cross_key_value is not None else \
-            jnp.broadcast_to(cross_bias[:, 0, 0, :] == 0, (x.shape[0], cross_bias.shape[-1]))
-        h, _ = self.encoder_attn.attend(x, cross_bias, context=context, context_key_value=cross_key_value,
-                                        rng=rngs[2], key_valid=key_valid)
+        h, _ = self.encoder_attn.attend(x, None, context=context, context_key_value=cross_key_value, rng=rngs[2],
+                                        key_valid=context_valid)
         x = self.encoder_attn_layer_norm(x + dropout(h, cfg.dropout, rngs[3]))
         h = dropout(self.act(self.fc1(x)), cfg.activation_dropout, rngs[4])
         return self.final_layer_norm(x + dropout(self.fc2(h), cfg.dropout, rngs[5])), cache
@@ -196,7 +200,8 @@ class Encoder(nnx.Module):
             projections = None
             if cfg.lsg and cfg.sparsity_type == "lsh" and cfg.has_sparse:
                 projections = draw_lsh_projections(jax.random.fold_in(lsh_key, i), cfg, heads, head_dim)
-            x = apply(layer, x, bias, projections, layer_rng)
+            x = layer_drop(lambda x: apply(layer, x, bias, projections, layer_rng), x, cfg.encoder_layerdrop,
+                           layer_rng)
         return x
 
 
@@ -209,7 +214,7 @@ class Decoder(nnx.Module):
         self.config = config
         self.dtype = dtype
 
-    def __call__(self, embeds, encoder_hidden, cross_bias, decoder_attention_mask=None, cache=None, position=0,
+    def __call__(self, embeds, encoder_hidden, encoder_valid, decoder_attention_mask=None, cache=None, position=0,
                  rng=None):
         cfg = self.config
         num_queries = embeds.shape[1]
@@ -226,8 +231,12 @@ class Decoder(nnx.Module):
         new_cache = []
         for i, (layer, layer_rng) in enumerate(zip(self.layers, rngs)):
             layer_cache, cross_key_value = (None, None) if cache is None else (cache["layers"][i], cache["cross"][i])
-            x, layer_cache = layer(x, self_bias, encoder_hidden, cross_bias, layer_cache, cross_key_value, position,
-                                   layer_rng)
+            if cache is None:  # teacher forcing (training, evaluation): LayerDrop applies
+                x = layer_drop(lambda x: layer(x, self_bias, encoder_hidden, encoder_valid, rng=layer_rng)[0], x,
+                               cfg.decoder_layerdrop, layer_rng)
+            else:
+                x, layer_cache = layer(x, self_bias, encoder_hidden, encoder_valid, layer_cache, cross_key_value,
+                                       position, layer_rng)
             new_cache.append(layer_cache)
         return x, (None if cache is None else {"layers": new_cache, "cross": cache["cross"]})
 
@@ -360,11 +369,12 @@ class LSGBartModel(PretrainedModel):
     def decode_hidden(self, decoder_input_ids, encoder_hidden, encoder_attention_mask=None, cache=None, position=0,
                       *, decoder_attention_mask=None, dropout_rng=None):
         if encoder_attention_mask is None:
-            cross_bias = jnp.zeros((1, 1, 1, encoder_hidden.shape[1]), jnp.float32)
+            encoder_valid = jnp.ones(encoder_hidden.shape[:2], bool)
         else:
-            cross_bias = padding_bias(self.cross_attention_mask(encoder_attention_mask, encoder_hidden.shape[1]))
+            encoder_valid = self.cross_attention_mask(encoder_attention_mask, encoder_hidden.shape[1]) > 0
         embeds = self.shared(decoder_input_ids) * self.embed_scale
-        return self.decoder(embeds, encoder_hidden, cross_bias, decoder_attention_mask, cache, position, dropout_rng)
+        return self.decoder(embeds, encoder_hidden, encoder_valid, decoder_attention_mask, cache, position,
+                            dropout_rng)
 
     def __call__(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                  *, inputs_embeds=None, lsh_key=None, dropout_rng=None, truncation=False) -> Seq2SeqModelOutput:

@@ -188,3 +188,20 @@ def test_implementation_choice_and_config():
     assert lsg_config({}, remat=True).remat == "full" and lsg_config({}, remat=False).remat == "none"
     config = lsg_config({}, attn_implementation="xla", remat=True)
     assert "attn_implementation" not in config.to_dict() and "remat" not in config.to_dict()  # runtime settings
+
+
+@pytest.mark.parametrize("tokens", [48, 16])  # block attention, and an input short enough for full attention
+def test_attention_dropout_in_training(tokens):
+    """attention_dropout drops LSG attention probabilities when an rng is given (as the original does), only then;
+    the fused implementations take the einsums for such steps, so they give the same numbers."""
+    lsg = dict(block_size=8, sparsity_type="pooling", sparse_block_size=4, sparsity_factor=2, num_global_tokens=2)
+    qkv, bias, _, _ = attention_inputs(lsg_config(lsg), tokens)
+    rng = jax.random.key(5)
+    run = lambda config, rng: np.asarray(jax.jit(lambda qkv: lsg_attention(*qkv, bias, config, jnp.float32,
+                                                                           rng=rng))(qkv))
+    plain = run(lsg_config(lsg), None)
+    np.testing.assert_array_equal(run(lsg_config(lsg, attention_dropout=0.3), None), plain)
+    np.testing.assert_array_equal(run(lsg_config(lsg), rng), plain)  # attention_dropout=0: nothing dropped
+    dropped = run(lsg_config(lsg, attention_dropout=0.3), rng)
+    assert np.abs(dropped - plain).max() > 1e-2
+    np.testing.assert_array_equal(run(lsg_config(lsg, attention_dropout=0.3, attn_implementation="xla"), rng), dropped)

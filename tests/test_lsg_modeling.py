@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from lsg_jax import LSGBartConfig, LSGBartForConditionalGeneration, LSGBartModel
 from lsg_jax.attention import draw_lsh_projections
@@ -215,3 +216,24 @@ def test_lsh_key_changes_the_projections():
     assert np.array_equal(np.asarray(model.encode(ids)), np.asarray(model.encode(ids, lsh_key=jax.random.key(0))))
     assert np.array_equal(np.asarray(model.generate(ids, max_length=6).sequences),
                           np.asarray(model.generate(ids, max_length=6, lsh_key=jax.random.key(0)).sequences))
+
+
+def test_layerdrop_skips_layers_in_training_only():
+    """encoder/decoder_layerdrop=1 skips every layer when training (an rng is given): the outputs no longer depend
+    on the layers' weights; in evaluation, or with layerdrop 0, they do."""
+    lsg = dict(block_size=8, sparse_block_size=8, sparsity_factor=2, sparsity_type="none", num_global_tokens=1)
+    ids = np.random.default_rng(0).integers(3, VOCAB, (2, 24))
+    rng = jax.random.key(1)
+
+    def logits(layerdrop, rng, scale=1.0):
+        config = LSGBartConfig.from_dict({**tiny_config(), **lsg, "encoder_layerdrop": layerdrop,
+                                          "decoder_layerdrop": layerdrop})
+        model = LSGBartForConditionalGeneration(config, rngs=nnx.Rngs(0))
+        for layer in [*model.encoder.layers, *model.decoder.layers]:
+            layer.fc2.kernel[...] = layer.fc2.kernel[...] * scale
+        return np.asarray(model(input_ids=ids, dropout_rng=rng).logits)
+
+    np.testing.assert_array_equal(logits(1.0, rng), logits(1.0, rng, scale=3.0))
+    assert np.abs(logits(1.0, None) - logits(1.0, None, scale=3.0)).max() > 1e-3
+    np.testing.assert_allclose(logits(0.0, rng), logits(0.0, None), rtol=1e-6, atol=1e-6)  # dropouts are 0
+    assert np.abs(logits(1.0, rng) - logits(0.0, rng)).max() > 1e-3
