@@ -12,8 +12,10 @@ JOBS.json holds a list of jobs, done in order in one process (torch starts once)
    "lsh": optional npz of projections proj_0, proj_1, ... (one encoder pass, in draw order),
    "generate": [kwargs, ...], "out": npz}
       forward logits and encoder states, then generate() for each kwargs -> gen_0, gen_1, ...
-  {"action": "convert", "src", "dst", "max_length", "kwargs": {...}, "stride": int}
-      lsg-converter's BART -> LSG-BART conversion of src, saved to dst.
+  {"action": "convert", "src", "dst", "max_length", "kwargs": {...}, "stride": int,
+   "options": {"random_global_init", "keep_first_global_token", "resize_lsg"}, "normals": optional npz with eps}
+      lsg-converter's BART -> LSG-BART conversion of src, saved to dst; under random_global_init, the standard
+      normals of its MultivariateNormal draw are `eps` (512 x d_model) instead of torch's.
 """
 import json
 import sys
@@ -125,11 +127,39 @@ def run(job):
     np.savez(job["out"], **out)
 
 
+class GivenNormals:
+    """Stands in for the standard normals that MultivariateNormal.rsample draws."""
+
+    def __init__(self, path):
+        self.eps = np.load(path)["eps"] if path else None
+        self.calls = 0
+
+    def __call__(self, shape, dtype, device):
+        self.calls += 1
+        if tuple(shape) != self.eps.shape:
+            raise RuntimeError(f"MultivariateNormal draws {tuple(shape)}, given {self.eps.shape}")
+        return torch.from_numpy(self.eps).to(dtype)
+
+    def __enter__(self):
+        from torch.distributions import multivariate_normal
+        self.real, self.module = multivariate_normal._standard_normal, multivariate_normal
+        if self.eps is not None:
+            multivariate_normal._standard_normal = self
+        return self
+
+    def __exit__(self, *exc):
+        self.module._standard_normal = self.real
+        if exc[0] is None and self.eps is not None and self.calls != 1:
+            raise RuntimeError(f"the given normals were drawn {self.calls} times instead of once")
+
+
 def convert(job):
     from lsg_converter import LSGConverter
 
-    converter = LSGConverter(max_sequence_length=job["max_length"], global_positional_stride=job.get("stride", 64))
-    model, tokenizer = converter.convert_from_pretrained(job["src"], **job.get("kwargs", {}))
+    converter = LSGConverter(max_sequence_length=job["max_length"], global_positional_stride=job.get("stride", 64),
+                             **job.get("options", {}))
+    with GivenNormals(job.get("normals")):
+        model, tokenizer = converter.convert_from_pretrained(job["src"], **job.get("kwargs", {}))
     model.save_pretrained(job["dst"])
     tokenizer.save_pretrained(job["dst"])
 
