@@ -4,6 +4,7 @@ Each parameter carries `logical_axes` metadata (embed, mlp, heads, kv, vocab, ..
 maps those names to mesh axes by the rules in the config.
 """
 import functools
+import math
 from typing import Sequence
 
 import jax
@@ -101,12 +102,63 @@ def split_rng(rng: jax.Array | None, num: int) -> list:
     return [None] * num if rng is None else list(jax.random.split(rng, num))
 
 
+_SQRT_HALF = 0.7071067811865476
+
+
+def _gelu(x: jax.Array) -> jax.Array:
+    y = x.astype(jnp.float32)
+    return (0.5 * y * (1.0 + jax.lax.erf(y * _SQRT_HALF))).astype(x.dtype)
+
+
+@jax.custom_vjp
 def gelu(x: jax.Array) -> jax.Array:
     """Exact GELU as PyTorch computes it, x * (1 + erf(x / sqrt(2))) / 2, in float32. jax.nn.gelu(approximate=False)
     goes through erfc, whose XLA expansion (exp, divisions, two polynomial branches) made it 3x slower on an
-    H100 (bench/RESULTS.md); XLA's erf is one rational polynomial."""
+    H100 (bench/RESULTS.md); XLA's erf is one rational polynomial. The backward pass keeps only x (autodiff would
+    keep three float32 intermediates of the MLP's widest activation) and recomputes the derivative."""
+    return _gelu(x)
+
+
+def _gelu_fwd(x):
+    return _gelu(x), x
+
+
+def _gelu_bwd(x, g):
     y = x.astype(jnp.float32)
-    return (0.5 * y * (1.0 + jax.lax.erf(y * 0.7071067811865476))).astype(x.dtype)
+    slope = 0.5 * (1.0 + jax.lax.erf(y * _SQRT_HALF)) + y * jnp.exp(-0.5 * y * y) * (_SQRT_HALF / math.sqrt(math.pi))
+    return ((g.astype(jnp.float32) * slope).astype(x.dtype),)
+
+
+gelu.defvjp(_gelu_fwd, _gelu_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float, dtype) -> jax.Array:
+    """LayerNorm over the last axis with statistics in float32, output in `dtype`. The backward pass keeps x and the
+    per-row mean and inverse deviation (autodiff would keep several float32 copies of x) and recomputes the rest."""
+    return _layer_norm_fwd(x, scale, bias, eps, dtype)[0]
+
+
+def _layer_norm_fwd(x, scale, bias, eps, dtype):
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    rstd = jax.lax.rsqrt(jnp.square(x32 - mean).mean(-1, keepdims=True) + eps)
+    out = ((x32 - mean) * rstd * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(dtype)
+    return out, (x, mean, rstd, scale, bias)
+
+
+def _layer_norm_bwd(eps, dtype, residuals, g):
+    x, mean, rstd, scale, bias = residuals
+    g = g.astype(jnp.float32)
+    normed = (x.astype(jnp.float32) - mean) * rstd
+    rows = tuple(range(g.ndim - 1))
+    d_normed = g * scale.astype(jnp.float32)
+    dx = rstd * (d_normed - d_normed.mean(-1, keepdims=True)
+                 - normed * (d_normed * normed).mean(-1, keepdims=True))
+    return (dx.astype(x.dtype), (g * normed).sum(rows).astype(scale.dtype), g.sum(rows).astype(bias.dtype))
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 ACTIVATIONS = {

@@ -17,8 +17,8 @@ from flax import nnx
 
 from jaxport.generation import seq2seq_cache, seq2seq_generate
 from jaxport.hf import PretrainedModel
-from jaxport.layers import (ACTIVATIONS, NEG_INF, Dense, Embed, causal_bias, dropout, layer_drop, padding_bias,
-                            split_rng)
+from jaxport.layers import (ACTIVATIONS, NEG_INF, Dense, Embed, causal_bias, dropout, layer_drop, layer_norm,
+                            padding_bias, split_rng)
 from lsg_jax.attention import draw_lsh_projections, lsg_attention
 from lsg_jax.configuration import LSGBartConfig
 from lsg_jax.fused_attention import fused_padded_attention, resolve_implementation
@@ -46,11 +46,7 @@ class LayerNorm(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((size,), param_dtype), logical_axes=("embed",))
 
     def __call__(self, x):
-        x32 = x.astype(jnp.float32)
-        mean = x32.mean(-1, keepdims=True)
-        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
-        return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(self.dtype)
+        return layer_norm(x, self.scale[...], self.bias[...], self.eps, self.dtype)
 
 
 class Attention(nnx.Module):

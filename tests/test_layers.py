@@ -1,11 +1,12 @@
-"""Shared layers: dropout's mask (rate, determinism, the same mask in the backward pass) and exact GELU."""
+"""Shared layers: dropout's mask (rate, determinism, the same mask in the backward pass); exact GELU and LayerNorm,
+whose hand-written backward passes must equal autodiff of the plain formulas."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
-from jaxport.layers import DROPOUT_BITS, dropout, gelu
+from jaxport.layers import DROPOUT_BITS, dropout, gelu, layer_norm
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.5])
@@ -35,3 +36,37 @@ def test_gelu_matches_pytorch():
     np.testing.assert_allclose(gelu(jnp.asarray(x)), torch.nn.functional.gelu(torch.from_numpy(x)).numpy(),
                                atol=2e-6, rtol=1e-6)
     assert gelu(jnp.asarray(x, jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+def test_gelu_gradient_equals_autodiff():
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((64, 48)) * 3, jnp.float32)
+    plain = lambda x: 0.5 * x * (1 + jax.lax.erf(x / np.sqrt(2)))
+    weights = jnp.asarray(np.random.default_rng(2).standard_normal((64, 48)), jnp.float32)
+    grad, expected = (jax.grad(lambda x: (f(x) * weights).sum())(x) for f in (gelu, plain))
+    np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-6)
+    assert jax.grad(lambda x: gelu(x).astype(jnp.float32).sum())(x.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_layer_norm_value_and_gradients_equal_autodiff(dtype):
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((2, 5, 32)) * 2 + 1, dtype)
+    scale, bias = (jnp.asarray(rng.standard_normal(32), jnp.float32) for _ in range(2))
+    weights = jnp.asarray(rng.standard_normal((2, 5, 32)), jnp.float32)
+
+    def plain(x, scale, bias):
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        normed = (x32 - mean) / jnp.sqrt(jnp.square(x32 - mean).mean(-1, keepdims=True) + 1e-5)
+        return (normed * scale + bias).astype(dtype)
+
+    loss = lambda f: lambda *args: (f(*args).astype(jnp.float32) * weights).sum()
+    custom = lambda x, scale, bias: layer_norm(x, scale, bias, 1e-5, dtype)
+    np.testing.assert_allclose(custom(x, scale, bias).astype(jnp.float32), plain(x, scale, bias).astype(jnp.float32),
+                               rtol=1e-5, atol=1e-5)
+    tolerance = 1e-5 if dtype == jnp.float32 else 1e-2  # bf16: the input gradient is rounded to bf16
+    for got, want in zip(jax.grad(loss(custom), argnums=(0, 1, 2))(x, scale, bias),
+                         jax.grad(loss(plain), argnums=(0, 1, 2))(x, scale, bias)):
+        assert got.dtype == want.dtype
+        np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=tolerance,
+                                   atol=tolerance)
