@@ -72,11 +72,12 @@ import torch
 import transformers
 from flax import nnx
 
-from jaxport import base_config, trainer
+from jaxport import trainer
 from jaxport.hf import read_config
-from jaxport.tasks import Seq2SeqTask
 from lsg_jax import LSGBartConfig, LSGBartForConditionalGeneration
 from lsg_jax.configuration import ATTN_IMPLEMENTATIONS, REMAT_MODES
+import project_train
+from project_train import FixedBatchTask
 from rates import jax_matmul_peak
 
 LSG_BART_BASE = dict(
@@ -463,7 +464,9 @@ def jax_encoder(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], d
             start = time.perf_counter()
             compiled = encode.lower(state, ids, mask).compile()
             compile_s = time.perf_counter() - start
-            times, pipelined = time_jax(lambda: compiled(state, ids, mask), cfg["encoder_warmup"], cfg["encoder_runs"])
+            # Timed through the jitted function, as users call it: its C++ dispatch path is quicker than calling
+            # the Compiled object (6.57 vs 6.78 ms synchronised on an H100, the same program).
+            times, pipelined = time_jax(lambda: encode(state, ids, mask), cfg["encoder_warmup"], cfg["encoder_runs"])
             results[str(n)] = {"ms": 1e3 * statistics.median(times), "times_ms": [1e3 * t for t in times],
                                "ms_pipelined": 1e3 * pipelined, "compile_s": compile_s,
                                **(compiled_memory(compiled) or {"peak_bytes": None}), "pool_peak_so_far": pool_peak()}
@@ -477,32 +480,10 @@ def jax_encoder(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], d
     return results
 
 
-class BenchTask(Seq2SeqTask):
-    """Seq2SeqTask's model and loss without its data pipeline: batches are fixed arrays here."""
-
-    def __init__(self, model_config: LSGBartConfig):
-        self.model_class = LSGBartForConditionalGeneration
-        self.model_config = model_config
-
-
 def train_setup(model_config: LSGBartConfig, init_from: Path | None = None):
-    """The project's own training path for the bench: trainer.build (shardings, AdamW, TrainState from init_from,
-    random weights without it) and the jitted, state-donating make_train_step; bf16 compute over float32
-    weights. Returns (state, step, batch_sharding)."""
-    config = base_config.base()
-    config.init_from = str(init_from or "")
-    config.train.compute_dtype = "bfloat16"
-    config.optimizer.learning_rate = LEARNING_RATE
-    config.optimizer.warmup_steps = 0
-    config.optimizer.decay = "constant"
-    config.optimizer.weight_decay = WEIGHT_DECAY
-    config.optimizer.clip_norm = 0.0  # the torch side does not clip either
-    task = BenchTask(model_config)
-    setup = trainer.build(config, task)
-    step = jax.jit(trainer.make_train_step(setup.graphdef, task, setup.tx, setup.schedule, accumulation=1),
-                   in_shardings=(setup.state_shardings, setup.batch_sharding),
-                   out_shardings=(setup.state_shardings, None), donate_argnums=0)
-    return setup.state, step, setup.batch_sharding
+    """project_train's training step for LSG-BART: (state, step, batch_sharding)."""
+    task = FixedBatchTask(LSGBartForConditionalGeneration, model_config)
+    return project_train.train_setup(task, init_from, LEARNING_RATE, WEIGHT_DECAY)
 
 
 def train_batch(ids: np.ndarray, labels: np.ndarray, decoder_start_token_id: int, batch_sharding) -> dict:

@@ -40,9 +40,9 @@ import torch
 import transformers
 from flax import nnx
 
-from jaxport import base_config, trainer
-from jaxport.tasks import Seq2SeqTask
+from jaxport import trainer
 from t5_jax import T5Config, T5ForConditionalGeneration
+from project_train import FixedBatchTask, train_setup
 from rates import jax_matmul_peak
 
 BYT5_SMALL = dict(vocab_size=384, d_model=1472, d_kv=64, num_heads=6, d_ff=3584, num_layers=12,
@@ -159,14 +159,6 @@ def export_for_jax(reference, model_dict: dict, folder: str):
         return None, f"independent random init on each side (transfer failed: {type(e).__name__}: {e})"
 
 
-class BenchTask(Seq2SeqTask):
-    """Seq2SeqTask's model and loss without its data pipeline: batches are fixed arrays here."""
-
-    def __init__(self, model_config: T5Config):
-        self.model_class = T5ForConditionalGeneration
-        self.model_config = model_config
-
-
 def make_batches(cfg: dict, vocab: int):
     rng = np.random.default_rng(0)
     b, t_in, t_out = cfg["train_batch"], cfg["train_inputs"], cfg["train_targets"]
@@ -185,22 +177,9 @@ def make_batches(cfg: dict, vocab: int):
 def jax_train(cfg: dict, model_config: T5Config, folder, np_batch: dict) -> dict:
     """The project's own path: trainer.build (mesh, shardings, optimizer, TrainState) and the jitted step
     train.py runs, with donated state; bf16 compute over fp32 parameters."""
-    config = base_config.base()
-    config.init_from = folder or ""
-    config.train.compute_dtype = "bfloat16"
-    config.optimizer.learning_rate = LEARNING_RATE
-    config.optimizer.warmup_steps = 0
-    config.optimizer.decay = "constant"
-    config.optimizer.weight_decay = WEIGHT_DECAY
-    config.optimizer.clip_norm = 0.0  # the torch side does not clip either
-    task = BenchTask(model_config)
-    setup = trainer.build(config, task)
-    step = jax.jit(trainer.make_train_step(setup.graphdef, task, setup.tx, setup.schedule, accumulation=1),
-                   in_shardings=(setup.state_shardings, setup.batch_sharding),
-                   out_shardings=(setup.state_shardings, None), donate_argnums=0)
-    batch = trainer.global_batch(np_batch, setup.batch_sharding)
-    state = setup.state
-    del setup
+    task = FixedBatchTask(T5ForConditionalGeneration, model_config)
+    state, step, batch_sharding = train_setup(task, folder, LEARNING_RATE, WEIGHT_DECAY)
+    batch = trainer.global_batch(np_batch, batch_sharding)
     first_loss, times = None, []
     for i in range(cfg["warmup"] + cfg["steps"]):
         jax.block_until_ready(state)
@@ -324,7 +303,7 @@ def torch_generate(cfg: dict, reference, ids, mask, device) -> dict:
 
 def fp32_loss_check(reference, model_config, folder, jax_batch, torch_batch) -> dict:
     """Tiny mode: the same batch's loss in float32 on both sides (checks the weight transfer, not bf16)."""
-    task = BenchTask(model_config)
+    task = FixedBatchTask(T5ForConditionalGeneration, model_config)
     model = T5ForConditionalGeneration.from_pretrained(folder)
     total, count = task.loss(model, {k: jnp.asarray(v) for k, v in jax_batch.items()}, None)
     jax_loss = float(total / count)

@@ -61,7 +61,8 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
         sparsity_type="norm", pass_global_tokens_to_decoder=True, pool_with_global=True, mask_first_token=False,
         lsh_num_pre_rounds=1,
         # How this port runs (not saved in config.json): fused cuDNN attention on a GPU in bf16, else the blocked
-        # einsums; remat ("none", "dots", "full") trades training time for memory (bench/RESULTS.md).
+        # einsums (also for training steps with attention_dropout > 0: fused attention has no dropout); remat
+        # ("none", "dots", "full") trades training time for memory (bench/RESULTS.md).
         attn_implementation="auto", remat="none"))
 
     c.data = ml_collections.ConfigDict(dict(

@@ -211,6 +211,9 @@ def lsg_attention(q, k, v, bias, cfg, dtype, lsh_projections=None, rng=None):
     from lsg_jax.fused_attention import fused_lsg_attention, resolve_implementation  # it imports this module
     implementation = resolve_implementation(cfg.attn_implementation, dtype, q.shape[-1])
     dropping = rng is not None and cfg.attention_dropout > 0
+    if implementation == "pallas" and not dropping:
+        from lsg_jax.pallas_attention import pallas_lsg_attention
+        return pallas_lsg_attention(q, k, v, bias, cfg, dtype)
     if implementation != "einsum" and not dropping:
         return fused_lsg_attention(q, k, v, bias, cfg, dtype, implementation, lsh_projections)
     global_rng, local_rng = split_rng(rng if dropping else None, 2)

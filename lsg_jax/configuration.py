@@ -15,7 +15,7 @@ LSG_KEYS = ("adaptive", "block_size", "lsh_num_pre_rounds", "mask_first_token", 
             "pass_global_tokens_to_decoder", "pool_with_global", "sparse_block_size", "sparsity_factor",
             "sparsity_type")
 MAX_GLOBAL_TOKENS = 512  # rows of the original's global embedding table
-ATTN_IMPLEMENTATIONS = ("einsum", "xla", "cudnn", "auto")
+ATTN_IMPLEMENTATIONS = ("einsum", "xla", "cudnn", "pallas", "auto")
 REMAT_MODES = ("none", "full", "dots")
 RUNTIME_KEYS = ("attn_implementation", "remat")  # how this port runs, not what the model is: not in config.json
 
@@ -68,8 +68,10 @@ class LSGBartConfig(HFConfig):
     sparsity_type: str | None = "norm"
     model_type: str = "bart"
     # LSG encoder attention: "einsum" (lsg_jax.attention's blocked einsums), "xla" / "cudnn" (lsg_jax.fused_attention
-    # through jax.nn.dot_product_attention; cudnn computes in bf16), "auto" (cudnn on an NVIDIA GPU when the model
-    # computes in bf16/fp16 and the head dim suits cuDNN, else einsum). All give the same result up to rounding.
+    # through jax.nn.dot_product_attention; cudnn computes in bf16), "pallas" (lsg_jax.pallas_attention: kernels
+    # reading keys in place, no sparse keys; forward only, its backward is cudnn's), "auto" (cudnn on an NVIDIA GPU
+    # when the model computes in bf16/fp16 and the head dim suits cuDNN, else einsum). All give the same result up
+    # to rounding.
     attn_implementation: str = "einsum"
     # Encoder layers in the backward pass: "none" keeps their activations; "full" recomputes each layer from its
     # input; "dots" keeps only the matmul outputs and recomputes the rest (attention, GELU, LayerNorm, dropout

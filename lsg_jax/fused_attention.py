@@ -99,6 +99,8 @@ def fused_padded_attention(q, k, v, key_valid, dtype, implementation: str):
     """Dense attention of q [B, T, H, D] over the valid keys of k/v [B, S, H, D] (key_valid [B, S]) through fused
     attention (the decoder's cross-attention over a long encoder output in training: its [B, H, T, S] scores
     would otherwise be kept for the backward pass). Returns [B, T, H, D] in `dtype`."""
+    if implementation == "pallas":  # its kernels are LSG's: dense attention takes the cuDNN formulation
+        implementation = "cudnn" if jax.default_backend() == "gpu" else "xla"
     q, k, v = (x.astype(_compute_dtype(q.dtype, implementation)) for x in (q, k, v))
     return _attend(q, k, v, key_valid, implementation).astype(dtype)
 

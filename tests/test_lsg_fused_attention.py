@@ -1,5 +1,5 @@
 """The fused LSG attention (lsg_jax.fused_attention, attn_implementation="xla": the formulation the "cudnn" path
-runs on GPU) against the einsum path, float32 on CPU: outputs and gradients for block sizes, global-token counts,
+runs on GPU; lsg_jax.pallas_attention, "pallas", in Pallas' interpreter) against the einsum path, float32 on CPU: outputs and gradients for block sizes, global-token counts,
 every sparsity type, lengths that are not a multiple of the block, padding at the end and in the middle, short
 inputs; the whole model; and encoder rematerialisation (same loss and gradients)."""
 import jax
@@ -46,13 +46,13 @@ def lsg_config(lsg: dict, **runtime) -> LSGBartConfig:
     return LSGBartConfig.from_dict({**tiny_config(), "sparse_block_size": 8, **lsg, **runtime})
 
 
-def attention_inputs(config, tokens: int, seed: int = 0):
+def attention_inputs(config, tokens: int, seed: int = 0, head_dim: int = HEAD_DIM):
     """q/k/v [3, H, G + tokens, D], a bias, LSH projections (or None) and a cotangent for the output. Row 0 is
     unpadded, row 1 padded at the end (more than a block), row 2 has holes: single tokens and a whole block."""
     G, bs = config.num_global_tokens, config.block_size
     L = G + tokens
     rng = np.random.default_rng(seed)
-    q, k, v, cotangent = (rng.standard_normal((3, HEADS, L, HEAD_DIM), np.float32) for _ in range(4))
+    q, k, v, cotangent = (rng.standard_normal((3, HEADS, L, head_dim), np.float32) for _ in range(4))
     mask = np.ones((3, L), bool)
     mask[1, L - bs - 3:] = False
     mask[2, [G, G + 3, L - 1]] = False
@@ -60,7 +60,7 @@ def attention_inputs(config, tokens: int, seed: int = 0):
     bias = np.where(mask, 0.0, NEG_INF).astype(np.float32)
     projections = None
     if config.has_sparse and config.sparsity_type == "lsh":
-        projections = draw_lsh_projections(jax.random.key(seed), config, HEADS, HEAD_DIM)
+        projections = draw_lsh_projections(jax.random.key(seed), config, HEADS, head_dim)
     return (q, k, v), bias, projections, cotangent
 
 
@@ -205,3 +205,30 @@ def test_attention_dropout_in_training(tokens):
     dropped = run(lsg_config(lsg, attention_dropout=0.3), rng)
     assert np.abs(dropped - plain).max() > 1e-2
     np.testing.assert_array_equal(run(lsg_config(lsg, attention_dropout=0.3, attn_implementation="xla"), rng), dropped)
+
+
+@pytest.mark.parametrize("globals_, tokens", [(1, 192), (7, 256), (64, 320)])
+def test_pallas_kernels_equal_einsum(globals_, tokens):
+    """attn_implementation="pallas" (its kernels run in Pallas' interpreter here; its backward is the xla path's):
+    outputs and gradients equal the einsum path's, with padding at the end and holes."""
+    einsum, pallas = (lsg_config(dict(block_size=64, sparsity_type="none", num_global_tokens=globals_),
+                                 attn_implementation=name) for name in ("einsum", "pallas"))
+    qkv, bias, _, cotangent = attention_inputs(einsum, tokens, head_dim=16)
+    expected, out = (attention_and_grads(config, qkv, bias, None, cotangent) for config in (einsum, pallas))
+    for got, want in zip(jax.tree.leaves(out), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_pallas_refuses_what_its_kernels_do_not_cover():
+    qkv, bias, _, _ = attention_inputs(lsg_config(dict(block_size=8, sparsity_type="none")), 48)
+    with pytest.raises(ValueError, match="pallas.*head dim 8"):
+        lsg_attention(*qkv, bias, lsg_config(dict(block_size=8, sparsity_type="none"), attn_implementation="pallas"),
+                      jnp.float32)
+    qkv, bias, _, _ = attention_inputs(lsg_config(dict(block_size=8, sparsity_type="none")), 48, head_dim=16)
+    with pytest.raises(ValueError, match="pallas.*block_size 8"):
+        lsg_attention(*qkv, bias, lsg_config(dict(block_size=8, sparsity_type="none"), attn_implementation="pallas"),
+                      jnp.float32)
+    config = lsg_config(dict(block_size=64, sparsity_type="norm", sparse_block_size=8), attn_implementation="pallas")
+    qkv, bias, _, _ = attention_inputs(config, 192, head_dim=16)
+    with pytest.raises(ValueError, match="pallas.*sparse keys"):
+        lsg_attention(*qkv, bias, config, jnp.float32)

@@ -1,0 +1,35 @@
+"""The project's own training step, as the benchmarks run it beside PyTorch: trainer.build (mesh, shardings,
+AdamW, a TrainState from a weights folder or random) and the jitted, state-donating make_train_step that
+train.py runs; bf16 compute over float32 weights, constant learning rate, no clipping (the PyTorch sides do not
+clip either)."""
+from pathlib import Path
+
+import jax
+
+from jaxport import base_config, trainer
+from jaxport.tasks import Seq2SeqTask
+
+
+class FixedBatchTask(Seq2SeqTask):
+    """Seq2SeqTask's model and loss without its data pipeline: benchmark batches are fixed arrays."""
+
+    def __init__(self, model_class, model_config):
+        self.model_class = model_class
+        self.model_config = model_config
+
+
+def train_setup(task: Seq2SeqTask, init_from: str | Path | None, learning_rate: float, weight_decay: float):
+    """(initial TrainState, jitted donating step(state, batch) -> (state, metrics), the batch sharding)."""
+    config = base_config.base()
+    config.init_from = str(init_from or "")
+    config.train.compute_dtype = "bfloat16"
+    config.optimizer.learning_rate = learning_rate
+    config.optimizer.warmup_steps = 0
+    config.optimizer.decay = "constant"
+    config.optimizer.weight_decay = weight_decay
+    config.optimizer.clip_norm = 0.0
+    setup = trainer.build(config, task)
+    step = jax.jit(trainer.make_train_step(setup.graphdef, task, setup.tx, setup.schedule, accumulation=1),
+                   in_shardings=(setup.state_shardings, setup.batch_sharding),
+                   out_shardings=(setup.state_shardings, None), donate_argnums=0)
+    return setup.state, step, setup.batch_sharding
