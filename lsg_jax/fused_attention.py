@@ -7,8 +7,8 @@ global tokens, sparse tokens, previous / own / next block - gathered as [batch *
 The einsum path gives masked keys a NEG_INF bias, so they add exactly 0 to the softmax; here they are left out:
 softmax does not depend on the order of the keys, so each key set is permuted to put its valid keys first and
 `key_value_seq_lengths` says how many there are (the padding mask, which cuDNN's flash attention supports forward
-and backward). The global tokens' queries, and short inputs (full attention in the einsum path too), go through
-the same helper over all keys. Sparse tokens whose mask differs between heads (norm, stride, block_stride, lsh)
+and backward). Short inputs (full attention in the einsum path too) go through the same helper over all keys;
+the global tokens' queries attend to all keys through XLA with the padding as a mask. Sparse tokens whose mask differs between heads (norm, stride, block_stride, lsh)
 make each (block, head) its own batch element, since the lengths are per batch element.
 
 Exactly the einsum path's result for every row with at least one valid key. Global tokens are valid keys of every
