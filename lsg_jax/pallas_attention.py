@@ -74,8 +74,9 @@ def _local_kernel(q_ref, k_ref, v_ref, valid_ref, o_ref, *, G: int, block_size: 
     v = plgpu.load(v_ref.at[pl.dslice(0, GP), :], mask=(in_range & (jnp.arange(GP) < length))[:, None], other=0.0)
     carry = _online_update(carry, scores, v)
 
-    block = tile * QUERY_TILE // block_size
-    blocks = (length - G) // block_size
+    # lax.div on program ids: Triton lowers it directly (jnp's floor division adds sign handling).
+    block = jax.lax.div(tile * QUERY_TILE, block_size)
+    blocks = (length - G) // block_size  # static
     first = G + jnp.maximum(block - 1, 0) * block_size
     last = G + (jnp.minimum(block + 1, blocks - 1) + 1) * block_size
 
@@ -85,7 +86,7 @@ def _local_kernel(q_ref, k_ref, v_ref, valid_ref, o_ref, *, G: int, block_size: 
         v = plgpu.load(v_ref.at[pl.dslice(start, KEY_TILE), :])
         return _online_update(carry, scores, v)
 
-    out, m, l = jax.lax.fori_loop(0, (last - first) // KEY_TILE, body, carry)
+    out, m, l = jax.lax.fori_loop(0, jax.lax.div(last - first, KEY_TILE), body, carry)
     plgpu.store(o_ref, (out / l[:, None]).astype(o_ref.dtype))
 
 
@@ -106,7 +107,7 @@ def _global_kernel(q_ref, k_ref, v_ref, valid_ref, o_ref, m_ref, l_ref, *, G: in
         # A tile with no valid key leaves the running maximum at -inf: keep exp() finite.
         return _online_update(carry, jnp.maximum(scores, -1e30), v)
 
-    out, m, l = jax.lax.fori_loop(0, pl.cdiv(last - first, KEY_TILE), body, carry)
+    out, m, l = jax.lax.fori_loop(0, jax.lax.div(last - first + KEY_TILE - 1, KEY_TILE), body, carry)
     plgpu.store(o_ref, out)
     plgpu.store(m_ref, m)
     plgpu.store(l_ref, l)
