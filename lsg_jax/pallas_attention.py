@@ -39,12 +39,13 @@ def pallas_supported(cfg, head_dim: int) -> str | None:
 
 
 def _padded(n: int) -> int:
+    """The smallest power of two >= n and >= 16: a Triton tile holding n rows."""
     return max(16, 1 << (n - 1).bit_length())
 
 
 def _tile_scores(q, k_ref, valid_ref, start, size, limit, scale):
-    """Scores [queries, size] of q against keys start..start + size (those at or past `limit` or not valid masked)
-    and the key tile's positions."""
+    """Scores [queries, size] of q against keys start..start + size (those at or past `limit` or not valid masked
+    to -inf), and which of the tile's keys are before `limit` (the others are not loaded)."""
     positions = start + jnp.arange(size)
     in_range = positions < limit
     k = plgpu.load(k_ref.at[pl.dslice(start, size), :], mask=in_range[:, None], other=0.0)
@@ -71,7 +72,7 @@ def _local_kernel(q_ref, k_ref, v_ref, valid_ref, o_ref, *, G: int, block_size: 
              jnp.zeros((QUERY_TILE,), jnp.float32))
     GP = _padded(G)
     scores, in_range = _tile_scores(q, k_ref, valid_ref, 0, GP, G, scale)
-    v = plgpu.load(v_ref.at[pl.dslice(0, GP), :], mask=(in_range & (jnp.arange(GP) < length))[:, None], other=0.0)
+    v = plgpu.load(v_ref.at[pl.dslice(0, GP), :], mask=in_range[:, None], other=0.0)
     carry = _online_update(carry, scores, v)
 
     # lax.div on program ids: Triton lowers it directly (jnp's floor division adds sign handling).
