@@ -17,7 +17,6 @@ import json
 import re
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import jax
@@ -25,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lsg import LSG_BART_BASE, compiled_memory, train_batch, train_setup  # bench/ is on sys.path
+from lsg import (LSG_BART_BASE, chained_steps, compiled_memory, time_jax, train_batch,  # bench/ on sys.path
+                 train_setup)
 from lsg_jax.configuration import LSGBartConfig
 from lsg_jax.modeling import LSGBartForConditionalGeneration
 
@@ -78,24 +78,10 @@ def trace_kernels(trace_dir: Path) -> list:
             if e.get("ph") == "X" and "stream" in threads.get((e["pid"], e.get("tid")), "").lower()]
 
 
-def time_calls(fn, runs: int = 10) -> dict:
-    jax.block_until_ready(fn())
-    synced, dispatch = [], []
-    for _ in range(runs):
-        start = time.perf_counter()
-        out = fn()
-        dispatch.append(time.perf_counter() - start)
-        jax.block_until_ready(out)
-        synced.append(time.perf_counter() - start)
-    start = time.perf_counter()
-    outs = [fn() for _ in range(runs)]
-    jax.block_until_ready(outs[-1])  # one stream: the last call ends last (earlier train states are donated)
-    return {"ms": 1e3 * statistics.median(synced), "ms_back_to_back": 1e3 * (time.perf_counter() - start) / runs,
-            "dispatch_ms": 1e3 * statistics.median(dispatch)}
-
-
 def profile(title: str, compiled, fn, calls: int, top: int, hlo_dir: str | None = None) -> dict:
-    timing = time_calls(fn)
+    timed = time_jax(fn, 1, 10)
+    timing = {"ms": 1e3 * statistics.median(timed["times"]), "ms_back_to_back": 1e3 * timed["back_to_back"],
+              "dispatch_ms": 1e3 * timed["dispatch"]}
     memory = compiled_memory(compiled) or {}
     with tempfile.TemporaryDirectory() as folder:
         with jax.profiler.trace(folder, create_perfetto_trace=True):
@@ -176,12 +162,7 @@ def main():
         labels = np.random.default_rng(2).integers(3, config.vocab_size, (1, TARGET_TOKENS))
         batch = train_batch(ids, labels, config.decoder_start_token_id, batch_sharding)
         compiled = step.lower(state, batch).compile()
-        holder = [state]
-
-        def train_call():  # the state is donated: each call takes the last one's
-            holder[0], metrics = compiled(holder[0], batch)
-            return holder[0], metrics
-
+        train_call = chained_steps(compiled, state, batch)
         results.append(profile(f"train {label} + {TARGET_TOKENS}", compiled, train_call, args.calls, args.top,
                                args.hlo))
     if args.out:
