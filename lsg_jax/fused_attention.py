@@ -44,7 +44,12 @@ def resolve_implementation(name: str, dtype, head_dim: int) -> str:
     return name
 
 
-def _compute_dtype(dtype, implementation: str):
+def dense_implementation() -> str:
+    """The fused attention that dense attention takes where "pallas" is configured (its kernels are LSG's)."""
+    return "cudnn" if jax.default_backend() == "gpu" else "xla"
+
+
+def compute_dtype(dtype, implementation: str):
     """cuDNN takes half precision only: other inputs are computed in bfloat16 there, in their own dtype elsewhere."""
     return jnp.bfloat16 if implementation == "cudnn" and dtype not in HALF else dtype
 
@@ -99,9 +104,9 @@ def fused_padded_attention(q, k, v, key_valid, dtype, implementation: str):
     """Dense attention of q [B, T, H, D] over the valid keys of k/v [B, S, H, D] (key_valid [B, S]) through fused
     attention (the decoder's cross-attention over a long encoder output in training: its [B, H, T, S] scores
     would otherwise be kept for the backward pass). Returns [B, T, H, D] in `dtype`."""
-    if implementation == "pallas":  # its kernels are LSG's: dense attention takes the cuDNN formulation
-        implementation = "cudnn" if jax.default_backend() == "gpu" else "xla"
-    q, k, v = (x.astype(_compute_dtype(q.dtype, implementation)) for x in (q, k, v))
+    if implementation == "pallas":
+        implementation = dense_implementation()
+    q, k, v = (x.astype(compute_dtype(q.dtype, implementation)) for x in (q, k, v))
     return _attend(q, k, v, key_valid, implementation).astype(dtype)
 
 
@@ -118,7 +123,7 @@ def fused_lsg_attention(q, k, v, bias, cfg, dtype, implementation: str, lsh_proj
     cuDNN computes in bfloat16 when the inputs are not already half precision."""
     G, bs = cfg.num_global_tokens, cfg.block_size
     B, H, L, D = q.shape
-    compute = _compute_dtype(q.dtype, implementation)
+    compute = compute_dtype(q.dtype, implementation)
     valid = bias == 0  # the einsum path's NEG_INF keys are the invalid ones
     sparse = None
     if cfg.has_sparse and L > 2 * bs + G:  # built by attention.py, in its layout [B, H, S, D] and precision

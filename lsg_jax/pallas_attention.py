@@ -164,17 +164,14 @@ def pallas_lsg_attention(q, k, v, bias, cfg, dtype):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _pallas_attention(q, k, v, bias, cfg, dtype):
-    from lsg_jax.fused_attention import fused_lsg_attention  # it imports attention.py, which imports this module
+    # Imported here: fused_attention imports attention.py, which imports this module.
+    from lsg_jax.fused_attention import compute_dtype, dense_implementation, fused_lsg_attention
     G, bs = cfg.num_global_tokens, cfg.block_size
     if q.shape[2] <= 2 * bs + G:  # short input: full attention, as every formulation does
-        return fused_lsg_attention(q, k, v, bias, cfg, dtype, _backward_implementation())
-    half = jnp.bfloat16 if jax.default_backend() == "gpu" and q.dtype not in (jnp.bfloat16, jnp.float16) else q.dtype
-    q, k, v = (jnp.swapaxes(x, 1, 2).astype(half) for x in (q, k, v))
+        return fused_lsg_attention(q, k, v, bias, cfg, dtype, dense_implementation())
+    compute = compute_dtype(q.dtype, dense_implementation())  # half precision on a GPU, as cuDNN's
+    q, k, v = (jnp.swapaxes(x, 1, 2).astype(compute) for x in (q, k, v))
     return jnp.swapaxes(pallas_lsg_forward(q, k, v, bias == 0, G, bs), 1, 2).astype(dtype)
-
-
-def _backward_implementation() -> str:
-    return "cudnn" if jax.default_backend() == "gpu" else "xla"
 
 
 def _pallas_attention_fwd(q, k, v, bias, cfg, dtype):
@@ -182,10 +179,9 @@ def _pallas_attention_fwd(q, k, v, bias, cfg, dtype):
 
 
 def _pallas_attention_bwd(cfg, dtype, residuals, g):
-    from lsg_jax.fused_attention import fused_lsg_attention
+    from lsg_jax.fused_attention import dense_implementation, fused_lsg_attention
     q, k, v, bias = residuals
-    _, vjp = jax.vjp(lambda q, k, v: fused_lsg_attention(q, k, v, bias, cfg, dtype, _backward_implementation()),
-                     q, k, v)
+    _, vjp = jax.vjp(lambda q, k, v: fused_lsg_attention(q, k, v, bias, cfg, dtype, dense_implementation()), q, k, v)
     return (*vjp(g), jnp.zeros_like(bias))
 
 
