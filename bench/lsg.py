@@ -554,7 +554,8 @@ def jax_train(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], dea
                                "flops": flops["total"], **(compiled_memory(compiled) or {"peak_bytes": None}),
                                "pool_peak_so_far": pool_peak()}
             r = results[str(n)]
-            log(f"jax train {n} {variant_name(runtime)}: {r['ms']:.1f} ms (b2b {r['ms_pipelined']:.1f}), peak {fmt(gb(r['peak_bytes']))} GB, "
+            log(f"jax train {n} {variant_name(runtime)}: {r['ms']:.1f} ms (b2b {r['ms_pipelined']:.1f}), "
+                f"peak {fmt(gb(r['peak_bytes']))} GB, "
                 f"first loss {first_loss:.4f}, compile {compile_s:.1f}s")
             del batch, compiled
         except Exception as e:  # noqa: BLE001

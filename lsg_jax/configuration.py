@@ -15,6 +15,7 @@ LSG_KEYS = ("adaptive", "block_size", "lsh_num_pre_rounds", "mask_first_token", 
             "pass_global_tokens_to_decoder", "pool_with_global", "sparse_block_size", "sparsity_factor",
             "sparsity_type")
 MAX_GLOBAL_TOKENS = 512  # rows of the original's global embedding table
+POSITION_OFFSET = 2  # BART's learned positions start at row 2
 ATTN_IMPLEMENTATIONS = ("einsum", "xla", "cudnn", "pallas", "auto")
 REMAT_MODES = ("none", "full", "dots")
 RUNTIME_KEYS = ("attn_implementation", "remat")  # how this port runs, not what the model is: not in config.json

@@ -15,6 +15,7 @@ import numpy as np
 
 from jaxport.convert import IDENTITY, Alias, Entry, Ignore, Rule, Transform, linear_kernel
 from jaxport.hf import CONFIG_FILE, find_weights, iter_tensors, read_config, save_weights
+from lsg_jax.configuration import MAX_GLOBAL_TOKENS, POSITION_OFFSET, LSGBartConfig
 
 
 def _reshape_bias() -> Transform:
@@ -94,8 +95,6 @@ _TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_con
 _LSG_DEFAULTS = dict(block_size=128, sparse_block_size=128, sparsity_factor=2, sparsity_type="norm",
                      num_global_tokens=1, adaptive=True, lsh_num_pre_rounds=1, mask_first_token=False,
                      pass_global_tokens_to_decoder=True, pool_with_global=True)
-_NUM_GLOBAL_EMBEDDINGS = 512  # rows of encoder.global_embeddings, whatever num_global_tokens is
-_POSITION_OFFSET = 2  # BART's learned positions start at row 2
 
 
 def _mask_token_id(folder: Path) -> int:
@@ -114,16 +113,17 @@ def order_positions(positions: np.ndarray, stride: int, rng: np.random.Generator
     """512 rows of position embeddings for the global tokens: the original's ConversionScript.order_positions.
     Tables of fewer than 512 rows are completed with normal draws (per-dimension mean/std), as there."""
     n, d = positions.shape
-    if n % 512:
-        if n > 512:
-            positions = positions[:512 * (n // 512)]
+    rows = MAX_GLOBAL_TOKENS  # the global embedding table's, whatever num_global_tokens is
+    if n % rows:
+        if n > rows:
+            positions = positions[:rows * (n // rows)]
         else:
             rng = rng or np.random.default_rng(123)
             mean, std = positions.mean(0, keepdims=True), positions.std(0, ddof=1, keepdims=True)
-            fill = rng.normal(np.broadcast_to(mean, (512 - n, d)), np.broadcast_to(std, (512 - n, d)))
+            fill = rng.normal(np.broadcast_to(mean, (rows - n, d)), np.broadcast_to(std, (rows - n, d)))
             positions = np.concatenate([positions, fill.astype(positions.dtype)], axis=0)
         n = positions.shape[0]
-    factor = n // 512
+    factor = n // rows
     positions = positions.reshape(-1, factor, d)[:, 0]
     return positions.reshape(-1, stride // factor, d).transpose(1, 0, 2).reshape(-1, d)
 
@@ -133,7 +133,7 @@ def random_global_embeddings(shared: np.ndarray, rng: np.random.Generator) -> np
     --random_global_init). Drawn as torch's MultivariateNormal does, mean + L @ eps with L the Cholesky factor of
     the covariance and eps standard normals, so the same eps give the same rows."""
     tokens = shared.astype(np.float64)
-    eps = rng.standard_normal((_NUM_GLOBAL_EMBEDDINGS, tokens.shape[1]))
+    eps = rng.standard_normal((MAX_GLOBAL_TOKENS, tokens.shape[1]))
     try:
         factor = np.linalg.cholesky(np.cov(tokens, rowvar=False))
     except np.linalg.LinAlgError as error:  # e.g. fewer tokens than dimensions
@@ -142,7 +142,7 @@ def random_global_embeddings(shared: np.ndarray, rng: np.random.Generator) -> np
     return (tokens.mean(0) + eps @ factor.T).astype(np.float32)
 
 
-def _extend_positions(table: np.ndarray, max_length: int, offset: int = _POSITION_OFFSET) -> np.ndarray:
+def _extend_positions(table: np.ndarray, max_length: int, offset: int = POSITION_OFFSET) -> np.ndarray:
     """The original's update_positions: keep the offset rows, repeat the learned rows up to max_length (or cut
     them there). It repeats max_length // len(table) + 1 times, which falls short for small tables and long
     targets; ceil(max_length / learned rows) gives the same rows whenever that was enough."""
@@ -199,8 +199,6 @@ def bart_to_lsg(src, dst, *, max_length: int = 4096, block_size: int | None = No
     (adaptive, mask_first_token, pool_with_global, pass_global_tokens_to_decoder, lsh_num_pre_rounds) go through
     lsg_kwargs. Returns dst.
     """
-    from lsg_jax.configuration import LSGBartConfig
-
     src, dst = Path(src), Path(dst)
     if dst.resolve() == src.resolve():  # writing dst removes the weight files that are being read
         raise ValueError(f"dst is src ({src}): write the converted model to another folder")
@@ -219,7 +217,7 @@ def bart_to_lsg(src, dst, *, max_length: int = 4096, block_size: int | None = No
         rng = np.random.default_rng(seed)
         # Draw order as the original's: the token-embedding normal, then the fill of short position tables.
         drawn = random_global_embeddings(shared, rng) if random_global_init else None
-        encoder_positions = out[f"{prefix}encoder.embed_positions.weight"][_POSITION_OFFSET:]
+        encoder_positions = out[f"{prefix}encoder.embed_positions.weight"][POSITION_OFFSET:]
         positions = order_positions(encoder_positions.astype(np.float32), global_positional_stride, rng)
         if random_global_init:
             drawn[0] = shared[bos_token_id]

@@ -8,8 +8,9 @@ The einsum path gives masked keys a NEG_INF bias, so they add exactly 0 to the s
 softmax does not depend on the order of the keys, so each key set is permuted to put its valid keys first and
 `key_value_seq_lengths` says how many there are (the padding mask, which cuDNN's flash attention supports forward
 and backward). Short inputs (full attention in the einsum path too) go through the same helper over all keys;
-the global tokens' queries attend to all keys through XLA with the padding as a mask. Sparse tokens whose mask differs between heads (norm, stride, block_stride, lsh)
-make each (block, head) its own batch element, since the lengths are per batch element.
+the global tokens' queries attend to all keys through XLA with the padding as a mask. Sparse tokens whose mask
+differs between heads (norm, stride, block_stride, lsh) make each (block, head) its own batch element, since the
+lengths are per batch element.
 
 Exactly the einsum path's result for every row with at least one valid key. Global tokens are valid keys of every
 row, so within the model (num_global_tokens >= 1) that is every row; without global tokens, a row whose keys are

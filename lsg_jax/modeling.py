@@ -20,10 +20,9 @@ from jaxport.hf import PretrainedModel
 from jaxport.layers import (ACTIVATIONS, NEG_INF, Dense, Embed, causal_bias, dropout, layer_drop, layer_norm,
                             padding_bias, split_rng)
 from lsg_jax.attention import draw_lsh_projections, lsg_attention
-from lsg_jax.configuration import LSGBartConfig
+from lsg_jax.configuration import MAX_GLOBAL_TOKENS, POSITION_OFFSET, LSGBartConfig
 from lsg_jax.fused_attention import fused_padded_attention, resolve_implementation
 
-POSITION_OFFSET = 2  # BART's learned positions start at row 2
 DEFAULT_LSH_SEED = 0  # LSH projections use jax.random.key(DEFAULT_LSH_SEED) when a call passes no key nor rng
 
 
@@ -165,7 +164,7 @@ class Encoder(nnx.Module):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.embed_positions = _positions_embed(config, **kw)
         if config.lsg:
-            self.global_embeddings = Embed(512, config.d_model, (None, "embed"), config.init_std, **kw)
+            self.global_embeddings = Embed(MAX_GLOBAL_TOKENS, config.d_model, (None, "embed"), config.init_std, **kw)
         self.layernorm_embedding = LayerNorm(config.d_model, **kw)
         self.layers = nnx.List([EncoderLayer(config, **kw) for _ in range(config.encoder_layers)])
         self.config = config
