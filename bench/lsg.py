@@ -482,8 +482,8 @@ def jax_encoder(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], d
             start = time.perf_counter()
             compiled = encode.lower(state, ids, mask).compile()
             compile_s = time.perf_counter() - start
-            # Timed through the jitted function, as users call it: its C++ dispatch path is quicker than calling
-            # the Compiled object (6.57 vs 6.78 ms synchronised on an H100, the same program).
+            # Timed through the jitted function, as users call it (its C++ dispatch path is quicker than calling
+            # the Compiled object).
             timed = time_jax(lambda: encode(state, ids, mask), cfg["encoder_warmup"], cfg["encoder_runs"])
             results[str(n)] = {"ms": 1e3 * statistics.median(timed["times"]),
                                "times_ms": [1e3 * t for t in timed["times"]],
