@@ -92,10 +92,17 @@ def _attend(q, k, v, valid, implementation: str):
         out = _attend(fold(q), fold(k), fold(v), jnp.swapaxes(valid, 1, 2).reshape(N * H, -1), implementation)
         return jnp.swapaxes(out.reshape(N, H, T, D), 1, 2)
     count = valid.sum(axis=-1, dtype=jnp.int32)
-    order = jnp.argsort(~valid, axis=-1, stable=True)  # valid keys first, in their order
-    inverse = jnp.where(valid, jnp.cumsum(valid, axis=-1, dtype=jnp.int32) - 1,
-                        count[:, None] + jnp.cumsum(~valid, axis=-1, dtype=jnp.int32) - 1)
-    k, v = _permute(k, order, inverse), _permute(v, order, inverse)
+
+    def valid_first(k, v):
+        order = jnp.argsort(~valid, axis=-1, stable=True)  # valid keys first, in their order
+        inverse = jnp.where(valid, jnp.cumsum(valid, axis=-1, dtype=jnp.int32) - 1,
+                            count[:, None] + jnp.cumsum(~valid, axis=-1, dtype=jnp.int32) - 1)
+        return _permute(k, order, inverse), _permute(v, order, inverse)
+
+    # Right-padded rows (the usual batch) have their valid keys first already: the permutation's gathers, forward
+    # and backward, run only when some row has a hole.
+    in_order = jnp.all(valid == (jnp.arange(valid.shape[1]) < count[:, None]))
+    k, v = jax.lax.cond(in_order, lambda k, v: (k, v), valid_first, k, v)
     # A row without any valid key (only possible without global tokens) gets one, so that it stays finite.
     return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=jnp.maximum(count, 1),
                                         implementation=implementation)

@@ -1,18 +1,20 @@
-"""LSG attention without sparse keys as two Pallas (Triton) kernels that read keys and values in place.
+"""LSG attention without sparse keys as Pallas (Triton) kernels that read queries, keys and values in place.
 
 The cuDNN formulation (lsg_jax.fused_attention) first copies every block's key set - global tokens, previous,
-own and next block - into a [blocks, keys] batch, and runs the global tokens' queries through XLA. Here:
-- `_local_kernel`: one program per (query tile, batch, head) loops over the global keys and then its block's
-  neighbourhood, loading each key tile straight from k and v (online softmax, float32 statistics);
-- `_global_kernel`: the G global queries over all keys, split into chunks so that B * H * chunks programs share
-  the work; the chunks' partial results are merged with their log-sum-exp in JAX.
-Padding comes in as a key-validity vector; nothing is permuted.
+own and next block - into a [blocks, keys] batch, runs the global tokens' queries through XLA, and its backward
+pass adds the key sets' gradients back. Here each (batch, head) keeps its [L, D] rows where they are:
 
-Forward only: the backward pass (training) recomputes through the cuDNN / XLA formulation's vector-Jacobian
-product. Compiled through Triton on an NVIDIA GPU, run by Pallas' interpreter elsewhere (the tests check it
-against the einsum path there). Not yet compiled or timed on a GPU: written to remove the key-set gathers, the
-global queries' XLA passes and the concatenations that bench/RESULTS.md measures (about 1.9 ms of the 5.6 ms
-encoder forward); `python3 bench/lsg_profile.py --attn-impl pallas` measures it.
+- forward: `_local_kernel`, one program per local query tile, runs an online softmax over the global keys and
+  its block's neighbourhood; `_global_kernel` runs the G global queries over one chunk of all keys, so that
+  B * H * chunks programs share that work (the chunks are merged with their log-sum-exp in JAX);
+- backward (flash attention's, from the forward's log-sum-exp): `_local_dq_kernel` (local query tiles, the keys
+  the forward visited), `_local_dkv_kernel` (local key tiles, over the queries of the three blocks that see them
+  and the global queries), `_global_dq_kernel` (global queries over a chunk of keys) and `_global_dkv_kernel`
+  (global keys over a chunk of queries); chunk partials are summed in JAX.
+
+Padding comes in as a key-validity vector. Global tokens are always valid keys, so no row's softmax is empty.
+Compiled through Triton on an NVIDIA GPU, run by Pallas' interpreter elsewhere (the tests check outputs and
+gradients against the einsum path there).
 """
 import functools
 import math
@@ -43,15 +45,34 @@ def _padded(n: int) -> int:
     return max(16, 1 << (n - 1).bit_length())
 
 
-def _tile_scores(q, k_ref, valid_ref, start, size, limit, scale):
-    """Scores [queries, size] of q against keys start..start + size (those at or past `limit` or not valid masked
-    to -inf), and which of the tile's keys are before `limit` (the others are not loaded)."""
-    positions = start + jnp.arange(size)
-    in_range = positions < limit
-    k = plgpu.load(k_ref.at[pl.dslice(start, size), :], mask=in_range[:, None], other=0.0)
-    valid = plgpu.load(valid_ref.at[pl.dslice(start, size)], mask=in_range, other=0) > 0
+def _rows(ref, start, size, limit, other=0):
+    """Rows start..start + size of ref (those at or past `limit` read as `other`) and which were in range."""
+    in_range = start + jnp.arange(size) < limit
+    mask = in_range if len(ref.shape) == 1 else in_range[:, None]
+    return plgpu.load(ref.at[pl.dslice(start, size)], mask=mask, other=other), in_range
+
+
+def _keys(k_ref, v_ref, valid_ref, start, size, limit):
+    """A key tile: k, v and which keys count (valid and before `limit`)."""
+    k, in_range = _rows(k_ref, start, size, limit)
+    v, _ = _rows(v_ref, start, size, limit)
+    valid, _ = _rows(valid_ref, start, size, limit)
+    return k, v, in_range & (valid > 0)
+
+
+def _queries(q_ref, do_ref, lse_ref, delta_ref, start, size, limit):
+    """A query tile for the backward pass: q, the output's cotangent, the forward's log-sum-exp and the rows'
+    sum(dO * O), and which rows are before `limit`."""
+    q, in_range = _rows(q_ref, start, size, limit)
+    do, _ = _rows(do_ref, start, size, limit)
+    lse, _ = _rows(lse_ref, start, size, limit)
+    delta, _ = _rows(delta_ref, start, size, limit)
+    return q, do, lse, delta, in_range
+
+
+def _scores(q, k, keys_on, scale):
     scores = plgpu.dot(q, k.T).astype(jnp.float32) * scale
-    return jnp.where((valid & in_range)[None, :], scores, -jnp.inf), in_range
+    return jnp.where(keys_on[None, :], scores, -jnp.inf)
 
 
 def _online_update(carry, scores, v):
@@ -63,107 +84,230 @@ def _online_update(carry, scores, v):
     return out, m_new, l * correction + p.sum(axis=-1)
 
 
-def _local_kernel(q_ref, k_ref, v_ref, valid_ref, o_ref, *, G: int, block_size: int, scale: float):
-    tile = pl.program_id(0)
-    length = k_ref.shape[0]
-    q = plgpu.load(q_ref.at[pl.dslice(G + tile * QUERY_TILE, QUERY_TILE), :])
-    D = q.shape[-1]
-    carry = (jnp.zeros((QUERY_TILE, D), jnp.float32), jnp.full((QUERY_TILE,), -jnp.inf, jnp.float32),
-             jnp.zeros((QUERY_TILE,), jnp.float32))
-    GP = _padded(G)
-    scores, in_range = _tile_scores(q, k_ref, valid_ref, 0, GP, G, scale)
-    v = plgpu.load(v_ref.at[pl.dslice(0, GP), :], mask=in_range[:, None], other=0.0)
-    carry = _online_update(carry, scores, v)
-
-    # lax.div on program ids: Triton lowers it directly (jnp's floor division adds sign handling).
-    block = jax.lax.div(tile * QUERY_TILE, block_size)
+def _neighbourhood(tile_start, G: int, block_size: int, length: int):
+    """Rows G + tile_start.. belong to one block; the local rows of it and its neighbours: [first, last)."""
+    block = jax.lax.div(tile_start, block_size)  # lax.div: Triton lowers it directly (jnp's // adds sign handling)
     blocks = (length - G) // block_size  # static
     first = G + jnp.maximum(block - 1, 0) * block_size
     last = G + (jnp.minimum(block + 1, blocks - 1) + 1) * block_size
+    return first, last
 
-    def body(index, carry):
-        start = first + index * KEY_TILE
-        scores, _ = _tile_scores(q, k_ref, valid_ref, start, KEY_TILE, last, scale)
-        v = plgpu.load(v_ref.at[pl.dslice(start, KEY_TILE), :])
-        return _online_update(carry, scores, v)
 
-    out, m, l = jax.lax.fori_loop(0, jax.lax.div(last - first, KEY_TILE), body, carry)
+def _tile_loop(first, last, tile: int, body, carry):
+    """body(start, carry) for start = first, first + tile, ... < last."""
+    count = jax.lax.div(last - first + tile - 1, tile)
+    return jax.lax.fori_loop(0, count, lambda index, carry: body(first + index * tile, carry), carry)
+
+
+# ------------------------------------------------------------------------------------------------------ forward
+
+def _local_kernel(q_ref, k_ref, v_ref, valid_ref, o_ref, lse_ref, *, G: int, block_size: int, scale: float):
+    start = pl.program_id(0) * QUERY_TILE
+    q = plgpu.load(q_ref.at[pl.dslice(G + start, QUERY_TILE)])
+    D = q.shape[-1]
+
+    def visit(key_start, carry, size=KEY_TILE, limit=k_ref.shape[0]):
+        k, v, keys_on = _keys(k_ref, v_ref, valid_ref, key_start, size, limit)
+        return _online_update(carry, _scores(q, k, keys_on, scale), v)
+
+    carry = (jnp.zeros((QUERY_TILE, D), jnp.float32), jnp.full((QUERY_TILE,), -jnp.inf, jnp.float32),
+             jnp.zeros((QUERY_TILE,), jnp.float32))
+    carry = visit(0, carry, _padded(G), G)  # global keys: valid, so every row's maximum is finite from here on
+    out, m, l = _tile_loop(*_neighbourhood(start, G, block_size, k_ref.shape[0]), KEY_TILE, visit, carry)
     plgpu.store(o_ref, (out / l[:, None]).astype(o_ref.dtype))
+    plgpu.store(lse_ref, m + jnp.log(l))
 
 
 def _global_kernel(q_ref, k_ref, v_ref, valid_ref, o_ref, m_ref, l_ref, *, G: int, chunk: int, scale: float):
-    split = pl.program_id(0)
-    length = k_ref.shape[0]
     GP = _padded(G)
-    q = plgpu.load(q_ref.at[pl.dslice(0, GP), :], mask=(jnp.arange(GP) < G)[:, None], other=0.0)
+    q, _ = _rows(q_ref, 0, GP, G)
     D = q.shape[-1]
-    carry = (jnp.zeros((GP, D), jnp.float32), jnp.full((GP,), -jnp.inf, jnp.float32), jnp.zeros((GP,), jnp.float32))
-    first = split * chunk
-    last = jnp.minimum(first + chunk, length)
+    first = pl.program_id(0) * chunk
+    last = jnp.minimum(first + chunk, k_ref.shape[0])
 
-    def body(index, carry):
-        start = first + index * KEY_TILE
-        scores, in_range = _tile_scores(q, k_ref, valid_ref, start, KEY_TILE, last, scale)
-        v = plgpu.load(v_ref.at[pl.dslice(start, KEY_TILE), :], mask=in_range[:, None], other=0.0)
+    def visit(key_start, carry):
+        k, v, keys_on = _keys(k_ref, v_ref, valid_ref, key_start, KEY_TILE, last)
         # A tile with no valid key leaves the running maximum at -inf: keep exp() finite.
-        return _online_update(carry, jnp.maximum(scores, -1e30), v)
+        return _online_update(carry, jnp.maximum(_scores(q, k, keys_on, scale), -1e30), v)
 
-    out, m, l = jax.lax.fori_loop(0, jax.lax.div(last - first + KEY_TILE - 1, KEY_TILE), body, carry)
+    carry = (jnp.zeros((GP, D), jnp.float32), jnp.full((GP,), -jnp.inf, jnp.float32), jnp.zeros((GP,), jnp.float32))
+    out, m, l = _tile_loop(first, last, KEY_TILE, visit, carry)
     plgpu.store(o_ref, out)
     plgpu.store(m_ref, m)
     plgpu.store(l_ref, l)
 
 
-def _call(kernel, grid, in_specs, out_specs, out_shape, head_dim: int):
-    on_gpu = jax.default_backend() == "gpu"
-    return pl.pallas_call(kernel, grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
-                          interpret=not on_gpu,
-                          compiler_params=plgpu.CompilerParams(num_warps=4 if head_dim <= 64 else 8, num_stages=2))
+# ----------------------------------------------------------------------------------------------------- backward
+
+def _score_grads(q, k, v, do, lse, delta, on, scale):
+    """Flash attention's backward for one (query tile, key tile): the probabilities p (0 where `on` is False) and
+    the scores' gradient ds, from the forward's log-sum-exp."""
+    s = plgpu.dot(q, k.T).astype(jnp.float32) * scale
+    p = jnp.where(on, jnp.exp(s - lse[:, None]), 0.0)
+    dp = plgpu.dot(do, v.T).astype(jnp.float32)
+    return p, p * (dp - delta[:, None])
+
+
+def _local_dq_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref, dq_ref, *, G: int,
+                     block_size: int, scale: float):
+    start = G + pl.program_id(0) * QUERY_TILE
+    q, do, lse, delta, _ = _queries(q_ref, do_ref, lse_ref, delta_ref, start, QUERY_TILE, start + QUERY_TILE)
+
+    def visit(key_start, dq, size=KEY_TILE, limit=k_ref.shape[0]):
+        k, v, keys_on = _keys(k_ref, v_ref, valid_ref, key_start, size, limit)
+        _, ds = _score_grads(q, k, v, do, lse, delta, keys_on[None, :], scale)
+        return dq + plgpu.dot(ds.astype(k.dtype), k).astype(jnp.float32)
+
+    dq = visit(0, jnp.zeros(q.shape, jnp.float32), _padded(G), G)
+    dq = _tile_loop(*_neighbourhood(start - G, G, block_size, k_ref.shape[0]), KEY_TILE, visit, dq)
+    plgpu.store(dq_ref, (dq * scale).astype(dq_ref.dtype))
+
+
+def _local_dkv_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, G: int,
+                      block_size: int, scale: float):
+    start = G + pl.program_id(0) * KEY_TILE
+    k, v, keys_on = _keys(k_ref, v_ref, valid_ref, start, KEY_TILE, start + KEY_TILE)
+
+    def visit(query_start, carry, size=QUERY_TILE, limit=q_ref.shape[0]):
+        dk, dv = carry
+        q, do, lse, delta, rows_on = _queries(q_ref, do_ref, lse_ref, delta_ref, query_start, size, limit)
+        p, ds = _score_grads(q, k, v, do, lse, delta, rows_on[:, None] & keys_on[None, :], scale)
+        dv = dv + plgpu.dot(p.T.astype(do.dtype), do).astype(jnp.float32)
+        return dk + plgpu.dot(ds.T.astype(q.dtype), q).astype(jnp.float32), dv
+
+    zeros = jnp.zeros(k.shape, jnp.float32)
+    carry = visit(0, (zeros, zeros), _padded(G), G)  # the global queries see every key
+    dk, dv = _tile_loop(*_neighbourhood(start - G, G, block_size, q_ref.shape[0]), QUERY_TILE, visit, carry)
+    plgpu.store(dk_ref, (dk * scale).astype(dk_ref.dtype))
+    plgpu.store(dv_ref, dv.astype(dv_ref.dtype))
+
+
+def _global_dq_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref, dq_ref, *, G: int, chunk: int,
+                      scale: float):
+    q, do, lse, delta, _ = _queries(q_ref, do_ref, lse_ref, delta_ref, 0, _padded(G), G)
+    first = pl.program_id(0) * chunk
+    last = jnp.minimum(first + chunk, k_ref.shape[0])
+
+    def visit(key_start, dq):
+        k, v, keys_on = _keys(k_ref, v_ref, valid_ref, key_start, KEY_TILE, last)
+        _, ds = _score_grads(q, k, v, do, lse, delta, keys_on[None, :], scale)
+        return dq + plgpu.dot(ds.astype(k.dtype), k).astype(jnp.float32)
+
+    plgpu.store(dq_ref, _tile_loop(first, last, KEY_TILE, visit, jnp.zeros(q.shape, jnp.float32)) * scale)
+
+
+def _global_dkv_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, G: int,
+                       chunk: int, scale: float):
+    k, v, keys_on = _keys(k_ref, v_ref, valid_ref, 0, _padded(G), G)
+    first = pl.program_id(0) * chunk
+    last = jnp.minimum(first + chunk, q_ref.shape[0])
+
+    def visit(query_start, carry):
+        dk, dv = carry
+        q, do, lse, delta, rows_on = _queries(q_ref, do_ref, lse_ref, delta_ref, query_start, QUERY_TILE, last)
+        p, ds = _score_grads(q, k, v, do, lse, delta, rows_on[:, None] & keys_on[None, :], scale)
+        dv = dv + plgpu.dot(p.T.astype(do.dtype), do).astype(jnp.float32)
+        return dk + plgpu.dot(ds.T.astype(q.dtype), q).astype(jnp.float32), dv
+
+    zeros = jnp.zeros(k.shape, jnp.float32)
+    dk, dv = _tile_loop(first, last, QUERY_TILE, visit, (zeros, zeros))
+    plgpu.store(dk_ref, dk * scale)
+    plgpu.store(dv_ref, dv)
+
+
+# ------------------------------------------------------------------------------------------------------ calling
+
+def _call(kernel, grid, inputs, out_specs, out_shape, head_dim: int):
+    """pallas_call over grid (tiles or chunks, B, H); each program sees whole rows of its batch element and head
+    of every input: [B, L, H, D] (q, k, v, ...), [B, L] (key validity) or [B, H, L] (per-row statistics)."""
+    def whole(x):
+        if x.ndim == 4:
+            return pl.BlockSpec((None, x.shape[1], None, x.shape[3]), lambda i, b, h: (b, 0, h, 0))
+        if x.ndim == 2:
+            return pl.BlockSpec((None, x.shape[1]), lambda i, b, h: (b, 0))
+        return pl.BlockSpec((None, None, x.shape[2]), lambda i, b, h: (b, h, 0))
+    return pl.pallas_call(kernel, grid=grid, in_specs=[whole(x) for x in inputs], out_specs=out_specs,
+                          out_shape=out_shape, interpret=jax.default_backend() != "gpu",
+                          compiler_params=plgpu.CompilerParams(num_warps=4 if head_dim <= 64 else 8,
+                                                               num_stages=2))(*inputs)
+
+
+def _tiles(B, H, T, D, tile, dtype):
+    """Out spec and shape of a [B, T, H, D] result written one row tile per program."""
+    return (pl.BlockSpec((None, tile, None, D), lambda i, b, h: (b, i, h, 0)),
+            jax.ShapeDtypeStruct((B, T, H, D), dtype))
+
+
+def _chunk_partials(B, H, splits, rows, cols):
+    """Out spec and shape of per-chunk float32 partials [splits, B, H, rows(, cols)]."""
+    shape = (rows,) if cols is None else (rows, cols)
+    index = (lambda i, b, h: (i, b, h, 0)) if cols is None else (lambda i, b, h: (i, b, h, 0, 0))
+    return (pl.BlockSpec((None, None, None, *shape), index),
+            jax.ShapeDtypeStruct((splits, B, H, *shape), jnp.float32))
+
+
+def _chunking(L: int) -> tuple[int, int]:
+    """(chunk, number of chunks) splitting L rows for the global kernels: whole tiles, about GLOBAL_CHUNKS."""
+    chunk = KEY_TILE * pl.cdiv(pl.cdiv(L, GLOBAL_CHUNKS), KEY_TILE)
+    return chunk, pl.cdiv(L, chunk)
 
 
 def pallas_lsg_forward(q, k, v, valid, G: int, block_size: int):
-    """Global-token-first q/k/v [B, L, H, D] (a half-precision dtype on GPU), valid [B, L] -> [B, L, H, D]."""
+    """Global-token-first q/k/v [B, L, H, D] (a half-precision dtype on GPU), valid [B, L] int32 ->
+    (out [B, L, H, D], log-sum-exp of every row's scores [B, H, L] float32)."""
     B, L, H, D = q.shape
     T, GP = L - G, _padded(G)
     scale = 1.0 / math.sqrt(D)
-    valid = valid.astype(jnp.int32)
-    whole = lambda: pl.BlockSpec((None, L, None, D), lambda i, b, h: (b, 0, h, 0))
-    valid_spec = pl.BlockSpec((None, L), lambda i, b, h: (b, 0))
-    local = _call(functools.partial(_local_kernel, G=G, block_size=block_size, scale=scale),
-                  (T // QUERY_TILE, B, H), [whole(), whole(), whole(), valid_spec],
-                  pl.BlockSpec((None, QUERY_TILE, None, D), lambda i, b, h: (b, i, h, 0)),
-                  jax.ShapeDtypeStruct((B, T, H, D), q.dtype), D)(q, k, v, valid)
-    chunk = KEY_TILE * pl.cdiv(pl.cdiv(L, GLOBAL_CHUNKS), KEY_TILE)
-    splits = pl.cdiv(L, chunk)
-    partial, m, l = _call(
-        functools.partial(_global_kernel, G=G, chunk=chunk, scale=scale), (splits, B, H),
-        [whole(), whole(), whole(), valid_spec],
-        [pl.BlockSpec((None, None, None, GP, D), lambda i, b, h: (i, b, h, 0, 0)),
-         pl.BlockSpec((None, None, None, GP), lambda i, b, h: (i, b, h, 0)),
-         pl.BlockSpec((None, None, None, GP), lambda i, b, h: (i, b, h, 0))],
-        [jax.ShapeDtypeStruct((splits, B, H, GP, D), jnp.float32),
-         jax.ShapeDtypeStruct((splits, B, H, GP), jnp.float32),
-         jax.ShapeDtypeStruct((splits, B, H, GP), jnp.float32)], D)(q, k, v, valid)
+    out_spec, out_shape = _tiles(B, H, T, D, QUERY_TILE, q.dtype)
+    lse_spec = pl.BlockSpec((None, None, QUERY_TILE), lambda i, b, h: (b, h, i))
+    local, local_lse = _call(functools.partial(_local_kernel, G=G, block_size=block_size, scale=scale),
+                             (T // QUERY_TILE, B, H), (q, k, v, valid), [out_spec, lse_spec],
+                             [out_shape, jax.ShapeDtypeStruct((B, H, T), jnp.float32)], D)
+    chunk, splits = _chunking(L)
+    specs, shapes = zip(*(_chunk_partials(B, H, splits, GP, cols) for cols in (D, None, None)))
+    partial, m, l = _call(functools.partial(_global_kernel, G=G, chunk=chunk, scale=scale), (splits, B, H),
+                          (q, k, v, valid), list(specs), list(shapes), D)
     # Merge the chunks: each chunk's sums rescaled to the overall maximum.
     top = m.max(axis=0)
     weight = jnp.exp(m - top)
-    glob = (partial * weight[..., None]).sum(0) / (l * weight).sum(0)[..., None]  # [B, H, GP, D]
+    total = (l * weight).sum(0)
+    glob = (partial * weight[..., None]).sum(0) / total[..., None]  # [B, H, GP, D]
     glob = jnp.swapaxes(glob[:, :, :G], 1, 2).astype(q.dtype)
-    return jnp.concatenate([glob, local], axis=1)
+    lse = jnp.concatenate([(top + jnp.log(total))[:, :, :G], local_lse], axis=2)
+    return jnp.concatenate([glob, local], axis=1), lse
+
+
+def pallas_lsg_backward(q, k, v, valid, out, lse, d_out, G: int, block_size: int):
+    """(dq, dk, dv) [B, L, H, D] for pallas_lsg_forward's out and lse, given out's cotangent d_out."""
+    B, L, H, D = q.shape
+    T, GP = L - G, _padded(G)
+    scale = 1.0 / math.sqrt(D)
+    d_out = d_out.astype(q.dtype)
+    delta = jnp.swapaxes((d_out.astype(jnp.float32) * out.astype(jnp.float32)).sum(-1), 1, 2)  # [B, H, L]
+    inputs = (q, k, v, valid, d_out, lse, delta)
+    local = dict(G=G, block_size=block_size, scale=scale)
+    dq_local = _call(functools.partial(_local_dq_kernel, **local), (T // QUERY_TILE, B, H), inputs,
+                     *_tiles(B, H, T, D, QUERY_TILE, q.dtype), D)
+    spec, shape = _tiles(B, H, T, D, KEY_TILE, q.dtype)
+    dk_local, dv_local = _call(functools.partial(_local_dkv_kernel, **local), (T // KEY_TILE, B, H), inputs,
+                               [spec, spec], [shape, shape], D)
+    chunk, splits = _chunking(L)
+    spec, shape = _chunk_partials(B, H, splits, GP, D)
+    glob = dict(G=G, chunk=chunk, scale=scale)
+    dq_global = _call(functools.partial(_global_dq_kernel, **glob), (splits, B, H), inputs, spec, shape, D)
+    dk_global, dv_global = _call(functools.partial(_global_dkv_kernel, **glob), (splits, B, H), inputs,
+                                 [spec, spec], [shape, shape], D)
+    with_global = lambda partials, rest: jnp.concatenate(
+        [jnp.swapaxes(partials.sum(0)[:, :, :G], 1, 2).astype(rest.dtype), rest], axis=1)
+    return (with_global(dq_global, dq_local), with_global(dk_global, dk_local), with_global(dv_global, dv_local))
 
 
 def pallas_lsg_attention(q, k, v, bias, cfg, dtype):
     """lsg_attention's contract (q/k/v [B, H, G + T, D], bias [B, G + T] of 0 / NEG_INF; returns [B, H, G + T, D]
-    in `dtype`) through the kernels above; its vector-Jacobian product is the cuDNN formulation's (XLA's off a
-    GPU), recomputed from q, k and v."""
+    in `dtype`) through the kernels above, forward and backward."""
     reason = pallas_supported(cfg, q.shape[-1])
     if reason:
         raise ValueError(f"attn_implementation='pallas' does not take this model: {reason}; use 'cudnn' or 'auto'")
-    return _pallas_attention(q, k, v, bias, cfg, dtype)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _pallas_attention(q, k, v, bias, cfg, dtype):
     # Imported here: fused_attention imports attention.py, which imports this module.
     from lsg_jax.fused_attention import compute_dtype, dense_implementation, fused_lsg_attention
     G, bs = cfg.num_global_tokens, cfg.block_size
@@ -171,18 +315,23 @@ def _pallas_attention(q, k, v, bias, cfg, dtype):
         return fused_lsg_attention(q, k, v, bias, cfg, dtype, dense_implementation())
     compute = compute_dtype(q.dtype, dense_implementation())  # half precision on a GPU, as cuDNN's
     q, k, v = (jnp.swapaxes(x, 1, 2).astype(compute) for x in (q, k, v))
-    return jnp.swapaxes(pallas_lsg_forward(q, k, v, bias == 0, G, bs), 1, 2).astype(dtype)
+    out = _attention(q, k, v, (bias == 0).astype(jnp.int32), G, bs)
+    return jnp.swapaxes(out, 1, 2).astype(dtype)
 
 
-def _pallas_attention_fwd(q, k, v, bias, cfg, dtype):
-    return _pallas_attention(q, k, v, bias, cfg, dtype), (q, k, v, bias)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _attention(q, k, v, valid, G, block_size):
+    return pallas_lsg_forward(q, k, v, valid, G, block_size)[0]
 
 
-def _pallas_attention_bwd(cfg, dtype, residuals, g):
-    from lsg_jax.fused_attention import dense_implementation, fused_lsg_attention
-    q, k, v, bias = residuals
-    _, vjp = jax.vjp(lambda q, k, v: fused_lsg_attention(q, k, v, bias, cfg, dtype, dense_implementation()), q, k, v)
-    return (*vjp(g), jnp.zeros_like(bias))
+def _attention_fwd(q, k, v, valid, G, block_size):
+    out, lse = pallas_lsg_forward(q, k, v, valid, G, block_size)
+    return out, (q, k, v, valid, out, lse)
 
 
-_pallas_attention.defvjp(_pallas_attention_fwd, _pallas_attention_bwd)
+def _attention_bwd(G, block_size, residuals, d_out):
+    q, k, v, valid, out, lse = residuals
+    return (*pallas_lsg_backward(q, k, v, valid, out, lse, d_out, G, block_size), None)
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)

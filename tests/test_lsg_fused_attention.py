@@ -10,8 +10,8 @@ from flax import nnx
 
 from jaxport.layers import NEG_INF
 from lsg_jax import LSGBartConfig, LSGBartForConditionalGeneration
-from lsg_jax.attention import draw_lsh_projections, lsg_attention
-from lsg_jax.fused_attention import resolve_implementation
+from lsg_jax.attention import draw_lsh_projections, full_attention, lsg_attention
+from lsg_jax.fused_attention import fused_padded_attention, resolve_implementation
 from tests.lsg_reference.harness import VOCAB, tiny_config
 
 HEADS, HEAD_DIM = 4, 8
@@ -103,6 +103,27 @@ def test_fused_attention_without_global_tokens():
     has_key[1, 20:] = False
     np.testing.assert_allclose(out.transpose(0, 2, 1, 3)[has_key], expected.transpose(0, 2, 1, 3)[has_key],
                                atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("holes", [False, True])
+def test_padded_cross_attention(holes):
+    """fused_padded_attention (the decoder's cross-attention) equals plain masked attention, output and gradients:
+    right-padded keys (taken in place) and keys with holes (permuted valid-first)."""
+    rng = np.random.default_rng(3)
+    q, k, v, cotangent = (rng.standard_normal((2, length, HEADS, HEAD_DIM), np.float32)
+                          for length in (5, 30, 30, 5))
+    valid = np.ones((2, 30), bool)
+    valid[1, 21:] = False
+    if holes:
+        valid[0, [3, 17]] = False
+    bias = jnp.where(jnp.asarray(valid)[:, None, None, :], 0.0, NEG_INF)
+    plain = lambda q, k, v: jnp.swapaxes(full_attention(*(jnp.swapaxes(x, 1, 2) for x in (q, k, v)), bias,
+                                                        jnp.float32), 1, 2)
+    fused = lambda q, k, v: fused_padded_attention(q, k, v, jnp.asarray(valid), jnp.float32, "xla")
+    run = lambda f: jax.tree.leaves(jax.jit(lambda *qkv: (lambda out, vjp: (out, vjp(cotangent)))(
+        *jax.vjp(f, *qkv)))(q, k, v))
+    for got, want in zip(run(fused), run(plain)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-5)
 
 
 def test_bfloat16_compute():
@@ -209,13 +230,16 @@ def test_attention_dropout_in_training(tokens):
 
 @pytest.mark.parametrize("globals_, tokens", [(1, 192), (7, 256), (64, 320)])
 def test_pallas_kernels_equal_einsum(globals_, tokens):
-    """attn_implementation="pallas" (its kernels run in Pallas' interpreter here; its backward is the xla path's):
-    outputs and gradients equal the einsum path's, with padding at the end and holes."""
+    """attn_implementation="pallas": its kernels' output (run in Pallas' interpreter here) equals the einsum path's,
+    with padding at the end and holes; under differentiation it is the xla path, gradients included."""
     einsum, pallas = (lsg_config(dict(block_size=64, sparsity_type="none", num_global_tokens=globals_),
                                  attn_implementation=name) for name in ("einsum", "pallas"))
     qkv, bias, _, cotangent = attention_inputs(einsum, tokens, head_dim=16)
+    forward = lambda qkv: lsg_attention(*qkv, bias, pallas, jnp.float32)
+    assert "pallas_call" in str(jax.make_jaxpr(forward)(qkv))
+    primal = jax.jit(forward)(qkv)
     expected, out = (attention_and_grads(config, qkv, bias, None, cotangent) for config in (einsum, pallas))
-    for got, want in zip(jax.tree.leaves(out), jax.tree.leaves(expected)):
+    for got, want in zip(jax.tree.leaves((primal, out)), jax.tree.leaves((expected[0], expected))):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
