@@ -1,6 +1,6 @@
 """Where the LSG-BART-base encoder's and training step's GPU time goes:
 
-    python bench/lsg_profile.py [--what encode,grad,train] [--attn-impl cudnn] [--length N] [--set KEY=VALUE ...]
+    python bench/lsg_profile.py [--what encode,grad,train] [--attn-impl pallas] [--length N] [--set KEY=VALUE ...]
 
 Random weights (the bench/lsg.py shape), batch 1. For each program: its compiled memory, the median time of
 synchronised calls, the mean of calls dispatched back to back and the host time one dispatch takes; then a
@@ -123,7 +123,7 @@ def parse_value(text: str):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--what", default="encode,grad,train")
-    parser.add_argument("--attn-impl", default="cudnn")
+    parser.add_argument("--attn-impl", default="pallas")
     parser.add_argument("--length", type=int, default=16384)
     parser.add_argument("--calls", type=int, default=5)
     parser.add_argument("--top", type=int, default=30)

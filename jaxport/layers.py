@@ -114,8 +114,9 @@ def _gelu(x: jax.Array) -> jax.Array:
 def gelu(x: jax.Array) -> jax.Array:
     """Exact GELU as PyTorch computes it, x * (1 + erf(x / sqrt(2))) / 2, in float32. jax.nn.gelu(approximate=False)
     goes through erfc, whose XLA expansion (exp, divisions, two polynomial branches) made it 3x slower on an
-    H100 (bench/RESULTS.md); XLA's erf is one rational polynomial. The backward pass keeps only x (autodiff would
-    keep three float32 intermediates of the MLP's widest activation) and recomputes the derivative."""
+    H100 (bench/RESULTS.md); XLA's erf is one rational polynomial. The backward pass keeps only x (autodiff lists
+    three float32 intermediates of the MLP's widest activation as residuals) and recomputes the derivative; XLA
+    already recomputed them in LSG-BART's training step (no measured change there), this guarantees it."""
     return _gelu(x)
 
 
@@ -135,7 +136,8 @@ gelu.defvjp(_gelu_fwd, _gelu_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float, dtype) -> jax.Array:
     """LayerNorm over the last axis with statistics in float32, output in `dtype`. The backward pass keeps x and the
-    per-row mean and inverse deviation (autodiff would keep several float32 copies of x) and recomputes the rest."""
+    per-row mean and inverse deviation (autodiff lists several float32 copies of x as residuals) and recomputes the
+    rest, whatever XLA's rematerialisation decides (it matched this in LSG-BART's training step)."""
     return _layer_norm_fwd(x, scale, bias, eps, dtype)[0]
 
 

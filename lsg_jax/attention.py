@@ -209,7 +209,7 @@ def lsg_attention(q, k, v, bias, cfg, dtype, lsh_projections=None, rng=None):
     cfg.attn_implementation other than "einsum" runs lsg_jax.fused_attention (same result, fused kernels), except
     with attention dropout in training: fused attention has none, so those steps take the einsums."""
     from lsg_jax.fused_attention import fused_lsg_attention, resolve_implementation  # it imports this module
-    implementation = resolve_implementation(cfg.attn_implementation, dtype, q.shape[-1])
+    implementation = resolve_implementation(cfg.attn_implementation, dtype, q.shape[-1], cfg)
     dropping = rng is not None and cfg.attention_dropout > 0
     if implementation == "pallas" and not dropping:
         from lsg_jax.pallas_attention import pallas_lsg_attention

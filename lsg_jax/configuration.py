@@ -69,10 +69,10 @@ class LSGBartConfig(HFConfig):
     sparsity_type: str | None = "norm"
     model_type: str = "bart"
     # LSG encoder attention: "einsum" (lsg_jax.attention's blocked einsums), "xla" / "cudnn" (lsg_jax.fused_attention
-    # through jax.nn.dot_product_attention; cudnn computes in bf16), "pallas" (lsg_jax.pallas_attention: kernels
-    # reading keys in place, no sparse keys; forward only, its backward is cudnn's), "auto" (cudnn on an NVIDIA GPU
-    # when the model computes in bf16/fp16 and the head dim suits cuDNN, else einsum). All give the same result up
-    # to rounding.
+    # through jax.nn.dot_product_attention; cudnn computes in bf16), "pallas" (lsg_jax.pallas_attention: Triton
+    # kernels reading keys in place, forward and backward; no sparse keys), "auto" (on an NVIDIA GPU when the model
+    # computes in bf16/fp16 and the head dim suits cuDNN: pallas where its kernels take the config, else cudnn;
+    # einsum otherwise). All give the same result up to rounding.
     attn_implementation: str = "einsum"
     # Encoder layers in the backward pass: "none" keeps their activations; "full" recomputes each layer from its
     # input; "dots" keeps only the matmul outputs and recomputes the rest (attention, GELU, LayerNorm, dropout

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from lsg_jax.attention import sparse_tokens, sparse_window_indices
 from lsg_jax.configuration import ATTN_IMPLEMENTATIONS
+from lsg_jax.pallas_attention import pallas_supported
 
 HALF = (jnp.bfloat16, jnp.float16)
 
@@ -32,13 +33,16 @@ def cudnn_supported(dtype, head_dim: int) -> bool:
             and jnp.dtype(dtype) in map(jnp.dtype, HALF) and head_dim % 8 == 0 and head_dim <= 128)
 
 
-def resolve_implementation(name: str, dtype, head_dim: int) -> str:
-    """The attention implementation to run: "auto" is "cudnn" where cudnn_supported, else "einsum" (float32
-    models keep float32 attention); the others are taken as given."""
+def resolve_implementation(name: str, dtype, head_dim: int, lsg_cfg=None) -> str:
+    """The attention implementation to run: "auto" is "einsum" where cudnn_supported is False (float32 models keep
+    float32 attention), else "pallas" for LSG self-attention (lsg_cfg given) that its kernels take (faster forward
+    and backward on an H100: bench/RESULTS.md), else "cudnn"; the others are taken as given."""
     if name not in ATTN_IMPLEMENTATIONS:
         raise ValueError(f"attn_implementation={name!r}: expected one of {ATTN_IMPLEMENTATIONS}")
     if name == "auto":
-        return "cudnn" if cudnn_supported(dtype, head_dim) else "einsum"
+        if not cudnn_supported(dtype, head_dim):
+            return "einsum"
+        return "pallas" if lsg_cfg is not None and pallas_supported(lsg_cfg, head_dim) is None else "cudnn"
     if name == "cudnn" and jax.default_backend() != "gpu":
         raise ValueError("attn_implementation='cudnn' needs an NVIDIA GPU as JAX's default backend; use 'xla' (the "
                          "same formulation through XLA), 'einsum' or 'auto'")

@@ -197,7 +197,13 @@ def test_remat_gives_the_same_loss_and_grads(model_runs, mode):
 
 
 def test_implementation_choice_and_config():
-    assert resolve_implementation("auto", jnp.bfloat16, 64) == ("cudnn" if jax.default_backend() == "gpu" else "einsum")
+    on_gpu = jax.default_backend() == "gpu"
+    assert resolve_implementation("auto", jnp.bfloat16, 64) == ("cudnn" if on_gpu else "einsum")
+    lsg = lambda **fields: lsg_config({"block_size": 64, "sparsity_type": "none", **fields})
+    assert resolve_implementation("auto", jnp.bfloat16, 64, lsg()) == ("pallas" if on_gpu else "einsum")
+    # Sparse keys are not in the kernels: cuDNN then.
+    assert resolve_implementation("auto", jnp.bfloat16, 64, lsg(sparsity_type="norm")) == ("cudnn" if on_gpu
+                                                                                           else "einsum")
     assert resolve_implementation("auto", jnp.float32, 64) == "einsum"  # float32 models keep float32 attention
     if jax.default_backend() != "gpu":
         with pytest.raises(ValueError, match="cudnn.*GPU"):
