@@ -148,18 +148,32 @@ def _score_grads(q, k, v, do, lse, delta, on, scale):
     return p, p * (dp - delta[:, None])
 
 
+def _add_dq(dq, q, do, lse, delta, k_ref, v_ref, valid_ref, start, size, limit, scale):
+    """dq (without the softmax scale) plus the contribution of key rows start..start + size (before `limit`)."""
+    k, v, keys_on = _keys(k_ref, v_ref, valid_ref, start, size, limit)
+    _, ds = _score_grads(q, k, v, do, lse, delta, keys_on[None, :], scale)
+    return dq + plgpu.dot(ds.astype(k.dtype), k).astype(jnp.float32)
+
+
+def _add_dkv(carry, k, v, keys_on, q_ref, do_ref, lse_ref, delta_ref, start, size, limit, scale):
+    """(dk without the softmax scale, dv) of a key tile plus the contribution of query rows start..start + size
+    (before `limit`)."""
+    dk, dv = carry
+    q, do, lse, delta, rows_on = _queries(q_ref, do_ref, lse_ref, delta_ref, start, size, limit)
+    p, ds = _score_grads(q, k, v, do, lse, delta, rows_on[:, None] & keys_on[None, :], scale)
+    return (dk + plgpu.dot(ds.T.astype(q.dtype), q).astype(jnp.float32),
+            dv + plgpu.dot(p.T.astype(do.dtype), do).astype(jnp.float32))
+
+
 def _local_dq_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref, dq_ref, *, G: int,
                      block_size: int, scale: float):
     start = G + pl.program_id(0) * QUERY_TILE
     q, do, lse, delta, _ = _queries(q_ref, do_ref, lse_ref, delta_ref, start, QUERY_TILE, start + QUERY_TILE)
-
-    def visit(key_start, dq, size=KEY_TILE, limit=k_ref.shape[0]):
-        k, v, keys_on = _keys(k_ref, v_ref, valid_ref, key_start, size, limit)
-        _, ds = _score_grads(q, k, v, do, lse, delta, keys_on[None, :], scale)
-        return dq + plgpu.dot(ds.astype(k.dtype), k).astype(jnp.float32)
-
-    dq = visit(0, jnp.zeros(q.shape, jnp.float32), _padded(G), G)
-    dq = _tile_loop(*_neighbourhood(start - G, G, block_size, k_ref.shape[0]), KEY_TILE, visit, dq)
+    add = functools.partial(_add_dq, q=q, do=do, lse=lse, delta=delta, k_ref=k_ref, v_ref=v_ref,
+                            valid_ref=valid_ref, scale=scale)
+    dq = add(jnp.zeros(q.shape, jnp.float32), start=0, size=_padded(G), limit=G)  # the global keys
+    dq = _tile_loop(*_neighbourhood(start - G, G, block_size, k_ref.shape[0]), KEY_TILE,
+                    lambda key_start, dq: add(dq, start=key_start, size=KEY_TILE, limit=k_ref.shape[0]), dq)
     plgpu.store(dq_ref, (dq * scale).astype(dq_ref.dtype))
 
 
@@ -167,17 +181,13 @@ def _local_dkv_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref
                       block_size: int, scale: float):
     start = G + pl.program_id(0) * KEY_TILE
     k, v, keys_on = _keys(k_ref, v_ref, valid_ref, start, KEY_TILE, start + KEY_TILE)
-
-    def visit(query_start, carry, size=QUERY_TILE, limit=q_ref.shape[0]):
-        dk, dv = carry
-        q, do, lse, delta, rows_on = _queries(q_ref, do_ref, lse_ref, delta_ref, query_start, size, limit)
-        p, ds = _score_grads(q, k, v, do, lse, delta, rows_on[:, None] & keys_on[None, :], scale)
-        dv = dv + plgpu.dot(p.T.astype(do.dtype), do).astype(jnp.float32)
-        return dk + plgpu.dot(ds.T.astype(q.dtype), q).astype(jnp.float32), dv
-
+    add = functools.partial(_add_dkv, k=k, v=v, keys_on=keys_on, q_ref=q_ref, do_ref=do_ref, lse_ref=lse_ref,
+                            delta_ref=delta_ref, scale=scale)
     zeros = jnp.zeros(k.shape, jnp.float32)
-    carry = visit(0, (zeros, zeros), _padded(G), G)  # the global queries see every key
-    dk, dv = _tile_loop(*_neighbourhood(start - G, G, block_size, q_ref.shape[0]), QUERY_TILE, visit, carry)
+    carry = add((zeros, zeros), start=0, size=_padded(G), limit=G)  # the global queries see every key
+    dk, dv = _tile_loop(*_neighbourhood(start - G, G, block_size, q_ref.shape[0]), QUERY_TILE,
+                        lambda query_start, carry: add(carry, start=query_start, size=QUERY_TILE,
+                                                       limit=q_ref.shape[0]), carry)
     plgpu.store(dk_ref, (dk * scale).astype(dk_ref.dtype))
     plgpu.store(dv_ref, dv.astype(dv_ref.dtype))
 
@@ -187,13 +197,11 @@ def _global_dq_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref
     q, do, lse, delta, _ = _queries(q_ref, do_ref, lse_ref, delta_ref, 0, _padded(G), G)
     first = pl.program_id(0) * chunk
     last = jnp.minimum(first + chunk, k_ref.shape[0])
-
-    def visit(key_start, dq):
-        k, v, keys_on = _keys(k_ref, v_ref, valid_ref, key_start, KEY_TILE, last)
-        _, ds = _score_grads(q, k, v, do, lse, delta, keys_on[None, :], scale)
-        return dq + plgpu.dot(ds.astype(k.dtype), k).astype(jnp.float32)
-
-    plgpu.store(dq_ref, _tile_loop(first, last, KEY_TILE, visit, jnp.zeros(q.shape, jnp.float32)) * scale)
+    add = functools.partial(_add_dq, q=q, do=do, lse=lse, delta=delta, k_ref=k_ref, v_ref=v_ref,
+                            valid_ref=valid_ref, scale=scale)
+    dq = _tile_loop(first, last, KEY_TILE, lambda key_start, dq: add(dq, start=key_start, size=KEY_TILE, limit=last),
+                    jnp.zeros(q.shape, jnp.float32))
+    plgpu.store(dq_ref, dq * scale)
 
 
 def _global_dkv_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, G: int,
@@ -201,16 +209,12 @@ def _global_dkv_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_re
     k, v, keys_on = _keys(k_ref, v_ref, valid_ref, 0, _padded(G), G)
     first = pl.program_id(0) * chunk
     last = jnp.minimum(first + chunk, q_ref.shape[0])
-
-    def visit(query_start, carry):
-        dk, dv = carry
-        q, do, lse, delta, rows_on = _queries(q_ref, do_ref, lse_ref, delta_ref, query_start, QUERY_TILE, last)
-        p, ds = _score_grads(q, k, v, do, lse, delta, rows_on[:, None] & keys_on[None, :], scale)
-        dv = dv + plgpu.dot(p.T.astype(do.dtype), do).astype(jnp.float32)
-        return dk + plgpu.dot(ds.T.astype(q.dtype), q).astype(jnp.float32), dv
-
+    add = functools.partial(_add_dkv, k=k, v=v, keys_on=keys_on, q_ref=q_ref, do_ref=do_ref, lse_ref=lse_ref,
+                            delta_ref=delta_ref, scale=scale)
     zeros = jnp.zeros(k.shape, jnp.float32)
-    dk, dv = _tile_loop(first, last, QUERY_TILE, visit, (zeros, zeros))
+    dk, dv = _tile_loop(first, last, QUERY_TILE,
+                        lambda query_start, carry: add(carry, start=query_start, size=QUERY_TILE, limit=last),
+                        (zeros, zeros))
     plgpu.store(dk_ref, dk * scale)
     plgpu.store(dv_ref, dv)
 
