@@ -5,7 +5,9 @@
 Random weights (the bench/lsg.py shape), batch 1. For each program: its compiled memory, the median time of
 synchronised calls, the mean of calls dispatched back to back and the host time one dispatch takes; then a
 jax.profiler trace of a few calls, with GPU kernel time per call summed by the source line that XLA's metadata
-gives each kernel (the jitted code's file:line and op name) and by kernel name. encode: the encoder forward
+gives each kernel (the jitted code's file:line and op name) and by kernel name, and of a few synchronised calls:
+how long each waits before its first kernel, leaves the GPU idle between kernels and waits after its last (where
+synchronised and back-to-back times part). encode: the encoder forward
 (bf16 weights); grad: its forward + backward (gradient of the summed states); train: one step of the project's
 training path (bench/lsg.py's train_setup: bf16 compute over float32 weights, AdamW, 320 target tokens).
 --set overrides LSGBartConfig fields for A/B runs (e.g. --set dropout=0 --set remat=true). Needs a GPU.
@@ -69,13 +71,43 @@ def hlo_sources(hlo_text: str, depth: int = 2) -> dict:
     return sources
 
 
-def trace_kernels(trace_dir: Path) -> list:
-    """(kernel name, HLO op or None, microseconds) of every GPU stream event in jax.profiler's Perfetto trace."""
+SYNCED_CALL = "lsg_profile_synced_call"
+
+
+def trace_events(trace_dir: Path) -> list:
+    """Complete ("X") events of jax.profiler's Perfetto trace, each with "gpu": whether it ran on a GPU stream."""
     trace = json.loads(gzip.open(next(trace_dir.rglob("perfetto_trace.json.gz"))).read())
     threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in trace["traceEvents"]
                if e.get("ph") == "M" and e.get("name") == "thread_name"}
-    return [(e["name"], (e.get("args") or {}).get("hlo_op"), e["dur"]) for e in trace["traceEvents"]
-            if e.get("ph") == "X" and "stream" in threads.get((e["pid"], e.get("tid")), "").lower()]
+    return [{**e, "gpu": "stream" in threads.get((e["pid"], e.get("tid")), "").lower()}
+            for e in trace["traceEvents"] if e.get("ph") == "X"]
+
+
+def trace_kernels(events: list) -> list:
+    """(kernel name, HLO op or None, microseconds) of every GPU stream event."""
+    return [(e["name"], (e.get("args") or {}).get("hlo_op"), e["dur"]) for e in events if e["gpu"]]
+
+
+def synced_timeline(events: list) -> dict | None:
+    """Where a synchronised call's time goes, median over the calls annotated SYNCED_CALL (microseconds): before
+    its first kernel starts ("lead"), GPU idle between its kernels ("gaps"), after its last kernel ends until the
+    host has the result ("tail"), and kernel time ("busy"). None without GPU events."""
+    calls = sorted((e for e in events if e["name"] == SYNCED_CALL), key=lambda e: e["ts"])
+    kernels = sorted(((e["ts"], e["ts"] + e["dur"]) for e in events if e["gpu"]), key=lambda k: k[0])
+    parts = collections.defaultdict(list)
+    for call in calls:
+        inside = [k for k in kernels if call["ts"] <= k[0] <= call["ts"] + call["dur"]]
+        if not inside:
+            continue
+        busy, covered_to = 0.0, inside[0][0]
+        for start, end in inside:  # union of kernel intervals (streams may overlap)
+            busy += max(0.0, end - max(start, covered_to))
+            covered_to = max(covered_to, end)
+        parts["lead"].append(inside[0][0] - call["ts"])
+        parts["gaps"].append(covered_to - inside[0][0] - busy)
+        parts["tail"].append(call["ts"] + call["dur"] - covered_to)
+        parts["busy"].append(busy)
+    return {name: statistics.median(values) for name, values in parts.items()} or None
 
 
 def profile(title: str, compiled, fn, calls: int, top: int, hlo_dir: str | None = None) -> dict:
@@ -87,7 +119,15 @@ def profile(title: str, compiled, fn, calls: int, top: int, hlo_dir: str | None 
         with jax.profiler.trace(folder, create_perfetto_trace=True):
             outs = [fn() for _ in range(calls)]
             jax.block_until_ready(outs[-1])
-        kernels = trace_kernels(Path(folder))
+            del outs
+            for _ in range(calls):
+                with jax.profiler.TraceAnnotation(SYNCED_CALL):
+                    jax.block_until_ready(fn())
+        events = trace_events(Path(folder))
+    synced = [e for e in events if e["name"] == SYNCED_CALL]
+    first_synced = min((e["ts"] for e in synced), default=float("inf"))
+    kernels = trace_kernels([e for e in events if e["ts"] < first_synced])  # the back-to-back calls
+    timeline = synced_timeline(events)
     hlo = compiled.as_text()
     if hlo_dir:
         Path(hlo_dir, f"{title.split()[0]}.hlo.txt.gz").write_bytes(gzip.compress(hlo.encode()))
@@ -102,6 +142,9 @@ def profile(title: str, compiled, fn, calls: int, top: int, hlo_dir: str | None 
           f"dispatch {timing['dispatch_ms']:.3f} ms; {total / 1e3:.2f} ms of GPU kernels in "
           f"{len(kernels) // calls} launches per call; peak {memory.get('peak_bytes', 0) / 1e9:.2f} GB "
           f"(temp {memory.get('temp_bytes', 0) / 1e9:.2f} GB)")
+    if timeline:
+        print("  one synchronised call: " + ", ".join(f"{name} {us / 1e3:.3f} ms" for name, us in timeline.items())
+              + " (lead: before its first kernel; gaps: GPU idle between its kernels; tail: after its last)")
     print("  by source line (file:line op):")
     for source, us in by_source.most_common(top):
         print(f"    {us / 1e3:7.3f} ms  {100 * us / total:5.1f}%  {source[:100]}")
@@ -109,6 +152,7 @@ def profile(title: str, compiled, fn, calls: int, top: int, hlo_dir: str | None 
     for name, us in by_kernel.most_common(top):
         print(f"    {us / 1e3:7.3f} ms  {100 * us / total:5.1f}%  {name[:100]}")
     return {"title": title, **timing, **memory, "kernel_ms": total / 1e3,
+            "synced_call_ms": {k: v / 1e3 for k, v in (timeline or {}).items()},
             "by_source_ms": {k: v / 1e3 for k, v in by_source.most_common()},
             "by_kernel_ms": {k: v / 1e3 for k, v in by_kernel.most_common()}}
 
