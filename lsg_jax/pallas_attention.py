@@ -13,6 +13,8 @@ pass adds the key sets' gradients back. Here each (batch, head) keeps its [L, D]
   (global keys over a chunk of queries); chunk partials are summed in JAX.
 
 Padding comes in as a key-validity vector. Global tokens are always valid keys, so no row's softmax is empty.
+Under a jit sharded over batch or heads (data or tensor parallelism), each device runs the kernels on its own
+part (custom_partitioning).
 Compiled through Triton on an NVIDIA GPU, run by Pallas' interpreter elsewhere (the tests check outputs and
 gradients against the einsum path there).
 """
@@ -22,7 +24,9 @@ import math
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.custom_partitioning import custom_partitioning
 from jax.experimental.pallas import triton as plgpu
+from jax.sharding import NamedSharding, PartitionSpec
 
 KEY_TILE = 64
 QUERY_TILE = 64
@@ -256,6 +260,40 @@ def _chunking(L: int) -> tuple[int, int]:
     return chunk, pl.cdiv(L, chunk)
 
 
+def _per_batch_and_head(layouts: str, statics: int):
+    """Make a function of arrays laid out as `layouts` (e.g. "blhd, bl -> bhl": b batch, l rows, h heads, d head
+    dim), followed by `statics` static arguments, partitionable: under a sharded jit each device runs it on its
+    own batch elements and heads, rows and head dims whole (blocks read their neighbours). A bare pallas_call is
+    opaque to XLA's partitioner, which would gather every input onto every device."""
+    ins, outs = ([name.strip() for name in side.split(",")] for side in layouts.split("->"))
+
+    def decorate(fn):
+        partitioned = custom_partitioning(fn, static_argnums=tuple(range(len(ins), len(ins) + statics)))
+
+        def shardings(mesh, arg_shapes):
+            spec = tuple(getattr(arg_shapes[0].sharding, "spec", ())) + (None,) * 4  # q's: [B, L, H, D]
+            axes = {"b": spec[0], "l": None, "h": spec[2], "d": None}
+            place = lambda layout: NamedSharding(mesh, PartitionSpec(*(axes[name] for name in layout)))
+            return tuple(map(place, ins)), tuple(map(place, outs))
+
+        def partition(*args):
+            *static, mesh, arg_shapes, _ = args
+            arg_shardings, result_shardings = shardings(mesh, arg_shapes)
+            return mesh, lambda *arrays: fn(*arrays, *static), result_shardings, arg_shardings
+
+        def infer(*args):
+            *_, mesh, arg_shapes, _ = args
+            return shardings(mesh, arg_shapes)[1]
+
+        partitioned.def_partition(partition, infer_sharding_from_operands=infer,
+                                  sharding_rule=" -> ".join(", ".join(" ".join(layout) for layout in side)
+                                                            for side in (ins, outs)),
+                                  need_replication_factors=("l", "d"))
+        return partitioned
+    return decorate
+
+
+@_per_batch_and_head("blhd, blhd, blhd, bl -> blhd, bhl", statics=2)
 def pallas_lsg_forward(q, k, v, valid, G: int, block_size: int):
     """Global-token-first q/k/v [B, L, H, D] (a half-precision dtype on GPU), valid [B, L] int32 ->
     (out [B, L, H, D], log-sum-exp of every row's scores [B, H, L] float32)."""
@@ -281,6 +319,7 @@ def pallas_lsg_forward(q, k, v, valid, G: int, block_size: int):
     return jnp.concatenate([glob, local], axis=1), lse
 
 
+@_per_batch_and_head("blhd, blhd, blhd, bl, blhd, bhl, blhd -> blhd, blhd, blhd", statics=2)
 def pallas_lsg_backward(q, k, v, valid, out, lse, d_out, G: int, block_size: int):
     """(dq, dk, dv) [B, L, H, D] for pallas_lsg_forward's out and lse, given out's cotangent d_out."""
     B, L, H, D = q.shape

@@ -249,6 +249,27 @@ def test_pallas_kernels_equal_einsum(globals_, tokens):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
+def test_pallas_kernels_partition_over_batch_and_heads():
+    """Under a jit sharded over batch and heads (8 CPU devices: 4 x 2) each device runs the kernels on its own
+    batch elements and heads: no input gathered, the same output and gradients as on one device."""
+    config = lsg_config(dict(block_size=64, sparsity_type="none", num_global_tokens=7), attn_implementation="pallas")
+    (q, k, v), bias, _, cotangent = attention_inputs(config, 192, head_dim=16)
+    q, k, v, bias, cotangent = (np.concatenate([x, x[:1]]) for x in (q, k, v, bias, cotangent))  # batch 4
+
+    def run(qkv, bias, cotangent):
+        out, vjp = jax.vjp(lambda *qkv: lsg_attention(*qkv, bias, config, jnp.float32), *qkv)
+        return out, vjp(cotangent)
+
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()).reshape(4, 2), ("data", "tensor"))
+    per_head = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", "tensor"))
+    per_row = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    sharded = jax.jit(run, in_shardings=((per_head,) * 3, per_row, per_head))
+    assert "all-gather" not in sharded.lower((q, k, v), bias, cotangent).compile().as_text()
+    for got, want in zip(jax.tree.leaves(sharded((q, k, v), bias, cotangent)),
+                         jax.tree.leaves(jax.jit(run)((q, k, v), bias, cotangent))):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6, rtol=1e-6)
+
+
 def test_pallas_refuses_what_its_kernels_do_not_cover():
     qkv, bias, _, _ = attention_inputs(lsg_config(dict(block_size=8, sparsity_type="none")), 48)
     with pytest.raises(ValueError, match="pallas.*head dim 8"):
