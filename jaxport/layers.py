@@ -9,6 +9,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 
@@ -49,40 +50,64 @@ class Embed(nnx.Module):
         return jnp.dot(x.astype(self.dtype), self.embedding[...].astype(self.dtype).T)
 
 
-DROPOUT_BITS = 16  # the keep mask compares 16-bit random integers with a threshold: rate is quantised to 2**-16
+DROPOUT_BITS = 32  # the keep mask compares 32-bit random integers with a threshold: rate is quantised to 2**-32
 
 
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
     """Inverted dropout; rng=None means evaluation (identity).
 
-    The mask's random bits come from XLA's RngBitGenerator (jax's "rbg" keys; Philox on GPU) seeded with rng's
-    key data, not from rng's own threefry, and the backward pass draws them again instead of keeping the mask:
-    on an H100, threefry masks kept for the backward took a fifth of an LSG-BART training step (bench/RESULTS.md).
+    The mask's random bits are a counter-based hash of each element's position and two words drawn from rng
+    (`_keep`), computed inside whichever XLA kernel uses the mask, and computed again in the backward pass: no
+    random bits are written to memory or kept. On an H100, threefry masks kept for the backward pass took a fifth of
+    an LSG-BART training step, and XLA's RngBitGenerator bits drawn again still ~2.5 of 28 ms (bench/RESULTS.md).
     Deterministic for a given rng and shape."""
     if rng is None or rate == 0.0:
         return x
     data = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
-    return _dropout(x, jnp.resize(data.astype(jnp.uint32).reshape(-1), 4) ^ jnp.arange(4, dtype=jnp.uint32), rate)
+    data = data.astype(jnp.uint32).reshape(-1)  # any implementation's key words, folded to two
+    words = jax.lax.reduce(jnp.pad(data, (0, data.size % 2)).reshape(-1, 2), np.uint32(0), jax.lax.bitwise_xor, (0,))
+    return _dropout(x, words, rate)
 
 
-def _masked(x: jax.Array, key_data: jax.Array, rate: float) -> jax.Array:
-    threshold = round(rate * 2 ** DROPOUT_BITS)
-    bits = jax.random.bits(jax.random.wrap_key_data(key_data, impl="rbg"), x.shape, jnp.dtype(f"uint{DROPOUT_BITS}"))
-    scale = 2 ** DROPOUT_BITS / (2 ** DROPOUT_BITS - threshold)  # 1 / the exact keep probability
-    return jnp.where(bits >= threshold, x * jnp.asarray(scale, x.dtype), 0).astype(x.dtype)
+def _mix(h: jax.Array) -> jax.Array:
+    """murmur3's 32-bit finaliser: a bijection of uint32 in which every output bit depends on every input bit."""
+    h = (h ^ (h >> 16)) * jnp.uint32(0x85EBCA6B)
+    h = (h ^ (h >> 13)) * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def _keep(shape, words: jax.Array, rate: float) -> jax.Array:
+    """Where dropout keeps x: 32 random bits per element, a hash of its row (all axes but the last, flattened), its
+    column and the two key words, compared with the rate's threshold. Elementwise integer arithmetic on iotas, so
+    XLA fuses it into the kernels that consume the mask."""
+    rows, cols = (math.prod(shape[:-1]), shape[-1]) if shape else (1, 1)
+    if rows >= 2 ** 32 or cols >= 2 ** 32:
+        raise ValueError(f"dropout over {shape}: more than 2**32 rows or columns")
+    row, col = (jax.lax.broadcasted_iota(jnp.uint32, (rows, cols), axis) for axis in (0, 1))
+    bits = _mix(_mix(row ^ words[0]) ^ (col * jnp.uint32(0x9E3779B9) + words[1]))
+    return (bits >= jnp.uint32(_threshold(rate))).reshape(shape)
+
+
+def _threshold(rate: float) -> int:
+    return min(round(rate * 2 ** DROPOUT_BITS), 2 ** DROPOUT_BITS - 1)
+
+
+def _masked(x: jax.Array, words: jax.Array, rate: float) -> jax.Array:
+    scale = 2 ** DROPOUT_BITS / (2 ** DROPOUT_BITS - _threshold(rate))  # 1 / the exact keep probability
+    return jnp.where(_keep(x.shape, words, rate), x * jnp.asarray(scale, x.dtype), 0).astype(x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _dropout(x, key_data, rate):
-    return _masked(x, key_data, rate)
+def _dropout(x, words, rate):
+    return _masked(x, words, rate)
 
 
-def _dropout_fwd(x, key_data, rate):
-    return _masked(x, key_data, rate), key_data
+def _dropout_fwd(x, words, rate):
+    return _masked(x, words, rate), words
 
 
-def _dropout_bwd(rate, key_data, g):
-    return _masked(g, key_data, rate), None  # the same mask, drawn again
+def _dropout_bwd(rate, words, g):
+    return _masked(g, words, rate), None  # the same mask, computed again
 
 
 _dropout.defvjp(_dropout_fwd, _dropout_bwd)

@@ -26,6 +26,21 @@ def test_dropout_mask_rate_scale_and_gradient(rate):
     np.testing.assert_allclose(grad, np.where(kept, scale * np.arange(300.0), 0), rtol=1e-6)
 
 
+def test_dropout_masks_look_independent():
+    """The hashed mask has no visible structure: neighbouring columns and rows, two keys, and the same positions of
+    arrays of other shapes are uncorrelated, and the keep rate holds in every row and column block."""
+    x = jnp.ones((512, 1024))
+    mask = lambda key, x=x: np.asarray(dropout(x, 0.5, key) != 0, np.float32)
+    a, b = mask(jax.random.key(3)), mask(jax.random.key(4))
+    corr = lambda u, v: np.corrcoef(u.ravel(), v.ravel())[0, 1]
+    bound = 4 / np.sqrt(a.size // 2)  # four standard deviations of a correlation estimate under independence
+    assert abs(corr(a[:, 1:], a[:, :-1])) < bound and abs(corr(a[1:], a[:-1])) < bound
+    assert abs(corr(a, b)) < bound
+    assert abs(corr(a, mask(jax.random.key(3), jnp.ones((1024, 512))).reshape(512, 1024))) < bound
+    blocks = a.reshape(16, 32, 16, 64).mean(axis=(1, 3))
+    assert np.abs(blocks - 0.5).max() < 4 * 0.5 / np.sqrt(32 * 64)
+
+
 def test_dropout_is_identity_in_evaluation():
     x = jnp.ones((3, 4))
     assert dropout(x, 0.1, None) is x and dropout(x, 0.0, jax.random.key(0)) is x
