@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from lsg_jax.attention import sparse_tokens, sparse_window_indices
 from lsg_jax.configuration import ATTN_IMPLEMENTATIONS
-from lsg_jax.pallas_attention import pallas_supported
+from lsg_jax.pallas_attention import pallas_head_dim_supported, pallas_padded_attention, pallas_supported
 
 HALF = (jnp.bfloat16, jnp.float16)
 
@@ -117,6 +117,9 @@ def fused_padded_attention(q, k, v, key_valid, dtype, implementation: str):
     attention (the decoder's cross-attention over a long encoder output in training: its [B, H, T, S] scores
     would otherwise be kept for the backward pass). Returns [B, T, H, D] in `dtype`."""
     if implementation == "pallas":
+        if pallas_head_dim_supported(q.shape[-1]):
+            q, k, v = (x.astype(compute_dtype(q.dtype, dense_implementation())) for x in (q, k, v))
+            return pallas_padded_attention(q, k, v, key_valid).astype(dtype)
         implementation = dense_implementation()
     q, k, v = (x.astype(compute_dtype(q.dtype, implementation)) for x in (q, k, v))
     return _attend(q, k, v, key_valid, implementation).astype(dtype)

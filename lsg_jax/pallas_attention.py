@@ -1,22 +1,26 @@
-"""LSG attention without sparse keys as Pallas (Triton) kernels that read queries, keys and values in place.
+"""LSG attention without sparse keys, and dense attention over padded keys, as Pallas (Triton) kernels that read
+queries, keys and values in place.
 
 The cuDNN formulation (lsg_jax.fused_attention) first copies every block's key set - global tokens, previous,
 own and next block - into a [blocks, keys] batch, runs the global tokens' queries through XLA, and its backward
-pass adds the key sets' gradients back. Here each (batch, head) keeps its [L, D] rows where they are:
+pass adds the key sets' gradients back. Here each (batch, head) keeps its rows where they are:
 
-- forward: `_local_kernel`, one program per local query tile, runs an online softmax over the global keys and
-  its block's neighbourhood; `_global_kernel` runs the G global queries over one chunk of all keys, so that
-  B * H * chunks programs share that work (the chunks are merged with their log-sum-exp in JAX);
-- backward (flash attention's, from the forward's log-sum-exp): `_local_dq_kernel` (local query tiles, the keys
-  the forward visited), `_local_dkv_kernel` (local key tiles, over the queries of the three blocks that see them
-  and the global queries), `_global_dq_kernel` (global queries over a chunk of keys) and `_global_dkv_kernel`
-  (global keys over a chunk of queries); chunk partials are summed in JAX.
+- `_local_kernel`, one program per local query tile: online softmax over the global keys and its block's
+  neighbourhood; backward (flash attention's, from the forward's log-sum-exp): `_local_dq_kernel` per local query
+  tile over the same keys, `_local_dkv_kernel` per local key tile over the queries of the three blocks that see
+  it and the global queries;
+- split kernels for a few queries over many keys (or a few keys under many queries): `_split_kernel` runs a query
+  tile over one chunk of the keys, so that tiles x chunks x B x H programs share the work, the chunks merged by
+  their log-sum-exp in JAX; `_split_dq_kernel` likewise; `_split_dkv_kernel` runs a key tile under one chunk of the
+  queries, partials summed in JAX. They serve the G global queries and keys of LSG attention, and the decoder's
+  cross-attention (`pallas_padded_attention`: a few hundred queries over the whole encoder output, where cuDNN's
+  query tiles leave most of the GPU idle).
 
-Padding comes in as a key-validity vector. Global tokens are always valid keys, so no row's softmax is empty.
-Under a jit sharded over batch or heads (data or tensor parallelism), each device runs the kernels on its own
-part (custom_partitioning).
-Compiled through Triton on an NVIDIA GPU, run by Pallas' interpreter elsewhere (the tests check outputs and
-gradients against the einsum path there).
+Padding comes in as a key-validity vector. LSG's global tokens are always valid keys, so no row of it is empty;
+in `pallas_padded_attention` a row without a valid key averages all values (the einsum path's result) and gets
+no gradient. Under a jit sharded over batch or heads (data or tensor parallelism), each device runs the kernels on
+its own part (custom_partitioning). Compiled through Triton on an NVIDIA GPU, run by Pallas' interpreter elsewhere
+(the tests check outputs and gradients against the einsum path there).
 """
 import functools
 import math
@@ -33,11 +37,16 @@ QUERY_TILE = 64
 GLOBAL_CHUNKS = 16
 
 
+def pallas_head_dim_supported(head_dim: int) -> bool:
+    """Triton tiles are powers of two of 16 or more."""
+    return head_dim >= 16 and not head_dim & (head_dim - 1)
+
+
 def pallas_supported(cfg, head_dim: int) -> str | None:
-    """None when these kernels take the config, else why not (Triton tiles are powers of two of 16 or more)."""
+    """None when the LSG kernels take the config, else why not."""
     if cfg.has_sparse:
         return f"sparsity_type={cfg.sparsity_type!r} has sparse keys (the kernels cover global and local keys)"
-    if head_dim < 16 or head_dim & (head_dim - 1):
+    if not pallas_head_dim_supported(head_dim):
         return f"head dim {head_dim} is not a power of two >= 16"
     if cfg.block_size < KEY_TILE or cfg.block_size % KEY_TILE:
         return f"block_size {cfg.block_size} is not a multiple of {KEY_TILE}"
@@ -103,45 +112,56 @@ def _tile_loop(first, last, tile: int, body, carry):
     return jax.lax.fori_loop(0, count, lambda index, carry: body(first + index * tile, carry), carry)
 
 
-# ------------------------------------------------------------------------------------------------------ forward
+# ------------------------------------------------------------------------------------------------------ kernels
+
+def _first_tile(n: int, tile: int) -> int:
+    """The tile for rows 0..n: `tile`, or the smallest power of two >= n (and >= 16) when n is smaller."""
+    return min(tile, _padded(n))
+
+
+def _start_online(rows: int, D: int):
+    return (jnp.zeros((rows, D), jnp.float32), jnp.full((rows,), -jnp.inf, jnp.float32),
+            jnp.zeros((rows,), jnp.float32))
+
 
 def _local_kernel(q_ref, k_ref, v_ref, valid_ref, o_ref, lse_ref, *, G: int, block_size: int, scale: float):
     start = pl.program_id(0) * QUERY_TILE
     q = plgpu.load(q_ref.at[pl.dslice(G + start, QUERY_TILE)])
-    D = q.shape[-1]
 
-    def visit(key_start, carry, size=KEY_TILE, limit=k_ref.shape[0]):
-        k, v, keys_on = _keys(k_ref, v_ref, valid_ref, key_start, size, limit)
-        return _online_update(carry, _scores(q, k, keys_on, scale), v)
+    def visit(size, limit):
+        def body(key_start, carry):
+            k, v, keys_on = _keys(k_ref, v_ref, valid_ref, key_start, size, limit)
+            return _online_update(carry, _scores(q, k, keys_on, scale), v)
+        return body
 
-    carry = (jnp.zeros((QUERY_TILE, D), jnp.float32), jnp.full((QUERY_TILE,), -jnp.inf, jnp.float32),
-             jnp.zeros((QUERY_TILE,), jnp.float32))
-    carry = visit(0, carry, _padded(G), G)  # global keys: valid, so every row's maximum is finite from here on
-    out, m, l = _tile_loop(*_neighbourhood(start, G, block_size, k_ref.shape[0]), KEY_TILE, visit, carry)
+    # The global keys first: all valid, so every row's maximum is finite from the first tile on.
+    carry = _tile_loop(0, G, _first_tile(G, KEY_TILE), visit(_first_tile(G, KEY_TILE), G),
+                       _start_online(QUERY_TILE, q.shape[-1]))
+    out, m, l = _tile_loop(*_neighbourhood(start, G, block_size, k_ref.shape[0]), KEY_TILE,
+                           visit(KEY_TILE, k_ref.shape[0]), carry)
     plgpu.store(o_ref, (out / l[:, None]).astype(o_ref.dtype))
     plgpu.store(lse_ref, m + jnp.log(l))
 
 
-def _global_kernel(q_ref, k_ref, v_ref, valid_ref, o_ref, m_ref, l_ref, *, G: int, chunk: int, scale: float):
-    GP = _padded(G)
-    q, _ = _rows(q_ref, 0, GP, G)
-    D = q.shape[-1]
-    first = pl.program_id(0) * chunk
+def _split_kernel(q_ref, k_ref, v_ref, valid_ref, o_ref, m_ref, l_ref, *, queries: int, tile: int, splits: int,
+                  chunk: int, scale: float):
+    """Query rows tile * t.. (before `queries`) over key chunk `split` (program id tile * splits + split): the
+    unnormalised output, running maximum and sum of the chunk."""
+    index = pl.program_id(0)
+    q, _ = _rows(q_ref, jax.lax.div(index, splits) * tile, tile, queries)
+    first = jax.lax.rem(index, splits) * chunk
     last = jnp.minimum(first + chunk, k_ref.shape[0])
 
     def visit(key_start, carry):
         k, v, keys_on = _keys(k_ref, v_ref, valid_ref, key_start, KEY_TILE, last)
-        # A tile with no valid key leaves the running maximum at -inf: keep exp() finite.
+        # A tile with no valid key would leave the running maximum at -inf: keep exp() finite.
         return _online_update(carry, jnp.maximum(_scores(q, k, keys_on, scale), -1e30), v)
 
-    carry = (jnp.zeros((GP, D), jnp.float32), jnp.full((GP,), -jnp.inf, jnp.float32), jnp.zeros((GP,), jnp.float32))
-    out, m, l = _tile_loop(first, last, KEY_TILE, visit, carry)
+    out, m, l = _tile_loop(first, last, KEY_TILE, visit, _start_online(tile, q.shape[-1]))
     plgpu.store(o_ref, out)
     plgpu.store(m_ref, m)
     plgpu.store(l_ref, l)
 
-
-# ----------------------------------------------------------------------------------------------------- backward
 
 def _score_grads(q, k, v, do, lse, delta, on, scale):
     """Flash attention's backward for one (query tile, key tile): the probabilities p (0 where `on` is False) and
@@ -175,9 +195,11 @@ def _local_dq_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref,
     q, do, lse, delta, _ = _queries(q_ref, do_ref, lse_ref, delta_ref, start, QUERY_TILE, start + QUERY_TILE)
     add = functools.partial(_add_dq, q=q, do=do, lse=lse, delta=delta, k_ref=k_ref, v_ref=v_ref,
                             valid_ref=valid_ref, scale=scale)
-    dq = add(jnp.zeros(q.shape, jnp.float32), start=0, size=_padded(G), limit=G)  # the global keys
+    visit = lambda size, limit: lambda key_start, dq: add(dq, start=key_start, size=size, limit=limit)
+    dq = _tile_loop(0, G, _first_tile(G, KEY_TILE), visit(_first_tile(G, KEY_TILE), G),
+                    jnp.zeros(q.shape, jnp.float32))  # the global keys
     dq = _tile_loop(*_neighbourhood(start - G, G, block_size, k_ref.shape[0]), KEY_TILE,
-                    lambda key_start, dq: add(dq, start=key_start, size=KEY_TILE, limit=k_ref.shape[0]), dq)
+                    visit(KEY_TILE, k_ref.shape[0]), dq)
     plgpu.store(dq_ref, (dq * scale).astype(dq_ref.dtype))
 
 
@@ -187,19 +209,23 @@ def _local_dkv_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref
     k, v, keys_on = _keys(k_ref, v_ref, valid_ref, start, KEY_TILE, start + KEY_TILE)
     add = functools.partial(_add_dkv, k=k, v=v, keys_on=keys_on, q_ref=q_ref, do_ref=do_ref, lse_ref=lse_ref,
                             delta_ref=delta_ref, scale=scale)
+    visit = lambda size, limit: lambda query_start, carry: add(carry, start=query_start, size=size, limit=limit)
     zeros = jnp.zeros(k.shape, jnp.float32)
-    carry = add((zeros, zeros), start=0, size=_padded(G), limit=G)  # the global queries see every key
+    carry = _tile_loop(0, G, _first_tile(G, QUERY_TILE), visit(_first_tile(G, QUERY_TILE), G),
+                       (zeros, zeros))  # the global queries see every key
     dk, dv = _tile_loop(*_neighbourhood(start - G, G, block_size, q_ref.shape[0]), QUERY_TILE,
-                        lambda query_start, carry: add(carry, start=query_start, size=QUERY_TILE,
-                                                       limit=q_ref.shape[0]), carry)
+                        visit(QUERY_TILE, q_ref.shape[0]), carry)
     plgpu.store(dk_ref, (dk * scale).astype(dk_ref.dtype))
     plgpu.store(dv_ref, dv.astype(dv_ref.dtype))
 
 
-def _global_dq_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref, dq_ref, *, G: int, chunk: int,
-                      scale: float):
-    q, do, lse, delta, _ = _queries(q_ref, do_ref, lse_ref, delta_ref, 0, _padded(G), G)
-    first = pl.program_id(0) * chunk
+def _split_dq_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref, dq_ref, *, queries: int,
+                     tile: int, splits: int, chunk: int, scale: float):
+    """dq of query rows tile * t.. (before `queries`) from key chunk `split` (program id tile * splits + split)."""
+    index = pl.program_id(0)
+    q, do, lse, delta, _ = _queries(q_ref, do_ref, lse_ref, delta_ref, jax.lax.div(index, splits) * tile, tile,
+                                    queries)
+    first = jax.lax.rem(index, splits) * chunk
     last = jnp.minimum(first + chunk, k_ref.shape[0])
     add = functools.partial(_add_dq, q=q, do=do, lse=lse, delta=delta, k_ref=k_ref, v_ref=v_ref,
                             valid_ref=valid_ref, scale=scale)
@@ -208,10 +234,12 @@ def _global_dq_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref
     plgpu.store(dq_ref, dq * scale)
 
 
-def _global_dkv_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, G: int,
-                       chunk: int, scale: float):
-    k, v, keys_on = _keys(k_ref, v_ref, valid_ref, 0, _padded(G), G)
-    first = pl.program_id(0) * chunk
+def _split_dkv_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, keys: int,
+                      tile: int, splits: int, chunk: int, scale: float):
+    """dk, dv of key rows tile * t.. (before `keys`) from query chunk `split` (program id tile * splits + split)."""
+    index = pl.program_id(0)
+    k, v, keys_on = _keys(k_ref, v_ref, valid_ref, jax.lax.div(index, splits) * tile, tile, keys)
+    first = jax.lax.rem(index, splits) * chunk
     last = jnp.minimum(first + chunk, q_ref.shape[0])
     add = functools.partial(_add_dkv, k=k, v=v, keys_on=keys_on, q_ref=q_ref, do_ref=do_ref, lse_ref=lse_ref,
                             delta_ref=delta_ref, scale=scale)
@@ -226,8 +254,9 @@ def _global_dkv_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_re
 # ------------------------------------------------------------------------------------------------------ calling
 
 def _call(kernel, grid, inputs, out_specs, out_shape, head_dim: int):
-    """pallas_call over grid (tiles or chunks, B, H); each program sees whole rows of its batch element and head
-    of every input: [B, L, H, D] (q, k, v, ...), [B, L] (key validity) or [B, H, L] (per-row statistics)."""
+    """pallas_call over grid (tiles or tiles x chunks, B, H); each program sees whole rows of its batch element and
+    head of every input: [B, rows, H, D] (q, k, v, ...), [B, rows] (key validity) or [B, H, rows] (per-row
+    statistics)."""
     def whole(x):
         if x.ndim == 4:
             return pl.BlockSpec((None, x.shape[1], None, x.shape[3]), lambda i, b, h: (b, 0, h, 0))
@@ -246,34 +275,84 @@ def _tiles(B, H, T, D, tile, dtype):
             jax.ShapeDtypeStruct((B, T, H, D), dtype))
 
 
-def _chunk_partials(B, H, splits, rows, cols):
-    """Out spec and shape of per-chunk float32 partials [splits, B, H, rows(, cols)]."""
-    shape = (rows,) if cols is None else (rows, cols)
-    index = (lambda i, b, h: (i, b, h, 0)) if cols is None else (lambda i, b, h: (i, b, h, 0, 0))
-    return (pl.BlockSpec((None, None, None, *shape), index),
-            jax.ShapeDtypeStruct((splits, B, H, *shape), jnp.float32))
+def _chunking(rows: int) -> tuple[int, int]:
+    """(chunk, number of chunks) splitting `rows` for the split kernels: whole tiles, about GLOBAL_CHUNKS."""
+    chunk = KEY_TILE * pl.cdiv(pl.cdiv(rows, GLOBAL_CHUNKS), KEY_TILE)
+    return chunk, pl.cdiv(rows, chunk)
 
 
-def _chunking(L: int) -> tuple[int, int]:
-    """(chunk, number of chunks) splitting L rows for the global kernels: whole tiles, about GLOBAL_CHUNKS."""
-    chunk = KEY_TILE * pl.cdiv(pl.cdiv(L, GLOBAL_CHUNKS), KEY_TILE)
-    return chunk, pl.cdiv(L, chunk)
+def _split_call(kernel, inputs, rows: int, tile: int, splits: int, chunk: int, outputs, D: int, scale: float,
+                **count):
+    """A split kernel over ceil(rows / tile) tiles x `splits` chunks: float32 per-chunk partials
+    [splits, B, H, tiles * tile(, D)] for each output in `outputs` ("rows" or "matrix")."""
+    B, H = inputs[0].shape[0], inputs[0].shape[2]
+    tiles = pl.cdiv(rows, tile)
+    specs, shapes = [], []
+    for kind in outputs:
+        cols = (D,) if kind == "matrix" else ()
+        index = lambda i, b, h, cols=cols: (jax.lax.rem(i, splits), b, h, jax.lax.div(i, splits), *(0,) * len(cols))
+        specs.append(pl.BlockSpec((None, None, None, tile, *cols), index))
+        shapes.append(jax.ShapeDtypeStruct((splits, B, H, tiles * tile, *cols), jnp.float32))
+    return _call(functools.partial(kernel, tile=tile, splits=splits, chunk=chunk, scale=scale, **count),
+                 (tiles * splits, B, H), inputs, specs, shapes, D)
+
+
+def _split_forward(q, k, v, valid, queries: int):
+    """Query rows 0..queries of q [B, *, H, D] over all keys: (out [B, queries, H, D], lse [B, H, queries])."""
+    D = q.shape[-1]
+    chunk, splits = _chunking(k.shape[1])
+    partial, m, l = _split_call(_split_kernel, (q, k, v, valid), queries, _first_tile(queries, QUERY_TILE),
+                                splits, chunk, ("matrix", "rows", "rows"), D, 1.0 / math.sqrt(D), queries=queries)
+    # Merge the chunks: each chunk's sums rescaled to the overall maximum.
+    top = m.max(axis=0)
+    weight = jnp.exp(m - top)
+    total = (l * weight).sum(0)
+    out = (partial * weight[..., None]).sum(0) / total[..., None]  # [B, H, rows, D]
+    return jnp.swapaxes(out[:, :, :queries], 1, 2).astype(q.dtype), (top + jnp.log(total))[:, :, :queries]
+
+
+def _split_dq(inputs, queries: int):
+    """dq [B, queries, H, D] (float32) of query rows 0..queries over all keys."""
+    q, k = inputs[0], inputs[1]
+    D = q.shape[-1]
+    chunk, splits = _chunking(k.shape[1])
+    dq, = _split_call(_split_dq_kernel, inputs, queries, _first_tile(queries, QUERY_TILE), splits, chunk,
+                      ("matrix",), D, 1.0 / math.sqrt(D), queries=queries)
+    return jnp.swapaxes(dq.sum(0)[:, :, :queries], 1, 2)
+
+
+def _split_dkv(inputs, keys: int, splits: int):
+    """dk, dv [B, keys, H, D] (float32) of key rows 0..keys under all queries, in `splits` query chunks."""
+    q = inputs[0]
+    D = q.shape[-1]
+    chunk = QUERY_TILE * pl.cdiv(pl.cdiv(q.shape[1], splits), QUERY_TILE)
+    partials = _split_call(_split_dkv_kernel, inputs, keys, _first_tile(keys, KEY_TILE), pl.cdiv(q.shape[1], chunk),
+                           chunk, ("matrix", "matrix"), D, 1.0 / math.sqrt(D), keys=keys)
+    return tuple(jnp.swapaxes(x.sum(0)[:, :, :keys], 1, 2) for x in partials)
+
+
+def _backward_inputs(q, k, v, valid, out, lse, d_out):
+    """The backward kernels' inputs: d_out in q's dtype and delta = sum(d_out * out) per row [B, H, rows]."""
+    d_out = d_out.astype(q.dtype)
+    delta = jnp.swapaxes((d_out.astype(jnp.float32) * out.astype(jnp.float32)).sum(-1), 1, 2)
+    return (q, k, v, valid, d_out, lse, delta)
 
 
 def _per_batch_and_head(layouts: str, statics: int):
-    """Make a function of arrays laid out as `layouts` (e.g. "blhd, bl -> bhl": b batch, l rows, h heads, d head
-    dim), followed by `statics` static arguments, partitionable: under a sharded jit each device runs it on its
-    own batch elements and heads, rows and head dims whole (blocks read their neighbours). A bare pallas_call is
-    opaque to XLA's partitioner, which would gather every input onto every device."""
+    """Make a function of arrays laid out as `layouts` (e.g. "blhd, bl -> bhl": b batch, h heads, other letters
+    rows and head dims), followed by `statics` static arguments, partitionable: under a sharded jit each device
+    runs it on its own batch elements and heads, rows and head dims whole (blocks read their neighbours). A bare
+    pallas_call is opaque to XLA's partitioner, which would gather every input onto every device."""
     ins, outs = ([name.strip() for name in side.split(",")] for side in layouts.split("->"))
+    whole = [name for name in dict.fromkeys("".join(ins + outs)) if name not in "bh"]  # in order of appearance
 
     def decorate(fn):
         partitioned = custom_partitioning(fn, static_argnums=tuple(range(len(ins), len(ins) + statics)))
 
         def shardings(mesh, arg_shapes):
             spec = tuple(getattr(arg_shapes[0].sharding, "spec", ())) + (None,) * 4  # q's: [B, L, H, D]
-            axes = {"b": spec[0], "l": None, "h": spec[2], "d": None}
-            place = lambda layout: NamedSharding(mesh, PartitionSpec(*(axes[name] for name in layout)))
+            axes = {"b": spec[0], "h": spec[2]}
+            place = lambda layout: NamedSharding(mesh, PartitionSpec(*(axes.get(name) for name in layout)))
             return tuple(map(place, ins)), tuple(map(place, outs))
 
         def partition(*args):
@@ -288,7 +367,7 @@ def _per_batch_and_head(layouts: str, statics: int):
         partitioned.def_partition(partition, infer_sharding_from_operands=infer,
                                   sharding_rule=" -> ".join(", ".join(" ".join(layout) for layout in side)
                                                             for side in (ins, outs)),
-                                  need_replication_factors=("l", "d"))
+                                  need_replication_factors=tuple(whole))
         return partitioned
     return decorate
 
@@ -298,51 +377,67 @@ def pallas_lsg_forward(q, k, v, valid, G: int, block_size: int):
     """Global-token-first q/k/v [B, L, H, D] (a half-precision dtype on GPU), valid [B, L] int32 ->
     (out [B, L, H, D], log-sum-exp of every row's scores [B, H, L] float32)."""
     B, L, H, D = q.shape
-    T, GP = L - G, _padded(G)
-    scale = 1.0 / math.sqrt(D)
+    T = L - G
     out_spec, out_shape = _tiles(B, H, T, D, QUERY_TILE, q.dtype)
     lse_spec = pl.BlockSpec((None, None, QUERY_TILE), lambda i, b, h: (b, h, i))
-    local, local_lse = _call(functools.partial(_local_kernel, G=G, block_size=block_size, scale=scale),
+    local, local_lse = _call(functools.partial(_local_kernel, G=G, block_size=block_size, scale=1.0 / math.sqrt(D)),
                              (T // QUERY_TILE, B, H), (q, k, v, valid), [out_spec, lse_spec],
                              [out_shape, jax.ShapeDtypeStruct((B, H, T), jnp.float32)], D)
-    chunk, splits = _chunking(L)
-    specs, shapes = zip(*(_chunk_partials(B, H, splits, GP, cols) for cols in (D, None, None)))
-    partial, m, l = _call(functools.partial(_global_kernel, G=G, chunk=chunk, scale=scale), (splits, B, H),
-                          (q, k, v, valid), list(specs), list(shapes), D)
-    # Merge the chunks: each chunk's sums rescaled to the overall maximum.
-    top = m.max(axis=0)
-    weight = jnp.exp(m - top)
-    total = (l * weight).sum(0)
-    glob = (partial * weight[..., None]).sum(0) / total[..., None]  # [B, H, GP, D]
-    glob = jnp.swapaxes(glob[:, :, :G], 1, 2).astype(q.dtype)
-    lse = jnp.concatenate([(top + jnp.log(total))[:, :, :G], local_lse], axis=2)
-    return jnp.concatenate([glob, local], axis=1), lse
+    glob, glob_lse = _split_forward(q, k, v, valid, G)
+    return jnp.concatenate([glob, local], axis=1), jnp.concatenate([glob_lse, local_lse], axis=2)
 
 
 @_per_batch_and_head("blhd, blhd, blhd, bl, blhd, bhl, blhd -> blhd, blhd, blhd", statics=2)
 def pallas_lsg_backward(q, k, v, valid, out, lse, d_out, G: int, block_size: int):
     """(dq, dk, dv) [B, L, H, D] for pallas_lsg_forward's out and lse, given out's cotangent d_out."""
     B, L, H, D = q.shape
-    T, GP = L - G, _padded(G)
-    scale = 1.0 / math.sqrt(D)
-    d_out = d_out.astype(q.dtype)
-    delta = jnp.swapaxes((d_out.astype(jnp.float32) * out.astype(jnp.float32)).sum(-1), 1, 2)  # [B, H, L]
-    inputs = (q, k, v, valid, d_out, lse, delta)
-    local = dict(G=G, block_size=block_size, scale=scale)
+    T = L - G
+    inputs = _backward_inputs(q, k, v, valid, out, lse, d_out)
+    local = dict(G=G, block_size=block_size, scale=1.0 / math.sqrt(D))
     dq_local = _call(functools.partial(_local_dq_kernel, **local), (T // QUERY_TILE, B, H), inputs,
                      *_tiles(B, H, T, D, QUERY_TILE, q.dtype), D)
     spec, shape = _tiles(B, H, T, D, KEY_TILE, q.dtype)
     dk_local, dv_local = _call(functools.partial(_local_dkv_kernel, **local), (T // KEY_TILE, B, H), inputs,
                                [spec, spec], [shape, shape], D)
-    chunk, splits = _chunking(L)
-    spec, shape = _chunk_partials(B, H, splits, GP, D)
-    glob = dict(G=G, chunk=chunk, scale=scale)
-    dq_global = _call(functools.partial(_global_dq_kernel, **glob), (splits, B, H), inputs, spec, shape, D)
-    dk_global, dv_global = _call(functools.partial(_global_dkv_kernel, **glob), (splits, B, H), inputs,
-                                 [spec, spec], [shape, shape], D)
-    with_global = lambda partials, rest: jnp.concatenate(
-        [jnp.swapaxes(partials.sum(0)[:, :, :G], 1, 2).astype(rest.dtype), rest], axis=1)
-    return (with_global(dq_global, dq_local), with_global(dk_global, dk_local), with_global(dv_global, dv_local))
+    dk_global, dv_global = _split_dkv(inputs, G, GLOBAL_CHUNKS)
+    with_global = lambda glob, rest: jnp.concatenate([glob.astype(rest.dtype), rest], axis=1)
+    return (with_global(_split_dq(inputs, G), dq_local), with_global(dk_global, dk_local),
+            with_global(dv_global, dv_local))
+
+
+@_per_batch_and_head("bthd, bshd, bshd, bs -> bthd, bht", statics=0)
+def _padded_forward(q, k, v, valid):
+    return _split_forward(q, k, v, valid, q.shape[1])
+
+
+@_per_batch_and_head("bthd, bshd, bshd, bs, bthd, bht, bthd -> bthd, bshd, bshd", statics=0)
+def _padded_backward(q, k, v, valid, out, lse, d_out):
+    inputs = _backward_inputs(q, k, v, valid, out, lse, d_out)
+    dk, dv = _split_dkv(inputs, k.shape[1], 1)  # many key tiles: no need to split the queries
+    return _split_dq(inputs, q.shape[1]).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+def pallas_padded_attention(q, k, v, key_valid):
+    """Dense attention of q [B, T, H, D] over the valid keys of k/v [B, S, H, D] (key_valid [B, S] bool), through
+    the split kernels (the decoder's cross-attention over a long encoder output). Returns [B, T, H, D]."""
+    return _padded_attention(q, k, v, key_valid.astype(jnp.int32))
+
+
+@jax.custom_vjp
+def _padded_attention(q, k, v, valid):
+    return _padded_forward(q, k, v, valid)[0]
+
+
+def _padded_fwd(q, k, v, valid):
+    out, lse = _padded_forward(q, k, v, valid)
+    return out, (q, k, v, valid, out, lse)
+
+
+def _padded_bwd(residuals, d_out):
+    return (*_padded_backward(*residuals, d_out), None)
+
+
+_padded_attention.defvjp(_padded_fwd, _padded_bwd)
 
 
 def pallas_lsg_attention(q, k, v, bias, cfg, dtype):

@@ -105,21 +105,22 @@ def test_fused_attention_without_global_tokens():
                                atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("implementation", ["xla", "pallas"])
 @pytest.mark.parametrize("holes", [False, True])
-def test_padded_cross_attention(holes):
+def test_padded_cross_attention(holes, implementation):
     """fused_padded_attention (the decoder's cross-attention) equals plain masked attention, output and gradients:
-    right-padded keys (taken in place) and keys with holes (permuted valid-first)."""
+    right-padded keys (taken in place by xla/cudnn) and keys with holes (permuted valid-first); pallas: the split
+    kernels in Pallas' interpreter, over several key chunks."""
     rng = np.random.default_rng(3)
-    q, k, v, cotangent = (rng.standard_normal((2, length, HEADS, HEAD_DIM), np.float32)
-                          for length in (5, 30, 30, 5))
-    valid = np.ones((2, 30), bool)
-    valid[1, 21:] = False
+    q, k, v, cotangent = (rng.standard_normal((2, length, HEADS, 16), np.float32) for length in (5, 300, 300, 5))
+    valid = np.ones((2, 300), bool)
+    valid[1, 210:] = False
     if holes:
-        valid[0, [3, 17]] = False
+        valid[0, [3, 17, 130]] = False
     bias = jnp.where(jnp.asarray(valid)[:, None, None, :], 0.0, NEG_INF)
     plain = lambda q, k, v: jnp.swapaxes(full_attention(*(jnp.swapaxes(x, 1, 2) for x in (q, k, v)), bias,
                                                         jnp.float32), 1, 2)
-    fused = lambda q, k, v: fused_padded_attention(q, k, v, jnp.asarray(valid), jnp.float32, "xla")
+    fused = lambda q, k, v: fused_padded_attention(q, k, v, jnp.asarray(valid), jnp.float32, implementation)
     run = lambda f: jax.tree.leaves(jax.jit(lambda *qkv: (lambda out, vjp: (out, vjp(cotangent)))(
         *jax.vjp(f, *qkv)))(q, k, v))
     for got, want in zip(run(fused), run(plain)):
@@ -234,7 +235,7 @@ def test_attention_dropout_in_training(tokens):
     np.testing.assert_array_equal(run(lsg_config(lsg, attention_dropout=0.3, attn_implementation="xla"), rng), dropped)
 
 
-@pytest.mark.parametrize("globals_, tokens", [(1, 192), (7, 256), (64, 320)])
+@pytest.mark.parametrize("globals_, tokens", [(1, 192), (7, 256), (64, 320), (100, 192)])
 def test_pallas_kernels_equal_einsum(globals_, tokens):
     """attn_implementation="pallas": its kernels' output (run in Pallas' interpreter here) equals the einsum path's,
     with padding at the end and holes; under differentiation it is the xla path, gradients included."""
