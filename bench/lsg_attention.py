@@ -1,12 +1,14 @@
-"""LSG attention alone, at the LSG-BART-base shape: each implementation's error and time, forward and backward.
+"""LSG attention and the decoder's cross-attention alone, at the LSG-BART-base shape: each implementation's error
+and time, forward and backward.
 
-    python bench/lsg_attention.py [--attn-impl cudnn,pallas] [--length 16384] [--out attention.json]
+    python bench/lsg_attention.py [--attn-impl cudnn,pallas] [--length 16384] [--targets 320] [--out attention.json]
 
-Batch 1, 12 heads of 64, 64 global tokens, block 256, no sparse keys, the last 777 tokens padding. Each
+Batch 1, 12 heads of 64, the last 777 of the `length` tokens padding. LSG attention: 64 global tokens, block 256,
+no sparse keys. Cross-attention: `targets` decoder queries over the 64 + `length` encoder states. Each
 implementation runs in bf16; its output and gradients (q, k, v for a random output cotangent) are compared with the
-float32 "xla" formulation (max and mean absolute error over valid rows, next to the reference's mean magnitude), and
-timed forward and forward + backward (median synchronised call and mean of calls dispatched back to back). On a GPU
-this is the check that Triton compiles the Pallas kernels into what Pallas' interpreter runs in the tests.
+float32 "xla" formulation (max and mean absolute error, next to the reference's mean magnitude), and timed forward
+and forward + backward (median synchronised call and mean of calls dispatched back to back). On a GPU this is the
+check that Triton compiles the Pallas kernels into what Pallas' interpreter runs in the tests.
 """
 import argparse
 import json
@@ -20,54 +22,71 @@ import numpy as np
 from lsg import LSG_BART_BASE, time_jax  # bench/ on sys.path
 from lsg_jax.attention import lsg_attention
 from lsg_jax.configuration import LSGBartConfig
+from lsg_jax.fused_attention import fused_padded_attention
 from jaxport.layers import NEG_INF
 
 HEADS, HEAD_DIM, PADDING = 12, 64, 777
 
 
-def forward_and_grads(config, dtype):
-    def run(q, k, v, bias, cotangent):
-        out, vjp = jax.vjp(lambda *qkv: lsg_attention(*qkv, bias, config, dtype), *(x.astype(dtype) for x in (q, k, v)))
-        return out, *vjp(cotangent.astype(dtype))
-    return jax.jit(run)
+def measure(title: str, make, inputs, names) -> dict:
+    """make(implementation, dtype) -> attention(q, k, v); inputs: q, k, v and the output's cotangent (bf16)."""
+    def programs(name, dtype):
+        attention = make(name, dtype)
+
+        def forward_backward(q, k, v, cotangent):
+            out, vjp = jax.vjp(attention, *(x.astype(dtype) for x in (q, k, v)))
+            return out, *vjp(cotangent.astype(dtype))
+        return jax.jit(attention), jax.jit(forward_backward)
+
+    reference = [np.asarray(x, np.float32) for x in programs("xla", jnp.float32)[1](*inputs)]
+    print(title)
+    results = {}
+    for name in names:
+        forward, forward_backward = programs(name, jnp.bfloat16)
+        errors = {}
+        for part, got, want in zip(("out", "dq", "dk", "dv"), forward_backward(*inputs), reference):
+            diff = np.abs(np.asarray(got, np.float32) - want)
+            errors[part] = {"max": float(diff.max()), "mean": float(diff.mean()), "scale": float(np.abs(want).mean())}
+        times = {"forward": time_jax(lambda: forward(*inputs[:3]), 3, 20),
+                 "forward_backward": time_jax(lambda: forward_backward(*inputs), 3, 20)}
+        results[name] = {"errors": errors, **{what: {"ms": 1e3 * statistics.median(t["times"]),
+                                                     "ms_back_to_back": 1e3 * t["back_to_back"]}
+                                              for what, t in times.items()}}
+        timing = results[name]
+        print(f"{name:>7}: forward {timing['forward']['ms']:.3f} ms (b2b {timing['forward']['ms_back_to_back']:.3f}), "
+              f"forward + backward {timing['forward_backward']['ms']:.3f} ms (b2b "
+              f"{timing['forward_backward']['ms_back_to_back']:.3f}); |error| max / mean vs float32: "
+              + ", ".join(f"{part} {e['max']:.4f} / {e['mean']:.5f} (scale {e['scale']:.4f})"
+                          for part, e in errors.items()))
+    return results
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--attn-impl", default="cudnn,pallas")
     parser.add_argument("--length", type=int, default=16384)
+    parser.add_argument("--targets", type=int, default=320)
     parser.add_argument("--out")
     args = parser.parse_args()
+    names = args.attn_impl.split(",")
     config = lambda name: LSGBartConfig(**{**LSG_BART_BASE, "attn_implementation": name})
     G = LSG_BART_BASE["num_global_tokens"]
     L = G + args.length
     rng = np.random.default_rng(0)
-    q, k, v, cotangent = (jnp.asarray(rng.standard_normal((1, HEADS, L, HEAD_DIM)), jnp.bfloat16) for _ in range(4))
+    normal = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.bfloat16)
     bias = jnp.zeros((1, L), jnp.float32).at[:, L - PADDING:].set(NEG_INF)
-    inputs = (q, k, v, bias, cotangent)
-    rows = np.asarray(bias[0] == 0)
-    reference = [np.asarray(x, np.float32)[:, :, rows] for x in forward_and_grads(config("xla"), jnp.float32)(*inputs)]
-    print(f"LSG attention, {args.length} tokens + {G} global, {HEADS} heads of {HEAD_DIM}, block "
-          f"{LSG_BART_BASE['block_size']}, {PADDING} padding; {jax.devices()[0].device_kind}")
-    results = {}
-    for name in args.attn_impl.split(","):
-        run = forward_and_grads(config(name), jnp.bfloat16)
-        errors = {}
-        for part, got, want in zip(("out", "dq", "dk", "dv"), run(*inputs), reference):
-            diff = np.abs(np.asarray(got, np.float32)[:, :, rows] - want)
-            errors[part] = {"max": float(diff.max()), "mean": float(diff.mean()), "scale": float(np.abs(want).mean())}
-        forward = jax.jit(lambda q, k, v, bias: lsg_attention(q, k, v, bias, config(name), jnp.bfloat16))
-        times = {"forward": time_jax(lambda: forward(q, k, v, bias), 3, 20), "forward_backward": time_jax(
-            lambda: run(*inputs), 3, 20)}
-        results[name] = {"errors": errors, **{what: {"ms": 1e3 * statistics.median(t["times"]),
-                                                     "ms_back_to_back": 1e3 * t["back_to_back"]}
-                                              for what, t in times.items()}}
-        print(f"{name:>7}: forward {results[name]['forward']['ms']:.3f} ms (b2b "
-              f"{results[name]['forward']['ms_back_to_back']:.3f}), forward + backward "
-              f"{results[name]['forward_backward']['ms']:.3f} ms (b2b "
-              f"{results[name]['forward_backward']['ms_back_to_back']:.3f}); |error| max / mean vs float32: "
-              + ", ".join(f"{part} {e['max']:.4f} / {e['mean']:.5f} (scale {e['scale']:.4f})"
-                          for part, e in errors.items()))
+    device = jax.devices()[0].device_kind
+    results = {"lsg": measure(
+        f"LSG attention, {args.length} tokens + {G} global, {HEADS} heads of {HEAD_DIM}, block "
+        f"{LSG_BART_BASE['block_size']}, {PADDING} padding; {device}",
+        lambda name, dtype: lambda q, k, v: lsg_attention(q, k, v, bias, config(name), dtype),
+        [normal(1, HEADS, L, HEAD_DIM) for _ in range(4)], names)}
+    results["cross"] = measure(
+        f"cross-attention, {args.targets} queries over {L} keys ({PADDING} padding), {HEADS} heads of {HEAD_DIM}; "
+        f"{device}",
+        lambda name, dtype: lambda q, k, v: fused_padded_attention(q, k, v, bias == 0, dtype, name),
+        [normal(1, args.targets, HEADS, HEAD_DIM), normal(1, L, HEADS, HEAD_DIM), normal(1, L, HEADS, HEAD_DIM),
+         normal(1, args.targets, HEADS, HEAD_DIM)], names)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
 
