@@ -56,8 +56,8 @@ DROPOUT_BITS = 32  # the keep mask compares 32-bit random integers with a thresh
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
     """Inverted dropout; rng=None means evaluation (identity).
 
-    The mask's random bits are a counter-based hash of each element's position and two words drawn from rng
-    (`_keep`), computed inside whichever XLA kernel uses the mask, and computed again in the backward pass: no
+    The mask's random bits are a counter-based hash of each element's position and two words folded from rng's
+    key data (`_keep`), computed inside whichever XLA kernel uses the mask, and computed again in the backward pass: no
     random bits are written to memory or kept. On an H100, threefry masks kept for the backward pass took a fifth of
     an LSG-BART training step, and XLA's RngBitGenerator bits drawn again still ~2.5 of 28 ms (bench/RESULTS.md).
     Deterministic for a given rng and shape."""

@@ -50,12 +50,16 @@ def resolve_implementation(name: str, dtype, head_dim: int, lsg_cfg=None) -> str
 
 
 def dense_implementation() -> str:
-    """The fused attention that dense attention takes where "pallas" is configured (its kernels are LSG's)."""
+    """The fused attention that "pallas" falls back on where its kernels do not apply (short inputs, head dims
+    that are not a power of two)."""
     return "cudnn" if jax.default_backend() == "gpu" else "xla"
 
 
 def compute_dtype(dtype, implementation: str):
-    """cuDNN takes half precision only: other inputs are computed in bfloat16 there, in their own dtype elsewhere."""
+    """cuDNN takes half precision only, and the Pallas kernels compute as it does on a GPU: other inputs are
+    computed in bfloat16 there, in their own dtype elsewhere."""
+    if implementation == "pallas":
+        implementation = dense_implementation()
     return jnp.bfloat16 if implementation == "cudnn" and dtype not in HALF else dtype
 
 
@@ -116,12 +120,11 @@ def fused_padded_attention(q, k, v, key_valid, dtype, implementation: str):
     """Dense attention of q [B, T, H, D] over the valid keys of k/v [B, S, H, D] (key_valid [B, S]) through fused
     attention (the decoder's cross-attention over a long encoder output in training: its [B, H, T, S] scores
     would otherwise be kept for the backward pass). Returns [B, T, H, D] in `dtype`."""
-    if implementation == "pallas":
-        if pallas_head_dim_supported(q.shape[-1]):
-            q, k, v = (x.astype(compute_dtype(q.dtype, dense_implementation())) for x in (q, k, v))
-            return pallas_padded_attention(q, k, v, key_valid).astype(dtype)
+    if implementation == "pallas" and not pallas_head_dim_supported(q.shape[-1]):
         implementation = dense_implementation()
     q, k, v = (x.astype(compute_dtype(q.dtype, implementation)) for x in (q, k, v))
+    if implementation == "pallas":
+        return pallas_padded_attention(q, k, v, key_valid).astype(dtype)
     return _attend(q, k, v, key_valid, implementation).astype(dtype)
 
 

@@ -451,8 +451,7 @@ def pallas_lsg_attention(q, k, v, bias, cfg, dtype):
     G, bs = cfg.num_global_tokens, cfg.block_size
     if q.shape[2] <= 2 * bs + G:  # short input: full attention, as every formulation does
         return fused_lsg_attention(q, k, v, bias, cfg, dtype, dense_implementation())
-    compute = compute_dtype(q.dtype, dense_implementation())  # half precision on a GPU, as cuDNN's
-    q, k, v = (jnp.swapaxes(x, 1, 2).astype(compute) for x in (q, k, v))
+    q, k, v = (jnp.swapaxes(x, 1, 2).astype(compute_dtype(q.dtype, "pallas")) for x in (q, k, v))
     out = _attention(q, k, v, (bias == 0).astype(jnp.int32), G, bs)
     return jnp.swapaxes(out, 1, 2).astype(dtype)
 
