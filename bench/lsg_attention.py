@@ -22,6 +22,7 @@ import numpy as np
 from lsg import LSG_BART_BASE, time_jax  # bench/ on sys.path
 from lsg_jax.attention import lsg_attention
 from lsg_jax.configuration import LSGBartConfig
+from lsg_jax import pallas_attention
 from lsg_jax.fused_attention import fused_padded_attention
 from jaxport.layers import NEG_INF
 
@@ -66,6 +67,8 @@ def main():
     parser.add_argument("--attn-impl", default="cudnn,pallas")
     parser.add_argument("--length", type=int, default=16384)
     parser.add_argument("--targets", type=int, default=320)
+    parser.add_argument("--tiles", help="instead: time pallas LSG attention for each of these kernel settings, "
+                                         "QUERY_TILE,KEY_TILE,NUM_WARPS,NUM_STAGES;... (lsg_jax.pallas_attention)")
     parser.add_argument("--out")
     args = parser.parse_args()
     names = args.attn_impl.split(",")
@@ -76,11 +79,25 @@ def main():
     normal = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.bfloat16)
     bias = jnp.zeros((1, L), jnp.float32).at[:, L - PADDING:].set(NEG_INF)
     device = jax.devices()[0].device_kind
+    lsg_inputs = [normal(1, HEADS, L, HEAD_DIM) for _ in range(4)]
+    if args.tiles:
+        results = {}
+        for setting in args.tiles.split(";"):
+            names = ("QUERY_TILE", "KEY_TILE", "NUM_WARPS", "NUM_STAGES")
+            for name, value in zip(names, setting.split(",")):
+                setattr(pallas_attention, name, int(value))
+            results[setting] = measure(
+                f"LSG attention, {args.length} tokens, pallas with {dict(zip(names, setting.split(',')))}",
+                lambda name, dtype: lambda q, k, v: lsg_attention(q, k, v, bias, config(name), dtype),
+                lsg_inputs, ["pallas"])["pallas"]
+        if args.out:
+            Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+        return
     results = {"lsg": measure(
         f"LSG attention, {args.length} tokens + {G} global, {HEADS} heads of {HEAD_DIM}, block "
         f"{LSG_BART_BASE['block_size']}, {PADDING} padding; {device}",
         lambda name, dtype: lambda q, k, v: lsg_attention(q, k, v, bias, config(name), dtype),
-        [normal(1, HEADS, L, HEAD_DIM) for _ in range(4)], names)}
+        lsg_inputs, names)}
     results["cross"] = measure(
         f"cross-attention, {args.targets} queries over {L} keys ({PADDING} padding), {HEADS} heads of {HEAD_DIM}; "
         f"{device}",

@@ -110,6 +110,28 @@ def synced_timeline(events: list) -> dict | None:
     return {name: statistics.median(values) for name, values in parts.items()} or None
 
 
+def host_events_by_name(events: list, top: int) -> dict:
+    """Host events (not on a GPU stream) inside the synchronised calls, microseconds per call summed by name, split
+    into those that start before the call's first kernel ("lead") and after its last ("tail"): what the host does
+    while the GPU waits. Nested events each count."""
+    calls = [e for e in events if e["name"] == SYNCED_CALL]
+    kernels = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e["gpu"])
+    host = [e for e in events if not e["gpu"] and e["name"] != SYNCED_CALL]
+    split = {"lead": collections.Counter(), "tail": collections.Counter()}
+    for call in calls:
+        end = call["ts"] + call["dur"]
+        inside = [k for k in kernels if call["ts"] <= k[0] <= end]
+        if not inside:
+            continue
+        first, last = inside[0][0], max(k[1] for k in inside)
+        for e in host:
+            if call["ts"] <= e["ts"] < first:
+                split["lead"][e["name"]] += e["dur"] / len(calls)
+            elif last <= e["ts"] <= end:
+                split["tail"][e["name"]] += e["dur"] / len(calls)
+    return {part: dict(counter.most_common(top)) for part, counter in split.items()}
+
+
 def profile(title: str, compiled, fn, calls: int, top: int, hlo_dir: str | None = None) -> dict:
     timed = time_jax(fn, 1, 10)
     timing = {"ms": 1e3 * statistics.median(timed["times"]), "ms_back_to_back": 1e3 * timed["back_to_back"],
@@ -128,6 +150,7 @@ def profile(title: str, compiled, fn, calls: int, top: int, hlo_dir: str | None 
     first_synced = min((e["ts"] for e in synced), default=float("inf"))
     kernels = trace_kernels([e for e in events if e["ts"] < first_synced])  # the back-to-back calls
     timeline = synced_timeline(events)
+    host_waits = host_events_by_name(events, 12)
     hlo = compiled.as_text()
     if hlo_dir:
         Path(hlo_dir, f"{title.split()[0]}.hlo.txt.gz").write_bytes(gzip.compress(hlo.encode()))
@@ -145,6 +168,9 @@ def profile(title: str, compiled, fn, calls: int, top: int, hlo_dir: str | None 
     if timeline:
         print("  one synchronised call: " + ", ".join(f"{name} {us / 1e3:.3f} ms" for name, us in timeline.items())
               + " (lead: before its first kernel; gaps: GPU idle between its kernels; tail: after its last)")
+    for part, names in host_waits.items():
+        print(f"  host events in the {part} (ms per synchronised call): "
+              + "; ".join(f"{name[:60]} {us / 1e3:.3f}" for name, us in names.items()))
     print("  by source line (file:line op):")
     for source, us in by_source.most_common(top):
         print(f"    {us / 1e3:7.3f} ms  {100 * us / total:5.1f}%  {source[:100]}")
@@ -153,6 +179,7 @@ def profile(title: str, compiled, fn, calls: int, top: int, hlo_dir: str | None 
         print(f"    {us / 1e3:7.3f} ms  {100 * us / total:5.1f}%  {name[:100]}")
     return {"title": title, **timing, **memory, "kernel_ms": total / 1e3,
             "synced_call_ms": {k: v / 1e3 for k, v in (timeline or {}).items()},
+            "synced_host_ms": {part: {k: v / 1e3 for k, v in names.items()} for part, names in host_waits.items()},
             "by_source_ms": {k: v / 1e3 for k, v in by_source.most_common()},
             "by_kernel_ms": {k: v / 1e3 for k, v in by_kernel.most_common()}}
 

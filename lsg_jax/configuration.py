@@ -72,8 +72,8 @@ class LSGBartConfig(HFConfig):
     # through jax.nn.dot_product_attention; cudnn computes in bf16), "pallas" (lsg_jax.pallas_attention: Triton
     # kernels reading keys in place, forward and backward, for LSG attention without sparse keys and for the
     # decoder's cross-attention in training), "auto" (on an NVIDIA GPU when the model computes in bf16/fp16 and the
-    # head dim suits cuDNN: pallas for LSG attention its kernels take, cudnn for the rest; einsum otherwise). All
-    # give the same result up to rounding.
+    # head dim suits cuDNN: pallas for LSG attention its kernels take and for the cross-attention, cudnn for the
+    # rest; einsum otherwise). All give the same result up to rounding.
     attn_implementation: str = "einsum"
     # Encoder layers in the backward pass: "none" keeps their activations; "full" recomputes each layer from its
     # input; "dots" keeps only the matmul outputs and recomputes the rest (attention, GELU, LayerNorm, dropout

@@ -33,16 +33,19 @@ def cudnn_supported(dtype, head_dim: int) -> bool:
             and jnp.dtype(dtype) in map(jnp.dtype, HALF) and head_dim % 8 == 0 and head_dim <= 128)
 
 
-def resolve_implementation(name: str, dtype, head_dim: int, lsg_cfg=None) -> str:
+def resolve_implementation(name: str, dtype, head_dim: int, lsg_cfg=None, cross_attention: bool = False) -> str:
     """The attention implementation to run: "auto" is "einsum" where cudnn_supported is False (float32 models keep
-    float32 attention), else "pallas" for LSG self-attention (lsg_cfg given) that its kernels take (faster forward
-    and backward on an H100: bench/RESULTS.md), else "cudnn"; the others are taken as given."""
+    float32 attention), else "pallas" for LSG self-attention (lsg_cfg given) that its kernels take and for the
+    decoder's cross-attention (both faster forward and backward on an H100: bench/RESULTS.md), else "cudnn"; the
+    others are taken as given."""
     if name not in ATTN_IMPLEMENTATIONS:
         raise ValueError(f"attn_implementation={name!r}: expected one of {ATTN_IMPLEMENTATIONS}")
     if name == "auto":
         if not cudnn_supported(dtype, head_dim):
             return "einsum"
-        return "pallas" if lsg_cfg is not None and pallas_supported(lsg_cfg, head_dim) is None else "cudnn"
+        if lsg_cfg is not None:
+            return "pallas" if pallas_supported(lsg_cfg, head_dim) is None else "cudnn"
+        return "pallas" if cross_attention and pallas_head_dim_supported(head_dim) else "cudnn"
     if name == "cudnn" and jax.default_backend() != "gpu":
         raise ValueError("attn_implementation='cudnn' needs an NVIDIA GPU as JAX's default backend; use 'xla' (the "
                          "same formulation through XLA), 'einsum' or 'auto'")

@@ -82,7 +82,8 @@ class Attention(nnx.Module):
             context_key_value = self.key_value(x if context is None else context)
         k, v = context_key_value["key"], context_key_value["value"]
         if fusable:
-            implementation = resolve_implementation(self.attn_implementation, self.dtype, q.shape[-1])
+            implementation = resolve_implementation(self.attn_implementation, self.dtype, q.shape[-1],
+                                                    cross_attention=context is not None)
             if implementation != "einsum":
                 return self.out(fused_padded_attention(q, k, v, key_valid, self.dtype, implementation)), cache
         if cache is not None:

@@ -35,6 +35,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 KEY_TILE = 64
 QUERY_TILE = 64
 GLOBAL_CHUNKS = 16
+NUM_STAGES = 2
+NUM_WARPS = 4  # for head dims up to 64; twice as many above
 
 
 def pallas_head_dim_supported(head_dim: int) -> bool:
@@ -265,8 +267,8 @@ def _call(kernel, grid, inputs, out_specs, out_shape, head_dim: int):
         return pl.BlockSpec((None, None, x.shape[2]), lambda i, b, h: (b, h, 0))
     return pl.pallas_call(kernel, grid=grid, in_specs=[whole(x) for x in inputs], out_specs=out_specs,
                           out_shape=out_shape, interpret=jax.default_backend() != "gpu",
-                          compiler_params=plgpu.CompilerParams(num_warps=4 if head_dim <= 64 else 8,
-                                                               num_stages=2))(*inputs)
+                          compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS * (1 if head_dim <= 64 else 2),
+                                                               num_stages=NUM_STAGES))(*inputs)
 
 
 def _tiles(B, H, T, D, tile, dtype):

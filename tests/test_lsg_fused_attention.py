@@ -200,6 +200,10 @@ def test_remat_gives_the_same_loss_and_grads(model_runs, mode):
 def test_implementation_choice_and_config():
     on_gpu = jax.default_backend() == "gpu"
     assert resolve_implementation("auto", jnp.bfloat16, 64) == ("cudnn" if on_gpu else "einsum")
+    cross = resolve_implementation("auto", jnp.bfloat16, 64, cross_attention=True)
+    assert cross == ("pallas" if on_gpu else "einsum")
+    # Triton tiles need a power-of-two head dim.
+    assert resolve_implementation("auto", jnp.bfloat16, 80, cross_attention=True) == ("cudnn" if on_gpu else "einsum")
     lsg = lambda **fields: lsg_config({"block_size": 64, "sparsity_type": "none", **fields})
     assert resolve_implementation("auto", jnp.bfloat16, 64, lsg()) == ("pallas" if on_gpu else "einsum")
     # Sparse keys are not in the kernels: cuDNN then.
