@@ -105,6 +105,31 @@ def param_groups(opt: ml_collections.ConfigDict, paths) -> dict[str, str]:
     return labels
 
 
+SMALL_LEAF = 1 << 16  # elements: biases, norm scales, small embeddings
+
+
+def global_norm(grads) -> jax.Array:
+    """The float32 L2 norm over every leaf. Leaves of at most SMALL_LEAF elements are squared and summed as one
+    concatenated vector: a model's hundreds of biases and norm scales then take one reduction instead of a
+    kernel launch each (measured per step on a GPU; the big leaves keep one reduction each)."""
+    leaves = [leaf.astype(jnp.float32) for leaf in jax.tree.leaves(grads)]
+    small = [leaf.ravel() for leaf in leaves if leaf.size <= SMALL_LEAF]
+    squares = [jnp.sum(jnp.square(leaf)) for leaf in leaves if leaf.size > SMALL_LEAF]
+    if small:
+        squares.append(jnp.sum(jnp.square(jnp.concatenate(small))))
+    return jnp.sqrt(sum(squares, jnp.zeros((), jnp.float32)))
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """optax.clip_by_global_norm over global_norm: the same norm as the train step's grad_norm metric, so XLA
+    computes it once."""
+    def update(updates, state, params=None):
+        norm = global_norm(updates)
+        within = norm < max_norm
+        return jax.tree.map(lambda g: jnp.where(within, g, g / norm.astype(g.dtype) * max_norm), updates), state
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int, params: dict):
     """(optax transform, learning-rate schedule of the default group). Each group in `optimizer.groups`
     ({name: {pattern, learning_rate}}) gets its own peak learning rate on the same schedule shape."""
@@ -116,7 +141,7 @@ def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int, params: dict)
                   for name, peak in peaks.items()}
     tx = optax.multi_transform(transforms, tree.unflatten(labels))
     if opt.clip_norm:
-        tx = optax.chain(optax.clip_by_global_norm(opt.clip_norm), tx)
+        tx = optax.chain(clip_by_global_norm(opt.clip_norm), tx)
     return tx, make_schedule(opt, opt.learning_rate, num_steps)
 
 
@@ -158,7 +183,7 @@ def make_train_step(graphdef, task: Task, tx, schedule, accumulation: int) -> Ca
         tokens = jnp.maximum(tokens, 1.0)
         grads = jax.tree.map(lambda g, p: (g / tokens).astype(p.dtype), grads, state.params)
         loss = loss_sum / tokens
-        grad_norm = optax.tree.norm(grads)
+        grad_norm = global_norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

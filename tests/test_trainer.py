@@ -180,3 +180,30 @@ def test_parameter_groups_get_their_own_learning_rate():
     updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
     assert np.all(np.asarray(updates["prefix_embedding"]) == 0)
     assert np.all(np.asarray(updates["encoder"]["kernel"]) < 0)
+
+
+def test_global_norm_and_clipping_match_optax_and_share_one_norm():
+    """global_norm (small leaves concatenated into one reduction) is optax's norm in float32; clipping through it is
+    optax.clip_by_global_norm; and with both in one step XLA computes the norm once."""
+    import re
+
+    import jax
+    import optax
+
+    rng = np.random.default_rng(0)
+    grads = {"kernel": jnp.asarray(rng.standard_normal((300, 300)), jnp.float32),
+             "bias": jnp.asarray(rng.standard_normal(7), jnp.bfloat16),
+             "scales": [jnp.asarray(rng.standard_normal((5, 3)), jnp.float32)]}
+    as_f32 = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
+    np.testing.assert_allclose(trainer.global_norm(grads), optax.tree.norm(as_f32), rtol=1e-6)
+    for max_norm in (1.0, 1e4):  # clipped, untouched
+        ours = trainer.clip_by_global_norm(max_norm).update(grads, None)[0]
+        want = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())[0]
+        for got, expected in zip(jax.tree.leaves(ours), jax.tree.leaves(want)):
+            assert got.dtype == expected.dtype
+            np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(expected, np.float32), atol=1e-6)
+
+    def reductions(fn):
+        return len(re.findall(r" reduce\(", jax.jit(fn).lower(grads).compile().as_text()))
+    clip_and_norm = lambda g: (trainer.clip_by_global_norm(1.0).update(g, None)[0], trainer.global_norm(g))
+    assert reductions(clip_and_norm) == reductions(trainer.global_norm) == 2  # the kernel; the small leaves
