@@ -2,8 +2,10 @@
 
 BART: learned positions with an offset of 2, post-LayerNorm layers, layernorm_embedding, optional
 sqrt(d_model) embedding scale, final_logits_bias and a tied lm_head. The LSG encoder prepends
-num_global_tokens learned global tokens and runs `lsg_jax.attention.packed_lsg_attention` on one packed q/k/v
-projection; the decoder is BART's, with a key/value cache for `generate` (jaxport.generation). Parameters carry
+num_global_tokens learned global tokens and uses `lsg_jax.attention.lsg_attention`; the decoder is BART's, with
+a key/value cache for `generate` (jaxport.generation).
+
+Encoder self-attention keeps [batch, heads, length, head_dim] so attention is blocked einsums; parameters carry
 logical axes (embed, heads, kv, mlp, vocab).
 """
 import math
@@ -17,7 +19,7 @@ from jaxport.generation import seq2seq_cache, seq2seq_generate
 from jaxport.hf import PretrainedModel
 from jaxport.layers import (ACTIVATIONS, NEG_INF, Dense, Embed, causal_bias, dropout, layer_drop, layer_norm,
                             padding_bias, split_rng)
-from lsg_jax.attention import draw_lsh_projections, packed_lsg_attention
+from lsg_jax.attention import draw_lsh_projections, lsg_attention
 from lsg_jax.configuration import MAX_GLOBAL_TOKENS, POSITION_OFFSET, LSGBartConfig
 from lsg_jax.fused_attention import fused_padded_attention, resolve_implementation
 
@@ -60,14 +62,6 @@ class Attention(nnx.Module):
         self.dropout_rate = config.attention_dropout
         self.attn_implementation = config.attn_implementation
         self.dtype = dtype
-
-    def query_key_value(self, x):
-        """q, k, v of x packed [B, L, 3, H, D]: one GEMM with the three biases in its epilogue (separate projections
-        leave XLA merging the GEMMs but adding each bias in a pass of its own)."""
-        projections = (self.query, self.key, self.value)
-        kernel = jnp.stack([proj.kernel[...] for proj in projections], axis=1).astype(self.dtype)  # [E, 3, H, D]
-        bias = jnp.stack([proj.bias[...] for proj in projections]).astype(self.dtype)
-        return jnp.tensordot(x.astype(self.dtype), kernel, axes=1) + bias
 
     def key_value(self, source):
         """Keys and values [B, S, H, D] of `source`."""
@@ -122,8 +116,9 @@ class EncoderLayer(nnx.Module):
         rngs = split_rng(rng, 4)
         if cfg.lsg:
             attn = self.self_attn
-            out = packed_lsg_attention(attn.query_key_value(x), bias, cfg, self.dtype, lsh_projections, rngs[0])
-            h = attn.out(out.astype(self.dtype))
+            q, k, v = (jnp.swapaxes(proj(x), 1, 2) for proj in (attn.query, attn.key, attn.value))  # [B,H,L,D]
+            out = lsg_attention(q, k, v, bias, cfg, self.dtype, lsh_projections, rngs[0])
+            h = attn.out(jnp.swapaxes(out, 1, 2).astype(self.dtype))
         else:
             h, _ = self.self_attn.attend(x, bias[:, None, None, :], rng=rngs[0])
         x = self.self_attn_layer_norm(x + dropout(h, cfg.dropout, rngs[1]))

@@ -24,7 +24,6 @@ its own part (custom_partitioning). Compiled through Triton on an NVIDIA GPU, ru
 """
 import functools
 import math
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -256,43 +255,20 @@ def _split_dkv_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref
 
 # ------------------------------------------------------------------------------------------------------ calling
 
-class _Slot(NamedTuple):
-    """q, k or v (slot 0, 1, 2) of a projection's packed [B, L, 3, H, D] output, read in place by the kernels."""
-    packed: jax.Array
-    slot: int
-
-    @property
-    def shape(self):
-        B, L, _, H, D = self.packed.shape
-        return B, L, H, D
-
-    @property
-    def dtype(self):
-        return self.packed.dtype
-
-
-def _slots(qkv):
-    return tuple(_Slot(qkv, slot) for slot in range(3))
-
-
 def _call(kernel, grid, inputs, out_specs, out_shape, head_dim: int):
     """pallas_call over grid (tiles or tiles x chunks, B, H); each program sees whole rows of its batch element and
-    head of every input: [B, rows, H, D] (q, k, v, ...; or a _Slot of a packed projection), [B, rows] (key
-    validity) or [B, H, rows] (per-row statistics)."""
+    head of every input: [B, rows, H, D] (q, k, v, ...), [B, rows] (key validity) or [B, H, rows] (per-row
+    statistics)."""
     def whole(x):
-        if isinstance(x, _Slot):
-            B, L, H, D = x.shape
-            return pl.BlockSpec((None, L, None, None, D), lambda i, b, h, slot=x.slot: (b, 0, slot, h, 0))
         if x.ndim == 4:
             return pl.BlockSpec((None, x.shape[1], None, x.shape[3]), lambda i, b, h: (b, 0, h, 0))
         if x.ndim == 2:
             return pl.BlockSpec((None, x.shape[1]), lambda i, b, h: (b, 0))
         return pl.BlockSpec((None, None, x.shape[2]), lambda i, b, h: (b, h, 0))
-    arrays = [x.packed if isinstance(x, _Slot) else x for x in inputs]
     return pl.pallas_call(kernel, grid=grid, in_specs=[whole(x) for x in inputs], out_specs=out_specs,
                           out_shape=out_shape, interpret=jax.default_backend() != "gpu",
                           compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS * (1 if head_dim <= 64 else 2),
-                                                               num_stages=NUM_STAGES))(*arrays)
+                                                               num_stages=NUM_STAGES))(*inputs)
 
 
 def _tiles(B, H, T, D, tile, dtype):
@@ -376,11 +352,10 @@ def _per_batch_and_head(layouts: str, statics: int):
         partitioned = custom_partitioning(fn, static_argnums=tuple(range(len(ins), len(ins) + statics)))
 
         def shardings(mesh, arg_shapes):
-            spec = tuple(getattr(arg_shapes[0].sharding, "spec", ())) + (None,) * len(ins[0])
-            axes = {"b": spec[ins[0].index("b")], "h": spec[ins[0].index("h")]}
+            spec = tuple(getattr(arg_shapes[0].sharding, "spec", ())) + (None,) * 4  # q's: [B, L, H, D]
+            axes = {"b": spec[0], "h": spec[2]}
             place = lambda layout: NamedSharding(mesh, PartitionSpec(*(axes.get(name) for name in layout)))
-            results = tuple(map(place, outs))
-            return tuple(map(place, ins)), results if len(outs) > 1 else results[0]
+            return tuple(map(place, ins)), tuple(map(place, outs))
 
         def partition(*args):
             *static, mesh, arg_shapes, _ = args
@@ -399,11 +374,10 @@ def _per_batch_and_head(layouts: str, statics: int):
     return decorate
 
 
-@_per_batch_and_head("bljhd, bl -> blhd, bhl", statics=2)
-def pallas_lsg_forward(qkv, valid, G: int, block_size: int):
-    """Global-token-first qkv [B, L, 3, H, D] (q, k, v packed as one projection writes them; a half-precision
-    dtype on GPU), valid [B, L] int32 -> (out [B, L, H, D], log-sum-exp of every row's scores [B, H, L] float32)."""
-    q, k, v = _slots(qkv)
+@_per_batch_and_head("blhd, blhd, blhd, bl -> blhd, bhl", statics=2)
+def pallas_lsg_forward(q, k, v, valid, G: int, block_size: int):
+    """Global-token-first q/k/v [B, L, H, D] (a half-precision dtype on GPU), valid [B, L] int32 ->
+    (out [B, L, H, D], log-sum-exp of every row's scores [B, H, L] float32)."""
     B, L, H, D = q.shape
     T = L - G
     out_spec, out_shape = _tiles(B, H, T, D, QUERY_TILE, q.dtype)
@@ -415,10 +389,9 @@ def pallas_lsg_forward(qkv, valid, G: int, block_size: int):
     return jnp.concatenate([glob, local], axis=1), jnp.concatenate([glob_lse, local_lse], axis=2)
 
 
-@_per_batch_and_head("bljhd, bl, blhd, bhl, blhd -> bljhd", statics=2)
-def pallas_lsg_backward(qkv, valid, out, lse, d_out, G: int, block_size: int):
-    """The gradient of qkv [B, L, 3, H, D] for pallas_lsg_forward's out and lse, given out's cotangent d_out."""
-    q, k, v = _slots(qkv)
+@_per_batch_and_head("blhd, blhd, blhd, bl, blhd, bhl, blhd -> blhd, blhd, blhd", statics=2)
+def pallas_lsg_backward(q, k, v, valid, out, lse, d_out, G: int, block_size: int):
+    """(dq, dk, dv) [B, L, H, D] for pallas_lsg_forward's out and lse, given out's cotangent d_out."""
     B, L, H, D = q.shape
     T = L - G
     inputs = _backward_inputs(q, k, v, valid, out, lse, d_out)
@@ -430,8 +403,8 @@ def pallas_lsg_backward(qkv, valid, out, lse, d_out, G: int, block_size: int):
                                [spec, spec], [shape, shape], D)
     dk_global, dv_global = _split_dkv(inputs, G, GLOBAL_CHUNKS)
     with_global = lambda glob, rest: jnp.concatenate([glob.astype(rest.dtype), rest], axis=1)
-    return jnp.stack([with_global(_split_dq(inputs, G), dq_local), with_global(dk_global, dk_local),
-                      with_global(dv_global, dv_local)], axis=2)
+    return (with_global(_split_dq(inputs, G), dq_local), with_global(dk_global, dk_local),
+            with_global(dv_global, dv_local))
 
 
 @_per_batch_and_head("bthd, bshd, bshd, bs -> bthd, bht", statics=0)
@@ -469,35 +442,35 @@ def _padded_bwd(residuals, d_out):
 _padded_attention.defvjp(_padded_fwd, _padded_bwd)
 
 
-def pallas_lsg_attention(qkv, bias, cfg, dtype):
-    """LSG attention of a packed projection qkv [B, G + T, 3, H, D] (bias [B, G + T] of 0 / NEG_INF) through the
-    kernels above, forward and backward: [B, G + T, H, D] in `dtype`."""
-    reason = pallas_supported(cfg, qkv.shape[-1])
+def pallas_lsg_attention(q, k, v, bias, cfg, dtype):
+    """lsg_attention's contract (q/k/v [B, H, G + T, D], bias [B, G + T] of 0 / NEG_INF; returns [B, H, G + T, D]
+    in `dtype`) through the kernels above, forward and backward."""
+    reason = pallas_supported(cfg, q.shape[-1])
     if reason:
         raise ValueError(f"attn_implementation='pallas' does not take this model: {reason}; use 'cudnn' or 'auto'")
     # Imported here: fused_attention imports attention.py, which imports this module.
     from lsg_jax.fused_attention import compute_dtype, dense_implementation, fused_lsg_attention
     G, bs = cfg.num_global_tokens, cfg.block_size
-    if qkv.shape[1] <= 2 * bs + G:  # short input: full attention, as every formulation does
-        q, k, v = (jnp.swapaxes(qkv[:, :, slot], 1, 2) for slot in range(3))
-        return jnp.swapaxes(fused_lsg_attention(q, k, v, bias, cfg, dtype, dense_implementation()), 1, 2)
-    out = _attention(qkv.astype(compute_dtype(qkv.dtype, "pallas")), (bias == 0).astype(jnp.int32), G, bs)
-    return out.astype(dtype)
+    if q.shape[2] <= 2 * bs + G:  # short input: full attention, as every formulation does
+        return fused_lsg_attention(q, k, v, bias, cfg, dtype, dense_implementation())
+    q, k, v = (jnp.swapaxes(x, 1, 2).astype(compute_dtype(q.dtype, "pallas")) for x in (q, k, v))
+    out = _attention(q, k, v, (bias == 0).astype(jnp.int32), G, bs)
+    return jnp.swapaxes(out, 1, 2).astype(dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _attention(qkv, valid, G, block_size):
-    return pallas_lsg_forward(qkv, valid, G, block_size)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _attention(q, k, v, valid, G, block_size):
+    return pallas_lsg_forward(q, k, v, valid, G, block_size)[0]
 
 
-def _attention_fwd(qkv, valid, G, block_size):
-    out, lse = pallas_lsg_forward(qkv, valid, G, block_size)
-    return out, (qkv, valid, out, lse)
+def _attention_fwd(q, k, v, valid, G, block_size):
+    out, lse = pallas_lsg_forward(q, k, v, valid, G, block_size)
+    return out, (q, k, v, valid, out, lse)
 
 
 def _attention_bwd(G, block_size, residuals, d_out):
-    qkv, valid, out, lse = residuals
-    return pallas_lsg_backward(qkv, valid, out, lse, d_out, G, block_size), None
+    q, k, v, valid, out, lse = residuals
+    return (*pallas_lsg_backward(q, k, v, valid, out, lse, d_out, G, block_size), None)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
