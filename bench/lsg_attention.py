@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsg import LSG_BART_BASE, time_jax  # bench/ on sys.path
+from lsg_jax import pallas_attention
 from lsg_jax.attention import lsg_attention
 from lsg_jax.configuration import LSGBartConfig
-from lsg_jax import pallas_attention
 from lsg_jax.fused_attention import fused_padded_attention
 from jaxport.layers import NEG_INF
 
@@ -83,11 +83,11 @@ def main():
     if args.tiles:
         results = {}
         for setting in args.tiles.split(";"):
-            names = ("QUERY_TILE", "KEY_TILE", "NUM_WARPS", "NUM_STAGES")
-            for name, value in zip(names, setting.split(",")):
-                setattr(pallas_attention, name, int(value))
+            constants = dict(zip(("QUERY_TILE", "KEY_TILE", "NUM_WARPS", "NUM_STAGES"), map(int, setting.split(","))))
+            for name, value in constants.items():
+                setattr(pallas_attention, name, value)
             results[setting] = measure(
-                f"LSG attention, {args.length} tokens, pallas with {dict(zip(names, setting.split(',')))}",
+                f"LSG attention, {args.length} tokens, pallas with {constants}",
                 lambda name, dtype: lambda q, k, v: lsg_attention(q, k, v, bias, config(name), dtype),
                 lsg_inputs, ["pallas"])["pallas"]
         if args.out:
