@@ -145,14 +145,20 @@ def _local_kernel(q_ref, k_ref, v_ref, valid_ref, o_ref, lse_ref, *, G: int, blo
     plgpu.store(lse_ref, m + jnp.log(l))
 
 
+def _split_position(tile: int, splits: int, chunk: int, length: int):
+    """A split kernel's program (id tile_index * splits + split): the first row of its tile, and the rows
+    [first, last) of its chunk of the other side (`length` rows)."""
+    index = pl.program_id(0)
+    first = jax.lax.rem(index, splits) * chunk
+    return jax.lax.div(index, splits) * tile, first, jnp.minimum(first + chunk, length)
+
+
 def _split_kernel(q_ref, k_ref, v_ref, valid_ref, o_ref, m_ref, l_ref, *, queries: int, tile: int, splits: int,
                   chunk: int, scale: float):
     """Query rows tile * t.. (before `queries`) over key chunk `split` (program id tile * splits + split): the
     unnormalised output, running maximum and sum of the chunk."""
-    index = pl.program_id(0)
-    q, _ = _rows(q_ref, jax.lax.div(index, splits) * tile, tile, queries)
-    first = jax.lax.rem(index, splits) * chunk
-    last = jnp.minimum(first + chunk, k_ref.shape[0])
+    tile_start, first, last = _split_position(tile, splits, chunk, k_ref.shape[0])
+    q, _ = _rows(q_ref, tile_start, tile, queries)
 
     def visit(key_start, carry):
         k, v, keys_on = _keys(k_ref, v_ref, valid_ref, key_start, KEY_TILE, last)
@@ -224,11 +230,8 @@ def _local_dkv_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref
 def _split_dq_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref, dq_ref, *, queries: int,
                      tile: int, splits: int, chunk: int, scale: float):
     """dq of query rows tile * t.. (before `queries`) from key chunk `split` (program id tile * splits + split)."""
-    index = pl.program_id(0)
-    q, do, lse, delta, _ = _queries(q_ref, do_ref, lse_ref, delta_ref, jax.lax.div(index, splits) * tile, tile,
-                                    queries)
-    first = jax.lax.rem(index, splits) * chunk
-    last = jnp.minimum(first + chunk, k_ref.shape[0])
+    tile_start, first, last = _split_position(tile, splits, chunk, k_ref.shape[0])
+    q, do, lse, delta, _ = _queries(q_ref, do_ref, lse_ref, delta_ref, tile_start, tile, queries)
     add = functools.partial(_add_dq, q=q, do=do, lse=lse, delta=delta, k_ref=k_ref, v_ref=v_ref,
                             valid_ref=valid_ref, scale=scale)
     dq = _tile_loop(first, last, KEY_TILE, lambda key_start, dq: add(dq, start=key_start, size=KEY_TILE, limit=last),
@@ -239,10 +242,8 @@ def _split_dq_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref,
 def _split_dkv_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, keys: int,
                       tile: int, splits: int, chunk: int, scale: float):
     """dk, dv of key rows tile * t.. (before `keys`) from query chunk `split` (program id tile * splits + split)."""
-    index = pl.program_id(0)
-    k, v, keys_on = _keys(k_ref, v_ref, valid_ref, jax.lax.div(index, splits) * tile, tile, keys)
-    first = jax.lax.rem(index, splits) * chunk
-    last = jnp.minimum(first + chunk, q_ref.shape[0])
+    tile_start, first, last = _split_position(tile, splits, chunk, q_ref.shape[0])
+    k, v, keys_on = _keys(k_ref, v_ref, valid_ref, tile_start, tile, keys)
     add = functools.partial(_add_dkv, k=k, v=v, keys_on=keys_on, q_ref=q_ref, do_ref=do_ref, lse_ref=lse_ref,
                             delta_ref=delta_ref, scale=scale)
     zeros = jnp.zeros(k.shape, jnp.float32)
@@ -448,7 +449,7 @@ def pallas_lsg_attention(q, k, v, bias, cfg, dtype):
     reason = pallas_supported(cfg, q.shape[-1])
     if reason:
         raise ValueError(f"attn_implementation='pallas' does not take this model: {reason}; use 'cudnn' or 'auto'")
-    # Imported here: fused_attention imports attention.py, which imports this module.
+    # Imported here: fused_attention imports this module.
     from lsg_jax.fused_attention import compute_dtype, dense_implementation, fused_lsg_attention
     G, bs = cfg.num_global_tokens, cfg.block_size
     if q.shape[2] <= 2 * bs + G:  # short input: full attention, as every formulation does

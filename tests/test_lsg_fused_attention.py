@@ -242,7 +242,7 @@ def test_attention_dropout_in_training(tokens):
 @pytest.mark.parametrize("globals_, tokens", [(1, 192), (7, 256), (64, 320), (100, 192)])
 def test_pallas_kernels_equal_einsum(globals_, tokens):
     """attn_implementation="pallas": its kernels' output (run in Pallas' interpreter here) equals the einsum path's,
-    with padding at the end and holes; under differentiation it is the xla path, gradients included."""
+    with padding at the end and holes, and so do its gradients (the backward kernels)."""
     einsum, pallas = (lsg_config(dict(block_size=64, sparsity_type="none", num_global_tokens=globals_),
                                  attn_implementation=name) for name in ("einsum", "pallas"))
     qkv, bias, _, cotangent = attention_inputs(einsum, tokens, head_dim=16)
