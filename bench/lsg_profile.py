@@ -88,17 +88,21 @@ def trace_kernels(events: list) -> list:
     return [(e["name"], (e.get("args") or {}).get("hlo_op"), e["dur"]) for e in events if e["gpu"]]
 
 
+def synced_calls(events: list):
+    """(call event, its kernels' (start, end) sorted by start) for each call annotated SYNCED_CALL that ran kernels."""
+    kernels = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e["gpu"])
+    for call in (e for e in events if e["name"] == SYNCED_CALL):
+        inside = [k for k in kernels if call["ts"] <= k[0] <= call["ts"] + call["dur"]]
+        if inside:
+            yield call, inside
+
+
 def synced_timeline(events: list) -> dict | None:
     """Where a synchronised call's time goes, median over the calls annotated SYNCED_CALL (microseconds): before
     its first kernel starts ("lead"), GPU idle between its kernels ("gaps"), after its last kernel ends until the
     host has the result ("tail"), and kernel time ("busy"). None without GPU events."""
-    calls = sorted((e for e in events if e["name"] == SYNCED_CALL), key=lambda e: e["ts"])
-    kernels = sorted(((e["ts"], e["ts"] + e["dur"]) for e in events if e["gpu"]), key=lambda k: k[0])
     parts = collections.defaultdict(list)
-    for call in calls:
-        inside = [k for k in kernels if call["ts"] <= k[0] <= call["ts"] + call["dur"]]
-        if not inside:
-            continue
+    for call, inside in synced_calls(events):
         busy, covered_to = 0.0, inside[0][0]
         for start, end in inside:  # union of kernel intervals (streams may overlap)
             busy += max(0.0, end - max(start, covered_to))
@@ -114,21 +118,17 @@ def host_events_by_name(events: list, top: int) -> dict:
     """Host events (not on a GPU stream) inside the synchronised calls, microseconds per call summed by name, split
     into those that start before the call's first kernel ("lead") and after its last ("tail"): what the host does
     while the GPU waits. Nested events each count."""
-    calls = [e for e in events if e["name"] == SYNCED_CALL]
-    kernels = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e["gpu"])
+    calls = sum(e["name"] == SYNCED_CALL for e in events)
     host = [e for e in events if not e["gpu"] and e["name"] != SYNCED_CALL]
     split = {"lead": collections.Counter(), "tail": collections.Counter()}
-    for call in calls:
+    for call, inside in synced_calls(events):
         end = call["ts"] + call["dur"]
-        inside = [k for k in kernels if call["ts"] <= k[0] <= end]
-        if not inside:
-            continue
         first, last = inside[0][0], max(k[1] for k in inside)
         for e in host:
             if call["ts"] <= e["ts"] < first:
-                split["lead"][e["name"]] += e["dur"] / len(calls)
+                split["lead"][e["name"]] += e["dur"] / calls
             elif last <= e["ts"] <= end:
-                split["tail"][e["name"]] += e["dur"] / len(calls)
+                split["tail"][e["name"]] += e["dur"] / calls
     return {part: dict(counter.most_common(top)) for part, counter in split.items()}
 
 
