@@ -77,7 +77,7 @@ from jaxport.hf import read_config
 from lsg_jax import LSGBartConfig, LSGBartForConditionalGeneration
 from lsg_jax.configuration import ATTN_IMPLEMENTATIONS, REMAT_MODES
 import project_train
-from project_train import FixedBatchTask
+from project_train import FixedBatchTask, last_loss
 from rates import jax_matmul_peak
 
 LSG_BART_BASE = dict(
@@ -457,13 +457,13 @@ def time_jax(fn, warmup: int, runs: int) -> dict:
 
 
 def chained_steps(compiled, state, batch):
-    """A call that runs one training step on the last call's (donated) state and returns (state, metrics); the
-    call's `last` holds what the last one returned."""
+    """A call that runs one training step on the last call's (donated) state and returns the new state; the call's
+    `last` holds it."""
     def step():
-        step.last = compiled(step.last[0], batch)
+        step.last = compiled(step.last, batch)
         return step.last
 
-    step.last = (state, None)
+    step.last = state
     return step
 
 
@@ -549,10 +549,10 @@ def jax_train(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], dea
             compiled = step.lower(state, batch).compile()
             compile_s = time.perf_counter() - start
             train_step = chained_steps(compiled, state, batch)
-            first_loss = float(jax.block_until_ready(train_step())[1]["loss"])
+            first_loss = last_loss(jax.block_until_ready(train_step()))
             # Back to back is how the trainer runs steps: it waits on the device only to log or save.
             timed = time_jax(train_step, cfg["train_warmup"] - 1, cfg["train_steps"])
-            state, metrics = train_step.last
+            state = train_step.last
             setup_for[key][0] = state
             if int(state.nonfinite_step) >= 0:
                 raise FloatingPointError(f"loss became non-finite at step {int(state.nonfinite_step)}")
@@ -562,7 +562,7 @@ def jax_train(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], dea
                                "ms_pipelined": 1e3 * timed["back_to_back"],
                                "ms_pipelined_blocks": [1e3 * t for t in timed["back_to_back_blocks"]],
                                "compile_s": compile_s,
-                               "first_loss": first_loss, "last_loss": float(metrics["loss"]),
+                               "first_loss": first_loss, "last_loss": last_loss(state),
                                "flops": flops["total"], **(compiled_memory(compiled) or {"peak_bytes": None}),
                                "pool_peak_so_far": pool_peak()}
             r = results[str(n)]

@@ -132,6 +132,20 @@ def host_events_by_name(events: list, top: int) -> dict:
     return {part: dict(counter.most_common(top)) for part, counter in split.items()}
 
 
+def command_buffer_events(events: list) -> dict:
+    """Per synchronised call: how many times, and for how long, the host ran each command_buffer::* step
+    (initialize, update = re-recording after buffer addresses changed, execute = launch) anywhere in the call."""
+    calls = sum(e["name"] == SYNCED_CALL for e in events)
+    found = collections.defaultdict(lambda: [0.0, 0.0])
+    for call, _ in synced_calls(events):
+        for e in events:
+            if (not e["gpu"] and e["name"].startswith("command_buffer::")
+                    and call["ts"] <= e["ts"] <= call["ts"] + call["dur"]):
+                found[e["name"]][0] += 1 / calls
+                found[e["name"]][1] += e["dur"] / calls
+    return {name: {"per_call": n, "ms_per_call": us / 1e3} for name, (n, us) in found.items()}
+
+
 def profile(title: str, compiled, fn, calls: int, top: int, hlo_dir: str | None = None) -> dict:
     timed = time_jax(fn, 1, 10)
     timing = {"ms": 1e3 * statistics.median(timed["times"]), "ms_back_to_back": 1e3 * timed["back_to_back"],
@@ -151,6 +165,7 @@ def profile(title: str, compiled, fn, calls: int, top: int, hlo_dir: str | None 
     kernels = trace_kernels([e for e in events if e["ts"] < first_synced])  # the back-to-back calls
     timeline = synced_timeline(events)
     host_waits = host_events_by_name(events, 12)
+    command_buffers = command_buffer_events(events)
     hlo = compiled.as_text()
     if hlo_dir:
         Path(hlo_dir, f"{title.split()[0]}.hlo.txt.gz").write_bytes(gzip.compress(hlo.encode()))
@@ -171,6 +186,8 @@ def profile(title: str, compiled, fn, calls: int, top: int, hlo_dir: str | None 
     for part, names in host_waits.items():
         print(f"  host events in the {part} (ms per synchronised call): "
               + "; ".join(f"{name[:60]} {us / 1e3:.3f}" for name, us in names.items()))
+    print("  command buffers, per synchronised call: " + "; ".join(
+        f"{name} x{v['per_call']:.0f} {v['ms_per_call']:.3f} ms" for name, v in command_buffers.items()))
     print("  by source line (file:line op):")
     for source, us in by_source.most_common(top):
         print(f"    {us / 1e3:7.3f} ms  {100 * us / total:5.1f}%  {source[:100]}")
@@ -179,6 +196,7 @@ def profile(title: str, compiled, fn, calls: int, top: int, hlo_dir: str | None 
         print(f"    {us / 1e3:7.3f} ms  {100 * us / total:5.1f}%  {name[:100]}")
     return {"title": title, **timing, **memory, "kernel_ms": total / 1e3,
             "synced_call_ms": {k: v / 1e3 for k, v in (timeline or {}).items()},
+            "synced_command_buffers": command_buffers,
             "synced_host_ms": {part: {k: v / 1e3 for k, v in names.items()} for part, names in host_waits.items()},
             "by_source_ms": {k: v / 1e3 for k, v in by_source.most_common()},
             "by_kernel_ms": {k: v / 1e3 for k, v in by_kernel.most_common()}}

@@ -19,7 +19,8 @@ class FixedBatchTask(Seq2SeqTask):
 
 
 def train_setup(task: Seq2SeqTask, init_from: str | Path | None, learning_rate: float, weight_decay: float):
-    """(initial TrainState, jitted donating step(state, batch) -> (state, metrics), the batch sharding)."""
+    """(initial TrainState, jitted donating step(state, batch) -> state, the batch sharding). With log_every 1 the
+    state's metric_sums hold the last step's loss and gradient norm (`last_loss`)."""
     config = base_config.base()
     config.init_from = str(init_from or "")
     config.train.compute_dtype = "bfloat16"
@@ -29,7 +30,12 @@ def train_setup(task: Seq2SeqTask, init_from: str | Path | None, learning_rate: 
     config.optimizer.weight_decay = weight_decay
     config.optimizer.clip_norm = 0.0
     setup = trainer.build(config, task)
-    step = jax.jit(trainer.make_train_step(setup.graphdef, task, setup.tx, setup.schedule, accumulation=1),
+    step = jax.jit(trainer.make_train_step(setup, task, accumulation=1, log_every=1),
                    in_shardings=(setup.state_shardings, setup.batch_sharding),
-                   out_shardings=(setup.state_shardings, None), donate_argnums=0)
+                   out_shardings=setup.state_shardings, donate_argnums=0)
     return setup.state, step, setup.batch_sharding
+
+
+def last_loss(state: trainer.TrainState) -> float:
+    """The loss of the step that made `state` (train_setup's step sums over one step)."""
+    return float(state.metric_sums["loss"])

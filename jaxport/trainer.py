@@ -23,6 +23,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from jaxport import checkpoint, sharding, tree
+from jaxport.packing import SMALL_LEAF, ParamPacking
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,15 @@ class Task(Protocol):
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array
-    params: dict
+    params: dict  # in Setup.packing's layout: the small leaves packed into one vector per optimizer group
     opt_state: Any
     rng: jax.Array
     # -1, or the first step whose loss or gradient was not finite; that step's update was not applied.
     nonfinite_step: jax.Array
+    # {"loss", "grad_norm"} summed over the steps since the last multiple of log_every, and those "steps". Kept in
+    # the donated state, not returned, so that every output of the step reuses an input's buffer: a fresh output
+    # buffer on every call made XLA re-record its CUDA graphs each step (bench/RESULTS.md, LSG-BART).
+    metric_sums: dict
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -105,13 +110,10 @@ def param_groups(opt: ml_collections.ConfigDict, paths) -> dict[str, str]:
     return labels
 
 
-SMALL_LEAF = 1 << 16  # elements: biases, norm scales, small embeddings
-
-
 def global_norm(grads) -> jax.Array:
-    """The float32 L2 norm over every leaf. Leaves of at most SMALL_LEAF elements are squared and summed as one
-    concatenated vector: a model's hundreds of biases and norm scales then take one reduction instead of a
-    kernel launch each (LSG-BART's training step launched 260: bench/RESULTS.md); big leaves keep their own."""
+    """The float32 L2 norm over every leaf. Leaves of at most SMALL_LEAF elements (there are such leaves when the
+    train state does not pack them: ParamPacking.none) are squared and summed as one concatenated vector, one
+    reduction instead of a kernel launch each (LSG-BART's step launched 260: bench/RESULTS.md)."""
     leaves = [leaf.astype(jnp.float32) for leaf in jax.tree.leaves(grads)]
     small = [leaf.ravel() for leaf in leaves if leaf.size <= SMALL_LEAF]
     squares = [jnp.sum(jnp.square(leaf)) for leaf in leaves if leaf.size > SMALL_LEAF]
@@ -130,16 +132,21 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int, params: dict):
-    """(optax transform, learning-rate schedule of the default group). Each group in `optimizer.groups`
-    ({name: {pattern, learning_rate}}) gets its own peak learning rate on the same schedule shape."""
+def packs_small_leaves(opt: ml_collections.ConfigDict) -> bool:
+    """Whether the optimizer updates each element on its own, so the train state may pack small leaves."""
+    return opt.name == "adamw"
+
+
+def make_optimizer(opt: ml_collections.ConfigDict, num_steps: int, labels):
+    """(optax transform, learning-rate schedule of the default group) for parameters labelled by `labels` (a tree
+    of param_groups' names). Each group in `optimizer.groups` ({name: {pattern, learning_rate}}) gets its own peak
+    learning rate on the same schedule shape."""
     groups = opt.get("groups", {}) or {}
-    labels = param_groups(opt, tree.flatten(params))
     peaks = {"default": opt.learning_rate, **{name: g.learning_rate for name, g in groups.items()}}
     # A group with learning rate 0 is frozen: no update and, unlike Adam at lr 0, no optimizer state.
     transforms = {name: base_optimizer(opt, make_schedule(opt, peak, num_steps)) if peak else optax.set_to_zero()
                   for name, peak in peaks.items()}
-    tx = optax.multi_transform(transforms, tree.unflatten(labels))
+    tx = optax.multi_transform(transforms, labels)
     if opt.clip_norm:
         tx = optax.chain(clip_by_global_norm(opt.clip_norm), tx)
     return tx, make_schedule(opt, opt.learning_rate, num_steps)
@@ -157,9 +164,18 @@ def microbatches(batch: dict, num: int) -> dict:
     return jax.tree.map(split, batch)
 
 
-def make_train_step(graphdef, task: Task, tx, schedule, accumulation: int) -> Callable:
+def initial_metric_sums() -> dict:
+    return {"loss": jnp.zeros((), jnp.float32), "grad_norm": jnp.zeros((), jnp.float32),
+            "steps": jnp.zeros((), jnp.int32)}
+
+
+def make_train_step(setup: "Setup", task: Task, accumulation: int, log_every: int) -> Callable:
+    """train_step(state, batch) -> state, its metrics summed into state.metric_sums (restarted after every multiple
+    of log_every steps)."""
+    tx = setup.tx
+
     def loss_of(params, batch, rng):
-        return task.loss(nnx.merge(graphdef, params), batch, rng)
+        return task.loss(setup.model(params), batch, rng)
 
     grad_fn = jax.value_and_grad(loss_of, has_aux=True)
 
@@ -189,24 +205,26 @@ def make_train_step(graphdef, task: Task, tx, schedule, accumulation: int) -> Ca
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         # A non-finite step keeps the previous params and records itself; the host stops the run.
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-        new_state = state.replace(
+        new_window = state.step % log_every == 0  # the previous step was logged
+        sums = jax.tree.map(lambda total, new: jnp.where(new_window, 0, total) + new, state.metric_sums,
+                            {"loss": loss, "grad_norm": grad_norm, "steps": jnp.ones((), jnp.int32)})
+        return state.replace(
             step=state.step + 1, params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
-            nonfinite_step=jnp.where((state.nonfinite_step < 0) & ~finite, state.step + 1, state.nonfinite_step))
-        metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step)}
-        return new_state, metrics
+            nonfinite_step=jnp.where((state.nonfinite_step < 0) & ~finite, state.step + 1, state.nonfinite_step),
+            metric_sums=sums)
 
     return train_step
 
 
-def make_eval_step(graphdef, task: Task) -> Callable:
+def make_eval_step(setup: "Setup", task: Task) -> Callable:
     def eval_step(params, batch):
-        return task.eval_metrics(nnx.merge(graphdef, params), batch)
+        return task.eval_metrics(setup.model(params), batch)
     return eval_step
 
 
-def make_predict_step(graphdef, task: Task) -> Callable:
+def make_predict_step(setup: "Setup", task: Task) -> Callable:
     def predict_step(params, batch):
-        return task.predict(nnx.merge(graphdef, params), batch)
+        return task.predict(setup.model(params), batch)
     return predict_step
 
 
@@ -254,6 +272,27 @@ class Setup:
     batch_sharding: jax.sharding.NamedSharding
     tx: Any
     schedule: Any
+    packing: ParamPacking  # the layout of state.params
+
+    def model(self, params) -> nnx.Module:
+        """The model with the train state's (packed) params."""
+        return nnx.merge(self.graphdef, self.packing.unpack(params))
+
+
+def opt_state_shardings(abstract_opt_state, abstract_params: dict, param_shardings: dict, replicated):
+    """An optimizer-state array takes the sharding of the parameter whose path ends its own and whose shape it has
+    (Adam's moments, packed or not); the rest (counts, packed small leaves, factored moments) is replicated."""
+    shardings, shapes = tree.flatten(param_shardings), tree.flatten(abstract_params)
+
+    def pick(key_path, leaf):
+        parts = jax.tree_util.keystr(key_path, simple=True, separator=tree.SEP).split(tree.SEP)
+        for start in range(len(parts)):
+            path = tree.SEP.join(parts[start:])
+            if path in shardings and shapes[path].shape == leaf.shape:
+                return shardings[path]
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(pick, abstract_opt_state)
 
 
 def build(config, task: Task) -> Setup:
@@ -267,22 +306,26 @@ def build(config, task: Task) -> Setup:
     graphdef, abstract_params = nnx.split(abstract_model)
     param_shardings = tree.unflatten(sharding.param_shardings(abstract_params, mesh, rules))
     abstract_params = nnx.to_pure_dict(abstract_params)
-    tx, schedule = make_optimizer(config.optimizer, config.train.num_steps, abstract_params)
+    groups = param_groups(config.optimizer, tree.flatten(abstract_params))
+    packing = (ParamPacking(abstract_params, groups) if packs_small_leaves(config.optimizer)
+               else ParamPacking.none(abstract_params))
+    tx, schedule = make_optimizer(config.optimizer, config.train.num_steps,
+                                  packing.pack_like(tree.unflatten(groups), packing.group_of))
 
     def state_from(params):
+        params = packing.pack(params)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                           rng=jax.random.key_data(jax.random.key(config.seed + 1)),
-                          nonfinite_step=jnp.full((), -1, jnp.int32))
+                          nonfinite_step=jnp.full((), -1, jnp.int32), metric_sums=initial_metric_sums())
 
     abstract_state = jax.eval_shape(state_from, abstract_params)
     replicated = sharding.replicated(mesh)
-    # Groups that multi_transform masks out hold MaskedNode placeholders, not arrays: they keep no sharding.
-    masked = lambda x: isinstance(x, optax.MaskedNode)
-    opt_shardings = optax.tree_map_params(tx, lambda leaf, s: leaf if masked(leaf) else s, abstract_state.opt_state,
-                                          param_shardings, transform_non_params=lambda _: replicated,
-                                          is_leaf=masked)
-    state_shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings,
-                                 rng=replicated, nonfinite_step=replicated)
+    packed_shardings = packing.pack_like(param_shardings, lambda _: replicated)
+    state_shardings = TrainState(
+        step=replicated, params=packed_shardings,
+        opt_state=opt_state_shardings(abstract_state.opt_state, abstract_state.params, packed_shardings, replicated),
+        rng=replicated, nonfinite_step=replicated, metric_sums=jax.tree.map(lambda _: replicated,
+                                                                            abstract_state.metric_sums))
 
     pretrained = task.pretrained_params(config)
     if pretrained is None:
@@ -293,7 +336,7 @@ def build(config, task: Task) -> Setup:
         params = tree.unflatten({path: jax.device_put(value, tree.flatten(param_shardings)[path])
                                  for path, value in pretrained.items()})
         state = jax.jit(state_from, out_shardings=state_shardings)(params)
-    return Setup(mesh, graphdef, state, state_shardings, sharding.batch_sharding(mesh, rules), tx, schedule)
+    return Setup(mesh, graphdef, state, state_shardings, sharding.batch_sharding(mesh, rules), tx, schedule, packing)
 
 
 def global_batch(batch: dict, batch_sharding) -> dict:
@@ -374,18 +417,18 @@ def train(config, workdir: str | Path, task: Task) -> dict[str, float]:
     start = int(jax.device_get(state.step))
     last_checkpoint = start if restored is not None else None
 
-    train_step = jax.jit(make_train_step(setup.graphdef, task, setup.tx, setup.schedule, cfg.grad_accum_steps),
+    train_step = jax.jit(make_train_step(setup, task, cfg.grad_accum_steps, cfg.log_every),
                          in_shardings=(setup.state_shardings, setup.batch_sharding),
-                         out_shardings=(setup.state_shardings, None), donate_argnums=0)
-    eval_step = jax.jit(make_eval_step(setup.graphdef, task), in_shardings=(setup.state_shardings.params,
+                         out_shardings=setup.state_shardings, donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(setup, task), in_shardings=(setup.state_shardings.params,
                                                                              setup.batch_sharding))
     predict_step = None
     if callable(getattr(task, "predict", None)):
-        predict_step = jax.jit(make_predict_step(setup.graphdef, task),
+        predict_step = jax.jit(make_predict_step(setup, task),
                                in_shardings=(setup.state_shardings.params, setup.batch_sharding))
     writer = MetricsWriter(workdir, start)
     logged: dict[str, float] = {}
-    pending, tokens, window_start, input_wait = [], 0, time.perf_counter(), 0.0
+    tokens, steps, window_start, input_wait = 0, 0, time.perf_counter(), 0.0
     progress = tqdm(total=cfg.num_steps, initial=start, unit="step", disable=jax.process_index() != 0,
                     dynamic_ncols=True)
     try:
@@ -394,23 +437,23 @@ def train(config, workdir: str | Path, task: Task) -> dict[str, float]:
             batch = next(train_iter)
             input_wait += time.perf_counter() - wait_start
             tokens += task.num_tokens(batch)
-            state, metrics = train_step(state, global_batch(batch, setup.batch_sharding))
-            pending.append(metrics)
+            steps += 1
+            state = train_step(state, global_batch(batch, setup.batch_sharding))
             progress.update(1)
             last = step == cfg.num_steps
             record = {}
             if step % cfg.log_every == 0 or last:
                 check_finite(state, last_checkpoint)
-                fetched = jax.device_get(pending)
+                sums = jax.device_get(state.metric_sums)  # before the next step donates the state
                 elapsed = time.perf_counter() - window_start
-                record = {"loss": float(np.mean([m["loss"] for m in fetched])),
-                          "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
-                          "learning_rate": float(fetched[-1]["learning_rate"]),
-                          "tokens_per_sec": tokens / elapsed, "steps_per_sec": len(fetched) / elapsed,
+                record = {"loss": float(sums["loss"] / sums["steps"]),
+                          "grad_norm": float(sums["grad_norm"] / sums["steps"]),
+                          "learning_rate": float(setup.schedule(step - 1)),  # the rate this step used
+                          "tokens_per_sec": tokens / elapsed, "steps_per_sec": steps / elapsed,
                           # > 0 when the input pipeline, not the accelerator, sets the pace
                           "input_wait_fraction": input_wait / elapsed}
                 progress.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_sec']:.0f}")
-                pending, tokens, window_start, input_wait = [], 0, time.perf_counter(), 0.0
+                tokens, steps, window_start, input_wait = 0, 0, time.perf_counter(), 0.0
             if cfg.eval_every and (step % cfg.eval_every == 0 or last):
                 eval_batches = task.eval_data(config)
                 if eval_batches is not None:
@@ -434,7 +477,7 @@ def train(config, workdir: str | Path, task: Task) -> dict[str, float]:
         writer.close()
     after_training = getattr(task, "after_training", None) if jax.process_index() == 0 else None
     if cfg.get("export_dir") or callable(after_training):
-        model = nnx.merge(setup.graphdef, jax.device_get(state.params))
+        model = nnx.merge(setup.graphdef, jax.device_get(setup.packing.unpack(state.params)))
         if cfg.get("export_dir"):
             model.save_pretrained(cfg.export_dir)
         if callable(after_training):

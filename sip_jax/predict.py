@@ -32,7 +32,7 @@ def load_from_checkpoint(config, task, workdir):
     if restored is None:
         raise FileNotFoundError(f"no checkpoint in {Path(workdir) / 'checkpoints'}")
     step, state, _ = restored
-    return nnx.merge(setup.graphdef, jax.device_get(state.params)), step
+    return nnx.merge(setup.graphdef, jax.device_get(setup.packing.unpack(state.params))), step
 
 
 def main(argv=None) -> dict:

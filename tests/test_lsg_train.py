@@ -183,7 +183,7 @@ def test_init_from_a_converted_folder(files, tmp_path, caplog):
         setup = trainer.build(config, task)
     assert "block_size=32 (init_from: 64)" in caplog.text
     expected = tree.flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-    got = tree.flatten(setup.state.params)
+    got = tree.flatten(setup.packing.unpack(setup.state.params))
     assert got.keys() == expected.keys()
     assert all(np.array_equal(got[path], expected[path]) for path in expected)
 

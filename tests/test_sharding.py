@@ -34,9 +34,10 @@ def test_same_losses_on_every_mesh(tmp_path, shape):
 
 
 def test_parameters_are_sharded_as_the_rules_say():
-    config = mesh_config(2, 2, 2)
+    # Wide enough that the checked leaves are not packed with the small ones (jaxport.packing).
+    config = mesh_config(2, 2, 2, "model.d_model=256", "model.d_kv=64", "model.num_heads=8", "model.d_ff=512")
     setup = trainer.build(config, registry.task("t5", config))
-    params = setup.state.params
+    params = setup.state.params["large"]
     expected = {
         ("shared", "embedding"): P("tensor", "fsdp"),  # (vocab, embed)
         ("encoder", "layers", 0, "attention", "query", "kernel"): P("fsdp", "tensor", None),  # (embed, heads, kv)
@@ -44,18 +45,20 @@ def test_parameters_are_sharded_as_the_rules_say():
         ("decoder", "layers", 0, "mlp", "wi_0", "kernel"): P("fsdp", "tensor"),  # (embed, mlp)
         ("decoder", "layers", 0, "mlp", "wo", "kernel"): P("tensor", "fsdp"),  # (mlp, embed)
         ("lm_head", "kernel"): P("fsdp", "tensor"),  # (embed, vocab)
-        ("encoder", "final_norm", "scale"): P("fsdp"),
     }
     for path, spec in expected.items():
         leaf = params
         for key in path:
             leaf = leaf[key]
         assert leaf.sharding.spec == spec, path
-        shard = leaf.addressable_shards[0].data
-        assert shard.size * 4 == leaf.size or spec == P("fsdp") and shard.size * 2 == leaf.size, path
-    # Adam's moments follow their parameters.
+        assert leaf.addressable_shards[0].data.size * 4 == leaf.size, path
+    # The small leaves (norm scales, relative position biases) are one replicated vector; Adam's moments follow
+    # their parameters.
+    assert "final_norm" not in params["encoder"]
+    assert setup.state.params["small"]["default.float32"].sharding.is_fully_replicated
     mu = setup.state.opt_state[1].inner_states["default"].inner_state[0].mu
-    assert mu["shared"]["embedding"].sharding.spec == P("tensor", "fsdp")
+    assert mu["large"]["decoder"]["layers"][0]["mlp"]["wi_0"]["kernel"].sharding.spec == P("fsdp", "tensor")
+    assert mu["small"]["default.float32"].sharding.is_fully_replicated
 
 
 def test_rules_leave_indivisible_axes_replicated():

@@ -78,7 +78,7 @@ def test_the_originals_optimizer_as_parameter_groups():
     labels = trainer.param_groups(config.optimizer, tree.flatten(params))
     assert labels["prefix_embedding"] == "prefix" and labels["prefix_init_tensor"] == "stored"
     assert {labels[p] for p in labels if p.startswith("model/")} == {"default"}
-    tx, _ = trainer.make_optimizer(config.optimizer, config.train.num_steps, params)
+    tx, _ = trainer.make_optimizer(config.optimizer, config.train.num_steps, tree.unflatten(labels))
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.01), params)
     updates, _ = jax.jit(tx.update)(grads, jax.jit(tx.init)(params), params)
     flat = tree.flatten(updates)

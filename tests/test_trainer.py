@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxport import checkpoint, config as config_lib, registry, trainer
+from jaxport import checkpoint, config as config_lib, registry, trainer, tree
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "t5_reverse.py")
@@ -176,10 +176,80 @@ def test_parameter_groups_get_their_own_learning_rate():
     opt = optimizer_config(warmup_steps=0, decay="constant", learning_rate=0.1, clip_norm=0.0)
     opt.groups = ml_collections.ConfigDict({"prefix": {"pattern": "^prefix_embedding", "learning_rate": 0.0}})
     params = {"prefix_embedding": jnp.ones(3), "encoder": {"kernel": jnp.ones(3)}}
-    tx, _ = trainer.make_optimizer(opt, 10, params)
+    tx, _ = trainer.make_optimizer(opt, 10, tree.unflatten(trainer.param_groups(opt, tree.flatten(params))))
     updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
     assert np.all(np.asarray(updates["prefix_embedding"]) == 0)
     assert np.all(np.asarray(updates["encoder"]["kernel"]) < 0)
+
+
+def test_adamw_over_packed_small_leaves_is_adamw_leaf_by_leaf():
+    """The train state's layout (ParamPacking: the small leaves of each group and dtype as one vector) round-trips,
+    and AdamW over it updates every parameter as AdamW leaf by leaf, in every parameter group."""
+    import jax
+    import ml_collections
+    import optax
+
+    from jaxport.packing import ParamPacking
+
+    opt = optimizer_config(warmup_steps=0, decay="constant", learning_rate=0.1, clip_norm=0.0, weight_decay=0.01)
+    opt.groups = ml_collections.ConfigDict({"head": {"pattern": "^head", "learning_rate": 0.01},
+                                            "frozen": {"pattern": "^frozen", "learning_rate": 0.0}})
+    rng = np.random.default_rng(0)
+    normal = lambda *shape, dtype=jnp.float32: jnp.asarray(rng.standard_normal(shape), dtype)
+    params = {"encoder": {"kernel": normal(300, 300), "bias": normal(300), "scale": normal(4, 5),
+                          "half": normal(6, dtype=jnp.bfloat16)},
+              "head": {"kernel": normal(260, 260), "bias": normal(7)}, "frozen": {"bias": normal(3)}}
+    groups = trainer.param_groups(opt, tree.flatten(params))
+    packing = ParamPacking(params, groups)
+    assert sorted(packing.vectors) == ["default.bfloat16", "default.float32", "frozen.float32", "head.float32"]
+    jax.tree.map(np.testing.assert_array_equal, packing.unpack(packing.pack(params)), params)
+
+    tx, _ = trainer.make_optimizer(opt, 10, packing.pack_like(tree.unflatten(groups), packing.group_of))
+    reference = optax.multi_transform(
+        {"default": optax.adamw(optax.constant_schedule(0.1), weight_decay=0.01),
+         "head": optax.adamw(optax.constant_schedule(0.01), weight_decay=0.01),
+         "frozen": optax.set_to_zero()}, tree.unflatten(groups))
+    state, ref_state = tx.init(packing.pack(params)), reference.init(params)
+    assert len(jax.tree.leaves(state)) < len(jax.tree.leaves(ref_state))
+    for _ in range(3):
+        grads = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
+        updates, state = tx.update(packing.pack(grads), state, packing.pack(params))
+        expected, ref_state = reference.update(grads, ref_state, params)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(np.float32(a), np.float32(b), rtol=1e-6, atol=1e-8),
+                     packing.unpack(updates), expected)
+        params = optax.apply_updates(params, expected)
+
+
+def test_train_step_writes_only_into_its_donated_state():
+    """Every output of the step reuses a buffer of the state it was given (a fresh output, the metrics it used to
+    return, made XLA re-record its CUDA graphs on every step), and the state's metric sums restart after every
+    multiple of log_every."""
+    import re
+
+    import jax
+
+    config = small_config()
+    task = registry.task("t5", config)
+    data = task.train_data(config)
+    batches = [next(data) for _ in range(4)]
+    sums = {}
+    for log_every in (1, 3):
+        setup = trainer.build(config, task)
+        step = jax.jit(trainer.make_train_step(setup, task, 1, log_every),
+                       in_shardings=(setup.state_shardings, setup.batch_sharding),
+                       out_shardings=setup.state_shardings, donate_argnums=0)
+        state, sums[log_every] = setup.state, []
+        for batch in batches:
+            batch = trainer.global_batch(batch, setup.batch_sharding)
+            if not sums[log_every]:
+                aliases = re.search(r"input_output_alias=\{(.*?)\}, entry", step.lower(state, batch).compile().as_text())
+                assert len(re.findall(r"\{\d+\}: \(", aliases.group(1))) == len(jax.tree.leaves(state))
+            state = step(state, batch)
+            sums[log_every].append(jax.device_get(state.metric_sums))
+    losses = [s["loss"] for s in sums[1]]
+    np.testing.assert_allclose([s["loss"] for s in sums[3]],
+                               [losses[0], sum(losses[:2]), sum(losses[:3]), losses[3]], rtol=1e-6)
+    assert [int(s["steps"]) for s in sums[3]] == [1, 2, 3, 1]
 
 
 def test_global_norm_and_clipping_match_optax_and_share_one_norm():
