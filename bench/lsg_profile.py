@@ -7,7 +7,8 @@ synchronised calls, the mean of calls dispatched back to back and the host time 
 jax.profiler trace of a few calls, with GPU kernel time per call summed by the source line that XLA's metadata
 gives each kernel (the jitted code's file:line and op name) and by kernel name, and of a few synchronised calls:
 how long each waits before its first kernel, leaves the GPU idle between kernels and waits after its last (where
-synchronised and back-to-back times part). encode: the encoder forward
+synchronised and back-to-back times part), and how often the host re-recorded (command_buffer::update: some
+buffer moved since the last call) or launched XLA's command buffers (CUDA graphs). encode: the encoder forward
 (bf16 weights); grad: its forward + backward (gradient of the summed states); train: one step of the project's
 training path (bench/lsg.py's train_setup: bf16 compute over float32 weights, AdamW, 320 target tokens).
 --set overrides LSGBartConfig fields for A/B runs (e.g. --set dropout=0 --set remat=true). Needs a GPU.
