@@ -4,13 +4,12 @@ The host handles every array of the train state on every step (XLA's argument pa
 wait for each output: a few microseconds each), and an elementwise optimizer launches a kernel per array. A model's
 small leaves - biases, norm scales - are most of its arrays and almost none of its bytes, so `ParamPacking` keeps
 the leaves of at most SMALL_LEAF elements of each optimizer group (and dtype) concatenated into one vector, and
-the rest as they are: LSG-BART-base's training state went from 788 arrays to about 300 (bench/RESULTS.md).
+the rest as they are: LSG-BART-base's training state went from 788 arrays to 311 (bench/RESULTS.md).
 Packing is exact for elementwise optimizers (AdamW); an optimizer that looks at whole arrays (Adafactor's
 per-array scale and clipping) gets `ParamPacking.none`.
 """
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
