@@ -36,12 +36,12 @@ class ParamPacking:
     def none(cls, abstract_params: dict) -> "ParamPacking":
         return cls(abstract_params, {}, small_leaf=-1)
 
-    def _large(self, params_like: dict) -> dict:
-        return tree.unflatten({p: v for p, v in tree.flatten(params_like).items() if p not in self.small_paths})
+    def _large(self, flat: dict) -> dict:
+        return tree.unflatten({p: v for p, v in flat.items() if p not in self.small_paths})
 
     def pack(self, params: dict) -> dict:
         flat = tree.flatten(params)
-        return {"large": self._large(params),
+        return {"large": self._large(flat),
                 "small": {name: jnp.concatenate([jnp.ravel(flat[path]) for path, _, _ in members])
                           for name, members in self.vectors.items()}}
 
@@ -56,7 +56,7 @@ class ParamPacking:
     def pack_like(self, params_like: dict, small: Any) -> dict:
         """A tree in pack's layout from a params-shaped tree of anything (labels, shardings): large leaves keep
         theirs, each vector takes small(vector name)."""
-        return {"large": self._large(params_like), "small": {name: small(name) for name in self.vectors}}
+        return {"large": self._large(tree.flatten(params_like)), "small": {name: small(name) for name in self.vectors}}
 
     @staticmethod
     def group_of(vector_name: str) -> str:

@@ -278,6 +278,10 @@ class Setup:
         """The model with the train state's (packed) params."""
         return nnx.merge(self.graphdef, self.packing.unpack(params))
 
+    def model_on_host(self, params) -> nnx.Module:
+        """The model with the train state's params copied to the host (export, predictions from a checkpoint)."""
+        return nnx.merge(self.graphdef, jax.device_get(self.packing.unpack(params)))
+
 
 def opt_state_shardings(abstract_opt_state, abstract_params: dict, param_shardings: dict, replicated):
     """An optimizer-state array takes the sharding of the parameter whose path ends its own and whose shape it has
@@ -477,7 +481,7 @@ def train(config, workdir: str | Path, task: Task) -> dict[str, float]:
         writer.close()
     after_training = getattr(task, "after_training", None) if jax.process_index() == 0 else None
     if cfg.get("export_dir") or callable(after_training):
-        model = nnx.merge(setup.graphdef, jax.device_get(setup.packing.unpack(state.params)))
+        model = setup.model_on_host(state.params)
         if cfg.get("export_dir"):
             model.save_pretrained(cfg.export_dir)
         if callable(after_training):

@@ -18,7 +18,6 @@ from jaxport import config as config_lib
 
 def load_from_checkpoint(config, task, workdir):
     import jax
-    from flax import nnx
 
     from jaxport import checkpoint, trainer
 
@@ -32,7 +31,7 @@ def load_from_checkpoint(config, task, workdir):
     if restored is None:
         raise FileNotFoundError(f"no checkpoint in {Path(workdir) / 'checkpoints'}")
     step, state, _ = restored
-    return nnx.merge(setup.graphdef, jax.device_get(setup.packing.unpack(state.params))), step
+    return setup.model_on_host(state.params), step
 
 
 def main(argv=None) -> dict:
