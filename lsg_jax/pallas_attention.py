@@ -16,6 +16,12 @@ pass adds the key sets' gradients back. Here each (batch, head) keeps its rows w
   cross-attention (`pallas_padded_attention`: a few hundred queries over the whole encoder output, where cuDNN's
   query tiles leave most of the GPU idle).
 
+LSG attention takes q, k and v as one projection writes them, packed [B, L, 3, H, D] without biases, and reads
+them in place: the forward kernels add the query bias to the query tiles they load and the value bias to the
+output rows (a row's probabilities sum to 1); the key bias is left out, softmax cancels it. The local kernels
+write their rows into whole-length outputs (the backward ones into one packed gradient, the dk/dv kernel in place
+after the dq kernel), and the global rows are set in place after.
+
 Padding comes in as a key-validity vector. LSG's global tokens are always valid keys, so no row of it is empty;
 in `pallas_padded_attention` a row without a valid key averages all values (the einsum path's result) and gets
 no gradient. Under a jit sharded over batch or heads (data or tensor parallelism), each device runs the kernels on
@@ -24,6 +30,7 @@ its own part (custom_partitioning). Compiled through Triton on an NVIDIA GPU, ru
 """
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -73,6 +80,12 @@ def _keys(k_ref, v_ref, valid_ref, start, size, limit):
     v, _ = _rows(v_ref, start, size, limit)
     valid, _ = _rows(valid_ref, start, size, limit)
     return k, v, in_range & (valid > 0)
+
+
+def _with_query_bias(q, bias_ref):
+    """q plus the query bias: the first half of bias_ref, this head's [query bias, value bias] (float32)."""
+    D = q.shape[-1]
+    return (q.astype(jnp.float32) + plgpu.load(bias_ref.at[pl.dslice(0, D)])[None, :]).astype(q.dtype)
 
 
 def _queries(q_ref, do_ref, lse_ref, delta_ref, start, size, limit):
@@ -126,9 +139,10 @@ def _start_online(rows: int, D: int):
             jnp.zeros((rows,), jnp.float32))
 
 
-def _local_kernel(q_ref, k_ref, v_ref, valid_ref, o_ref, lse_ref, *, G: int, block_size: int, scale: float):
+def _local_kernel(q_ref, k_ref, v_ref, valid_ref, bias_ref, o_ref, lse_ref, *, G: int, block_size: int,
+                  scale: float):
     start = pl.program_id(0) * QUERY_TILE
-    q = plgpu.load(q_ref.at[pl.dslice(G + start, QUERY_TILE)])
+    q = _with_query_bias(plgpu.load(q_ref.at[pl.dslice(G + start, QUERY_TILE)]), bias_ref)
 
     def visit(size, limit):
         def body(key_start, carry):
@@ -141,8 +155,11 @@ def _local_kernel(q_ref, k_ref, v_ref, valid_ref, o_ref, lse_ref, *, G: int, blo
                        _start_online(QUERY_TILE, q.shape[-1]))
     out, m, l = _tile_loop(*_neighbourhood(start, G, block_size, k_ref.shape[0]), KEY_TILE,
                            visit(KEY_TILE, k_ref.shape[0]), carry)
-    plgpu.store(o_ref, (out / l[:, None]).astype(o_ref.dtype))
-    plgpu.store(lse_ref, m + jnp.log(l))
+    rows = pl.dslice(G + start, QUERY_TILE)
+    # The value bias once per row: the probabilities sum to 1.
+    value_bias = plgpu.load(bias_ref.at[pl.dslice(q.shape[-1], q.shape[-1])])
+    plgpu.store(o_ref.at[rows], (out / l[:, None] + value_bias[None, :]).astype(o_ref.dtype))
+    plgpu.store(lse_ref.at[rows], m + jnp.log(l))
 
 
 def _split_position(tile: int, splits: int, chunk: int, length: int):
@@ -153,12 +170,12 @@ def _split_position(tile: int, splits: int, chunk: int, length: int):
     return jax.lax.div(index, splits) * tile, first, jnp.minimum(first + chunk, length)
 
 
-def _split_kernel(q_ref, k_ref, v_ref, valid_ref, o_ref, m_ref, l_ref, *, queries: int, tile: int, splits: int,
-                  chunk: int, scale: float):
+def _split_kernel(q_ref, k_ref, v_ref, valid_ref, bias_ref, o_ref, m_ref, l_ref, *, queries: int, tile: int,
+                  splits: int, chunk: int, scale: float):
     """Query rows tile * t.. (before `queries`) over key chunk `split` (program id tile * splits + split): the
     unnormalised output, running maximum and sum of the chunk."""
     tile_start, first, last = _split_position(tile, splits, chunk, k_ref.shape[0])
-    q, _ = _rows(q_ref, tile_start, tile, queries)
+    q = _with_query_bias(_rows(q_ref, tile_start, tile, queries)[0], bias_ref)
 
     def visit(key_start, carry):
         k, v, keys_on = _keys(k_ref, v_ref, valid_ref, key_start, KEY_TILE, last)
@@ -197,7 +214,12 @@ def _add_dkv(carry, k, v, keys_on, q_ref, do_ref, lse_ref, delta_ref, start, siz
             dv + plgpu.dot(p.T.astype(do.dtype), do).astype(jnp.float32))
 
 
-def _local_dq_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref, dq_ref, *, G: int,
+def _slot(index: int):
+    """A slot of a packed gradient block [rows, 3, D] as a ref index (plgpu.store takes array indices, not ints)."""
+    return jnp.int32(index)
+
+
+def _local_dq_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref, dqkv_ref, *, G: int,
                      block_size: int, scale: float):
     start = G + pl.program_id(0) * QUERY_TILE
     q, do, lse, delta, _ = _queries(q_ref, do_ref, lse_ref, delta_ref, start, QUERY_TILE, start + QUERY_TILE)
@@ -208,11 +230,12 @@ def _local_dq_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref,
                     jnp.zeros(q.shape, jnp.float32))  # the global keys
     dq = _tile_loop(*_neighbourhood(start - G, G, block_size, k_ref.shape[0]), KEY_TILE,
                     visit(KEY_TILE, k_ref.shape[0]), dq)
-    plgpu.store(dq_ref, (dq * scale).astype(dq_ref.dtype))
+    plgpu.store(dqkv_ref.at[pl.dslice(start, QUERY_TILE), _slot(0)], (dq * scale).astype(dqkv_ref.dtype))
 
 
-def _local_dkv_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, G: int,
-                      block_size: int, scale: float):
+def _local_dkv_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref, _, dqkv_ref, *,
+                      G: int, block_size: int, scale: float):
+    """dk and dv into slots 1 and 2 of the packed gradient that _local_dq_kernel wrote slot 0 of (aliased: `_`)."""
     start = G + pl.program_id(0) * KEY_TILE
     k, v, keys_on = _keys(k_ref, v_ref, valid_ref, start, KEY_TILE, start + KEY_TILE)
     add = functools.partial(_add_dkv, k=k, v=v, keys_on=keys_on, q_ref=q_ref, do_ref=do_ref, lse_ref=lse_ref,
@@ -223,8 +246,9 @@ def _local_dkv_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref
                        (zeros, zeros))  # the global queries see every key
     dk, dv = _tile_loop(*_neighbourhood(start - G, G, block_size, q_ref.shape[0]), QUERY_TILE,
                         visit(QUERY_TILE, q_ref.shape[0]), carry)
-    plgpu.store(dk_ref, (dk * scale).astype(dk_ref.dtype))
-    plgpu.store(dv_ref, dv.astype(dv_ref.dtype))
+    rows = pl.dslice(start, KEY_TILE)
+    plgpu.store(dqkv_ref.at[rows, _slot(1)], (dk * scale).astype(dqkv_ref.dtype))
+    plgpu.store(dqkv_ref.at[rows, _slot(2)], dv.astype(dqkv_ref.dtype))
 
 
 def _split_dq_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref, dq_ref, *, queries: int,
@@ -250,32 +274,70 @@ def _split_dkv_kernel(q_ref, k_ref, v_ref, valid_ref, do_ref, lse_ref, delta_ref
     dk, dv = _tile_loop(first, last, QUERY_TILE,
                         lambda query_start, carry: add(carry, start=query_start, size=QUERY_TILE, limit=last),
                         (zeros, zeros))
-    plgpu.store(dk_ref, dk * scale)
-    plgpu.store(dv_ref, dv)
+    plgpu.store(dk_ref, (dk * scale).astype(dk_ref.dtype))
+    plgpu.store(dv_ref, dv.astype(dv_ref.dtype))
 
 
 # ------------------------------------------------------------------------------------------------------ calling
 
-def _call(kernel, grid, inputs, out_specs, out_shape, head_dim: int):
+class _Slot(NamedTuple):
+    """q, k or v (slot 0, 1, 2) of a projection's packed [B, L, 3, H, D] output, read in place by the kernels."""
+    packed: jax.Array
+    slot: int
+
+    @property
+    def shape(self):
+        B, L, _, H, D = self.packed.shape
+        return B, L, H, D
+
+    @property
+    def dtype(self):
+        return self.packed.dtype
+
+
+def _slots(qkv):
+    return tuple(_Slot(qkv, slot) for slot in range(3))
+
+
+def _call(kernel, grid, inputs, out_specs, out_shape, head_dim: int, aliases=None):
     """pallas_call over grid (tiles or tiles x chunks, B, H); each program sees whole rows of its batch element and
-    head of every input: [B, rows, H, D] (q, k, v, ...), [B, rows] (key validity) or [B, H, rows] (per-row
-    statistics)."""
+    head of every input: [B, rows, H, D] (q, k, v, ...; or a _Slot of a packed projection), [B, L, 3, H, D] (a
+    packed gradient, all three slots), [B, rows] (key validity) or [B, H, rows] (per-row statistics; the biases).
+    `aliases`: {input index: output index} written in place."""
     def whole(x):
+        if isinstance(x, _Slot):
+            B, L, H, D = x.shape
+            return pl.BlockSpec((None, L, None, None, D), lambda i, b, h, slot=x.slot: (b, 0, slot, h, 0))
+        if x.ndim == 5:
+            return _packed_spec(x.shape)
         if x.ndim == 4:
             return pl.BlockSpec((None, x.shape[1], None, x.shape[3]), lambda i, b, h: (b, 0, h, 0))
         if x.ndim == 2:
             return pl.BlockSpec((None, x.shape[1]), lambda i, b, h: (b, 0))
         return pl.BlockSpec((None, None, x.shape[2]), lambda i, b, h: (b, h, 0))
+    arrays = [x.packed if isinstance(x, _Slot) else x for x in inputs]
     return pl.pallas_call(kernel, grid=grid, in_specs=[whole(x) for x in inputs], out_specs=out_specs,
-                          out_shape=out_shape, interpret=jax.default_backend() != "gpu",
+                          out_shape=out_shape, interpret=jax.default_backend() != "gpu", input_output_aliases=aliases or {},
                           compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS * (1 if head_dim <= 64 else 2),
-                                                               num_stages=NUM_STAGES))(*inputs)
+                                                               num_stages=NUM_STAGES))(*arrays)
 
 
-def _tiles(B, H, T, D, tile, dtype):
-    """Out spec and shape of a [B, T, H, D] result written one row tile per program."""
-    return (pl.BlockSpec((None, tile, None, D), lambda i, b, h: (b, i, h, 0)),
-            jax.ShapeDtypeStruct((B, T, H, D), dtype))
+def _local_outputs(B, H, L, D, dtype, lse: bool):
+    """Out specs and shapes of the local kernels' results, [B, L, H, D] (and [B, H, L] float32 with `lse`): each
+    program writes its own rows (after the G global ones) into whole-row blocks, so the global rows go in after
+    with an in-place update instead of a concatenation copying every local row."""
+    specs = [pl.BlockSpec((None, L, None, D), lambda i, b, h: (b, 0, h, 0))]
+    shapes = [jax.ShapeDtypeStruct((B, L, H, D), dtype)]
+    if lse:
+        specs.append(pl.BlockSpec((None, None, L), lambda i, b, h: (b, h, 0)))
+        shapes.append(jax.ShapeDtypeStruct((B, H, L), jnp.float32))
+    return specs, shapes
+
+
+def _packed_spec(shape):
+    """All three slots of a packed [B, L, 3, H, D] array, for the program's batch element and head."""
+    B, L, slots, H, D = shape
+    return pl.BlockSpec((None, L, slots, None, D), lambda i, b, h: (b, 0, 0, h, 0))
 
 
 def _chunking(rows: int) -> tuple[int, int]:
@@ -300,17 +362,17 @@ def _split_call(kernel, inputs, rows: int, tile: int, splits: int, chunk: int, o
                  (tiles * splits, B, H), inputs, specs, shapes, D)
 
 
-def _split_forward(q, k, v, valid, queries: int):
+def _split_forward(q, k, v, valid, bias, queries: int):
     """Query rows 0..queries of q [B, *, H, D] over all keys: (out [B, queries, H, D], lse [B, H, queries])."""
     D = q.shape[-1]
     chunk, splits = _chunking(k.shape[1])
-    partial, m, l = _split_call(_split_kernel, (q, k, v, valid), queries, _first_tile(queries, QUERY_TILE),
+    partial, m, l = _split_call(_split_kernel, (q, k, v, valid, bias), queries, _first_tile(queries, QUERY_TILE),
                                 splits, chunk, ("matrix", "rows", "rows"), D, 1.0 / math.sqrt(D), queries=queries)
     # Merge the chunks: each chunk's sums rescaled to the overall maximum.
     top = m.max(axis=0)
     weight = jnp.exp(m - top)
     total = (l * weight).sum(0)
-    out = (partial * weight[..., None]).sum(0) / total[..., None]  # [B, H, rows, D]
+    out = (partial * weight[..., None]).sum(0) / total[..., None] + bias[:, :, None, D:]  # [B, H, rows, D]
     return jnp.swapaxes(out[:, :, :queries], 1, 2).astype(q.dtype), (top + jnp.log(total))[:, :, :queries]
 
 
@@ -325,19 +387,32 @@ def _split_dq(inputs, queries: int):
 
 
 def _split_dkv(inputs, keys: int, splits: int):
-    """dk, dv [B, keys, H, D] (float32) of key rows 0..keys under all queries, in `splits` query chunks."""
+    """dk, dv [B, keys, H, D] of key rows 0..keys under all queries, in `splits` query chunks: float32 sums of the
+    chunks' partials, or with one chunk, written by the kernel in q's dtype and this layout (the decoder's
+    cross-attention: float32 partials [1, B, H, S, D] to transpose would double the size of what it keeps)."""
     q = inputs[0]
-    D = q.shape[-1]
+    B, _, H, D = q.shape
     chunk = QUERY_TILE * pl.cdiv(pl.cdiv(q.shape[1], splits), QUERY_TILE)
-    partials = _split_call(_split_dkv_kernel, inputs, keys, _first_tile(keys, KEY_TILE), pl.cdiv(q.shape[1], chunk),
-                           chunk, ("matrix", "matrix"), D, 1.0 / math.sqrt(D), keys=keys)
+    tile, chunks = _first_tile(keys, KEY_TILE), pl.cdiv(q.shape[1], chunk)
+    if chunks == 1:
+        kernel = functools.partial(_split_dkv_kernel, tile=tile, splits=1, chunk=chunk, scale=1.0 / math.sqrt(D),
+                                   keys=keys)
+        spec = pl.BlockSpec((None, tile, None, D), lambda i, b, h: (b, i, h, 0))
+        shape = jax.ShapeDtypeStruct((B, pl.cdiv(keys, tile) * tile, H, D), q.dtype)
+        return tuple(x[:, :keys] for x in _call(kernel, (pl.cdiv(keys, tile), B, H), inputs, [spec] * 2,
+                                                [shape] * 2, D))
+    partials = _split_call(_split_dkv_kernel, inputs, keys, tile, chunks, chunk, ("matrix", "matrix"), D,
+                           1.0 / math.sqrt(D), keys=keys)
     return tuple(jnp.swapaxes(x.sum(0)[:, :, :keys], 1, 2) for x in partials)
 
 
-def _backward_inputs(q, k, v, valid, out, lse, d_out):
-    """The backward kernels' inputs: d_out in q's dtype and delta = sum(d_out * out) per row [B, H, rows]."""
+def _backward_inputs(q, k, v, valid, out, lse, d_out, value_bias=None):
+    """The backward kernels' inputs: d_out in q's dtype and delta = sum(d_out * out) per row [B, H, rows]; with
+    `value_bias` [B, H, D] (v came without it, out with it), of out - value_bias: the bias shifts every dP of a row
+    by the same d_out . bias, as it shifted out."""
+    attended = out.astype(jnp.float32) - (0 if value_bias is None else value_bias[:, None])
     d_out = d_out.astype(q.dtype)
-    delta = jnp.swapaxes((d_out.astype(jnp.float32) * out.astype(jnp.float32)).sum(-1), 1, 2)
+    delta = jnp.swapaxes((d_out.astype(jnp.float32) * attended).sum(-1), 1, 2)
     return (q, k, v, valid, d_out, lse, delta)
 
 
@@ -353,10 +428,11 @@ def _per_batch_and_head(layouts: str, statics: int):
         partitioned = custom_partitioning(fn, static_argnums=tuple(range(len(ins), len(ins) + statics)))
 
         def shardings(mesh, arg_shapes):
-            spec = tuple(getattr(arg_shapes[0].sharding, "spec", ())) + (None,) * 4  # q's: [B, L, H, D]
-            axes = {"b": spec[0], "h": spec[2]}
+            spec = tuple(getattr(arg_shapes[0].sharding, "spec", ())) + (None,) * len(ins[0])
+            axes = {"b": spec[ins[0].index("b")], "h": spec[ins[0].index("h")]}
             place = lambda layout: NamedSharding(mesh, PartitionSpec(*(axes.get(name) for name in layout)))
-            return tuple(map(place, ins)), tuple(map(place, outs))
+            results = tuple(map(place, outs))
+            return tuple(map(place, ins)), results if len(outs) > 1 else results[0]
 
         def partition(*args):
             *static, mesh, arg_shapes, _ = args
@@ -375,49 +451,59 @@ def _per_batch_and_head(layouts: str, statics: int):
     return decorate
 
 
-@_per_batch_and_head("blhd, blhd, blhd, bl -> blhd, bhl", statics=2)
-def pallas_lsg_forward(q, k, v, valid, G: int, block_size: int):
-    """Global-token-first q/k/v [B, L, H, D] (a half-precision dtype on GPU), valid [B, L] int32 ->
-    (out [B, L, H, D], log-sum-exp of every row's scores [B, H, L] float32)."""
+@_per_batch_and_head("bljhd, bl, bhe -> blhd, bhl", statics=2)
+def pallas_lsg_forward(qkv, valid, bias, G: int, block_size: int):
+    """Global-token-first qkv [B, L, 3, H, D] (q, k, v packed as one projection writes them, without biases; a
+    half-precision dtype on GPU), valid [B, L] int32, bias [B, H, 2 * D] float32 (each head's query and value
+    biases) -> (out [B, L, H, D], log-sum-exp of every row's scores [B, H, L] float32)."""
+    q, k, v = _slots(qkv)
     B, L, H, D = q.shape
-    T = L - G
-    out_spec, out_shape = _tiles(B, H, T, D, QUERY_TILE, q.dtype)
-    lse_spec = pl.BlockSpec((None, None, QUERY_TILE), lambda i, b, h: (b, h, i))
-    local, local_lse = _call(functools.partial(_local_kernel, G=G, block_size=block_size, scale=1.0 / math.sqrt(D)),
-                             (T // QUERY_TILE, B, H), (q, k, v, valid), [out_spec, lse_spec],
-                             [out_shape, jax.ShapeDtypeStruct((B, H, T), jnp.float32)], D)
-    glob, glob_lse = _split_forward(q, k, v, valid, G)
-    return jnp.concatenate([glob, local], axis=1), jnp.concatenate([glob_lse, local_lse], axis=2)
+    out, lse = _call(functools.partial(_local_kernel, G=G, block_size=block_size, scale=1.0 / math.sqrt(D)),
+                     ((L - G) // QUERY_TILE, B, H), (q, k, v, valid, bias),
+                     *_local_outputs(B, H, L, D, q.dtype, True), D)
+    glob, glob_lse = _split_forward(q, k, v, valid, bias, G)
+    return out.at[:, :G].set(glob), lse.at[:, :, :G].set(glob_lse)
 
 
-@_per_batch_and_head("blhd, blhd, blhd, bl, blhd, bhl, blhd -> blhd, blhd, blhd", statics=2)
-def pallas_lsg_backward(q, k, v, valid, out, lse, d_out, G: int, block_size: int):
-    """(dq, dk, dv) [B, L, H, D] for pallas_lsg_forward's out and lse, given out's cotangent d_out."""
-    B, L, H, D = q.shape
-    T = L - G
-    inputs = _backward_inputs(q, k, v, valid, out, lse, d_out)
+@_per_batch_and_head("bljhd, bl, bhe, blhd, bhl, blhd -> bljhd, bhe", statics=2)
+def pallas_lsg_backward(qkv, valid, bias, out, lse, d_out, G: int, block_size: int):
+    """The gradients of qkv [B, L, 3, H, D] and bias [B, H, 2 * D] for pallas_lsg_forward's out and lse, given
+    out's cotangent d_out. The dq kernel writes slot 0 of the packed gradient, the dk/dv kernel slots 1 and 2 of the
+    same buffer, the global rows go in last: no copy of the local rows. The kernels here read q with its bias added
+    by XLA (one pass): added to every query tile that they load, 13 per key tile, it cost more (+35%)."""
+    _, k, v = _slots(qkv)
+    B, L, H, D = k.shape
+    q = (qkv[:, :, 0].astype(jnp.float32) + bias[:, None, :, :D]).astype(qkv.dtype)
+    inputs = _backward_inputs(q, k, v, valid, out, lse, d_out, bias[..., D:])
     local = dict(G=G, block_size=block_size, scale=1.0 / math.sqrt(D))
-    dq_local = _call(functools.partial(_local_dq_kernel, **local), (T // QUERY_TILE, B, H), inputs,
-                     *_tiles(B, H, T, D, QUERY_TILE, q.dtype), D)
-    spec, shape = _tiles(B, H, T, D, KEY_TILE, q.dtype)
-    dk_local, dv_local = _call(functools.partial(_local_dkv_kernel, **local), (T // KEY_TILE, B, H), inputs,
-                               [spec, spec], [shape, shape], D)
-    dk_global, dv_global = _split_dkv(inputs, G, GLOBAL_CHUNKS)
-    with_global = lambda glob, rest: jnp.concatenate([glob.astype(rest.dtype), rest], axis=1)
-    return (with_global(_split_dq(inputs, G), dq_local), with_global(dk_global, dk_local),
-            with_global(dv_global, dv_local))
+    spec, shape = _packed_spec(qkv.shape), jax.ShapeDtypeStruct(qkv.shape, q.dtype)
+    d_qkv, = _call(functools.partial(_local_dq_kernel, **local), ((L - G) // QUERY_TILE, B, H), inputs, [spec],
+                   [shape], D)
+    d_qkv, = _call(functools.partial(_local_dkv_kernel, **local), ((L - G) // KEY_TILE, B, H), (*inputs, d_qkv),
+                   [spec], [shape], D, aliases={len(inputs): 0})
+    d_glob = jnp.stack([_split_dq(inputs, G), *_split_dkv(inputs, G, GLOBAL_CHUNKS)], axis=2)
+    d_qkv = d_qkv.at[:, :G].set(d_glob.astype(d_qkv.dtype))
+    # The biases' gradients: the query bias's is dq summed over rows, the value bias's d_out summed over rows.
+    d_bias = jnp.concatenate([d_qkv[:, :, 0].astype(jnp.float32).sum(1), d_out.astype(jnp.float32).sum(1)], -1)
+    return d_qkv, d_bias
+
+
+def _no_bias(q):
+    """Zero query and value biases [B, H, 2 * D] for the split kernels (q, k and v come with theirs)."""
+    B, _, H, D = q.shape
+    return jnp.zeros((B, H, 2 * D), jnp.float32)
 
 
 @_per_batch_and_head("bthd, bshd, bshd, bs -> bthd, bht", statics=0)
 def _padded_forward(q, k, v, valid):
-    return _split_forward(q, k, v, valid, q.shape[1])
+    return _split_forward(q, k, v, valid, _no_bias(q), q.shape[1])
 
 
 @_per_batch_and_head("bthd, bshd, bshd, bs, bthd, bht, bthd -> bthd, bshd, bshd", statics=0)
 def _padded_backward(q, k, v, valid, out, lse, d_out):
     inputs = _backward_inputs(q, k, v, valid, out, lse, d_out)
     dk, dv = _split_dkv(inputs, k.shape[1], 1)  # many key tiles: no need to split the queries
-    return _split_dq(inputs, q.shape[1]).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+    return _split_dq(inputs, q.shape[1]).astype(q.dtype), dk, dv
 
 
 def pallas_padded_attention(q, k, v, key_valid):
@@ -443,35 +529,43 @@ def _padded_bwd(residuals, d_out):
 _padded_attention.defvjp(_padded_fwd, _padded_bwd)
 
 
-def pallas_lsg_attention(q, k, v, bias, cfg, dtype):
-    """lsg_attention's contract (q/k/v [B, H, G + T, D], bias [B, G + T] of 0 / NEG_INF; returns [B, H, G + T, D]
-    in `dtype`) through the kernels above, forward and backward."""
-    reason = pallas_supported(cfg, q.shape[-1])
+def pallas_lsg_attention(qkv, query_bias, value_bias, bias, cfg, dtype):
+    """LSG attention through the kernels above, forward and backward, of a packed projection without biases, qkv
+    [B, G + T, 3, H, D] (q, k, v in slots 0, 1, 2: one GEMM writes them and the kernels read them in place), and the
+    projections' query and value biases [H, D] (or None), which the kernels add themselves: the query bias to each
+    query tile they load, the value bias to each output row (each row's probabilities sum to 1). The key bias needs
+    no place: it adds q . key_bias to every score of a row, which softmax cancels. bias [B, G + T]: 0 / NEG_INF over
+    keys. Returns [B, G + T, H, D] in `dtype`."""
+    reason = pallas_supported(cfg, qkv.shape[-1])
     if reason:
         raise ValueError(f"attn_implementation='pallas' does not take this model: {reason}; use 'cudnn' or 'auto'")
     # Imported here: fused_attention imports this module.
     from lsg_jax.fused_attention import compute_dtype, dense_implementation, fused_lsg_attention
     G, bs = cfg.num_global_tokens, cfg.block_size
-    if q.shape[2] <= 2 * bs + G:  # short input: full attention, as every formulation does
-        return fused_lsg_attention(q, k, v, bias, cfg, dtype, dense_implementation())
-    q, k, v = (jnp.swapaxes(x, 1, 2).astype(compute_dtype(q.dtype, "pallas")) for x in (q, k, v))
-    out = _attention(q, k, v, (bias == 0).astype(jnp.int32), G, bs)
-    return jnp.swapaxes(out, 1, 2).astype(dtype)
+    B, _, _, H, D = qkv.shape
+    query_bias, value_bias = (jnp.zeros((H, D)) if b is None else b for b in (query_bias, value_bias))
+    if qkv.shape[1] <= 2 * bs + G:  # short input: full attention, as every formulation does
+        q, k, v = (jnp.swapaxes(qkv[:, :, slot] + b.astype(qkv.dtype), 1, 2)
+                   for slot, b in enumerate((query_bias, jnp.zeros_like(query_bias), value_bias)))
+        return jnp.swapaxes(fused_lsg_attention(q, k, v, bias, cfg, dtype, dense_implementation()), 1, 2)
+    biases = jnp.broadcast_to(jnp.concatenate([query_bias, value_bias], -1).astype(jnp.float32), (B, H, 2 * D))
+    out = _attention(qkv.astype(compute_dtype(qkv.dtype, "pallas")), biases, (bias == 0).astype(jnp.int32), G, bs)
+    return out.astype(dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _attention(q, k, v, valid, G, block_size):
-    return pallas_lsg_forward(q, k, v, valid, G, block_size)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _attention(qkv, biases, valid, G, block_size):
+    return pallas_lsg_forward(qkv, valid, biases, G, block_size)[0]
 
 
-def _attention_fwd(q, k, v, valid, G, block_size):
-    out, lse = pallas_lsg_forward(q, k, v, valid, G, block_size)
-    return out, (q, k, v, valid, out, lse)
+def _attention_fwd(qkv, biases, valid, G, block_size):
+    out, lse = pallas_lsg_forward(qkv, valid, biases, G, block_size)
+    return out, (qkv, biases, valid, out, lse)
 
 
 def _attention_bwd(G, block_size, residuals, d_out):
-    q, k, v, valid, out, lse = residuals
-    return (*pallas_lsg_backward(q, k, v, valid, out, lse, d_out, G, block_size), None)
+    qkv, biases, valid, out, lse = residuals
+    return (*pallas_lsg_backward(qkv, valid, biases, out, lse, d_out, G, block_size), None)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)

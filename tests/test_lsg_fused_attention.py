@@ -12,6 +12,7 @@ from jaxport.layers import NEG_INF
 from lsg_jax import LSGBartConfig, LSGBartForConditionalGeneration
 from lsg_jax.attention import draw_lsh_projections, full_attention, lsg_attention
 from lsg_jax.fused_attention import fused_padded_attention, resolve_implementation
+from lsg_jax.pallas_attention import pallas_lsg_attention
 from tests.lsg_reference.harness import VOCAB, tiny_config
 
 HEADS, HEAD_DIM = 4, 8
@@ -252,6 +253,34 @@ def test_pallas_kernels_equal_einsum(globals_, tokens):
     expected, out = (attention_and_grads(config, qkv, bias, None, cotangent) for config in (einsum, pallas))
     for got, want in zip(jax.tree.leaves((primal, out)), jax.tree.leaves((expected[0], expected))):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_pallas_kernels_add_the_projection_biases():
+    """The encoder's route: one packed projection without biases [B, L, 3, H, D], the query and value biases added
+    by the kernels and the key bias left out (softmax cancels it): the same output, and the same gradients of the
+    packed projection and of both biases, as the einsum path given q, k and v with all three biases."""
+    einsum, pallas = (lsg_config(dict(block_size=64, sparsity_type="none", num_global_tokens=7),
+                                 attn_implementation=name) for name in ("einsum", "pallas"))
+    (q, k, v), bias, _, cotangent = attention_inputs(einsum, 256, head_dim=16)
+    packed = np.stack([np.swapaxes(x, 1, 2) for x in (q, k, v)], axis=2)  # [B, L, 3, H, D]
+    query_bias, key_bias, value_bias = np.random.default_rng(1).standard_normal((3, HEADS, 16), np.float32)
+
+    def reference(packed, query_bias, value_bias):
+        q, k, v = (jnp.swapaxes(packed[:, :, slot] + b, 1, 2)
+                   for slot, b in enumerate((query_bias, key_bias, value_bias)))
+        return jnp.swapaxes(lsg_attention(q, k, v, bias, einsum, jnp.float32), 1, 2)
+
+    kernels = lambda packed, query_bias, value_bias: pallas_lsg_attention(packed, query_bias, value_bias, bias,
+                                                                          pallas, jnp.float32)
+    results = []
+    for attention in (reference, kernels):
+        def run(*args, attention=attention):
+            out, vjp = jax.vjp(attention, *args)
+            return out, vjp(np.swapaxes(cotangent, 1, 2))
+        results.append(jax.jit(run)(packed, query_bias, value_bias))
+    assert np.abs(np.asarray(results[0][1][2])).max() > 1  # the value bias's gradient is not trivially zero
+    for got, want in zip(jax.tree.leaves(results[1]), jax.tree.leaves(results[0])):
+        np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
 
 
 def test_pallas_kernels_partition_over_batch_and_heads():
