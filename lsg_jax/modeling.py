@@ -64,7 +64,7 @@ class Attention(nnx.Module):
         self.dtype = dtype
 
     def packed_projection(self, x):
-        """q, k and v of x without their biases, packed [B, L, 3, H, D] by one GEMM (see EncoderLayer.attend)."""
+        """q, k and v of x without biases, packed [B, L, 3, H, D] by one GEMM (EncoderLayer.lsg_self_attention)."""
         kernel = jnp.stack([proj.kernel[...] for proj in (self.query, self.key, self.value)], axis=1)  # [E, 3, H, D]
         packed = jnp.dot(x.astype(self.dtype), kernel.reshape(kernel.shape[0], -1).astype(self.dtype))
         return packed.reshape(*x.shape[:-1], *kernel.shape[1:])
@@ -127,7 +127,6 @@ class EncoderLayer(nnx.Module):
         x = self.self_attn_layer_norm(x + dropout(h, cfg.dropout, rngs[1]))
         h = dropout(self.act(self.fc1(x)), cfg.activation_dropout, rngs[2])
         return self.final_layer_norm(x + dropout(self.fc2(h), cfg.dropout, rngs[3]))
-
 
     def lsg_self_attention(self, x, bias, lsh_projections, rng):
         """LSG self-attention of x [B, L, E] with its output projection. Through the Pallas kernels, q, k and v come

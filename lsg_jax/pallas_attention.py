@@ -317,21 +317,19 @@ def _call(kernel, grid, inputs, out_specs, out_shape, head_dim: int, aliases=Non
         return pl.BlockSpec((None, None, x.shape[2]), lambda i, b, h: (b, h, 0))
     arrays = [x.packed if isinstance(x, _Slot) else x for x in inputs]
     return pl.pallas_call(kernel, grid=grid, in_specs=[whole(x) for x in inputs], out_specs=out_specs,
-                          out_shape=out_shape, interpret=jax.default_backend() != "gpu", input_output_aliases=aliases or {},
+                          out_shape=out_shape, input_output_aliases=aliases or {},
+                          interpret=jax.default_backend() != "gpu",
                           compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS * (1 if head_dim <= 64 else 2),
                                                                num_stages=NUM_STAGES))(*arrays)
 
 
-def _local_outputs(B, H, L, D, dtype, lse: bool):
-    """Out specs and shapes of the local kernels' results, [B, L, H, D] (and [B, H, L] float32 with `lse`): each
+def _local_outputs(B, H, L, D, dtype):
+    """Out specs and shapes of the local forward kernel's results, out [B, L, H, D] and lse [B, H, L] float32: each
     program writes its own rows (after the G global ones) into whole-row blocks, so the global rows go in after
     with an in-place update instead of a concatenation copying every local row."""
-    specs = [pl.BlockSpec((None, L, None, D), lambda i, b, h: (b, 0, h, 0))]
-    shapes = [jax.ShapeDtypeStruct((B, L, H, D), dtype)]
-    if lse:
-        specs.append(pl.BlockSpec((None, None, L), lambda i, b, h: (b, h, 0)))
-        shapes.append(jax.ShapeDtypeStruct((B, H, L), jnp.float32))
-    return specs, shapes
+    return ([pl.BlockSpec((None, L, None, D), lambda i, b, h: (b, 0, h, 0)),
+             pl.BlockSpec((None, None, L), lambda i, b, h: (b, h, 0))],
+            [jax.ShapeDtypeStruct((B, L, H, D), dtype), jax.ShapeDtypeStruct((B, H, L), jnp.float32)])
 
 
 def _packed_spec(shape):
@@ -460,7 +458,7 @@ def pallas_lsg_forward(qkv, valid, bias, G: int, block_size: int):
     B, L, H, D = q.shape
     out, lse = _call(functools.partial(_local_kernel, G=G, block_size=block_size, scale=1.0 / math.sqrt(D)),
                      ((L - G) // QUERY_TILE, B, H), (q, k, v, valid, bias),
-                     *_local_outputs(B, H, L, D, q.dtype, True), D)
+                     *_local_outputs(B, H, L, D, q.dtype), D)
     glob, glob_lse = _split_forward(q, k, v, valid, bias, G)
     return out.at[:, :G].set(glob), lse.at[:, :, :G].set(glob_lse)
 
