@@ -11,7 +11,7 @@ no attention dropout). The original builds random weights once and saves them as
 
 1. Encoder forward, batch 1, at 4096 / 8192 / 16384 / 32768 tokens: JAX bf16 (`model.encode`, jitted; timed
    synchronised per call as compiled with jaxport.compile_options.SINGLE_CALL, back to back as compiled with XLA's
-   defaults, both compiles both ways in the JSON) vs the original in fp16 (model.half()) vs transformers 5 dense BartEncoder with attn_implementation="sdpa" in fp16
+   defaults, both compiles both ways in the JSON, their synchronised calls taken in turn) vs the original in fp16 (model.half()) vs transformers 5 dense BartEncoder with attn_implementation="sdpa" in fp16
    (position table extended; same weights). Median ms; peak memory: JAX from the compiled program's memory
    analysis (arguments + outputs + temporaries - donated), torch from max_memory_allocated (weights included).
 2. One training step (L in, 320 out, AdamW, lr 1e-4, weight decay 0.01, no clipping) at the same lengths: JAX
@@ -438,24 +438,37 @@ def time_jax(fn, warmup: int, runs: int) -> dict:
     returns ("dispatch", median s), and back to back ("back_to_back", s): the median over B2B_BLOCKS blocks of the
     mean call of `runs` calls dispatched back to back ("back_to_back_blocks"; each block waits on its last call
     only: calls run in order on one stream, and earlier training states are donated)."""
-    for _ in range(warmup):
-        jax.block_until_ready(fn())
-    times, dispatch = [], []
+    return time_alternating({"": fn}, warmup, runs)[""]
+
+
+def time_alternating(fns: dict, warmup: int, runs: int) -> dict:
+    """time_jax for several programs of the same work, fairly: all warmed up first, then their synchronised calls
+    taken in turn (A, B, A, B, ...), then each one's back-to-back blocks; name -> time_jax's record. Timed one after
+    the other instead, the first program's first calls ran slower on a GPU that had idled through compilation."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            jax.block_until_ready(fn())
+    times, dispatch = ({name: [] for name in fns} for _ in range(2))
     for _ in range(runs):
-        start = time.perf_counter()
-        out = fn()
-        dispatch.append(time.perf_counter() - start)
-        jax.block_until_ready(out)
-        times.append(time.perf_counter() - start)
-    blocks = []
-    for _ in range(B2B_BLOCKS):
-        start = time.perf_counter()
-        outs = [fn() for _ in range(runs)]
-        jax.block_until_ready(outs[-1])
-        blocks.append((time.perf_counter() - start) / runs)
-        del outs
-    return {"times": times, "dispatch": statistics.median(dispatch), "back_to_back": statistics.median(blocks),
-            "back_to_back_blocks": blocks}
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            out = fn()
+            dispatch[name].append(time.perf_counter() - start)
+            jax.block_until_ready(out)
+            times[name].append(time.perf_counter() - start)
+            del out
+    records = {}
+    for name, fn in fns.items():
+        blocks = []
+        for _ in range(B2B_BLOCKS):
+            start = time.perf_counter()
+            outs = [fn() for _ in range(runs)]
+            jax.block_until_ready(outs[-1])
+            blocks.append((time.perf_counter() - start) / runs)
+            del outs
+        records[name] = {"times": times[name], "dispatch": statistics.median(dispatch[name]),
+                         "back_to_back": statistics.median(blocks), "back_to_back_blocks": blocks}
+    return records
 
 
 def chained_steps(compiled, state, batch):
@@ -495,8 +508,8 @@ def jax_encoder(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], d
             # Timed through the jitted functions, as users call them (their C++ dispatch path is quicker than
             # calling the Compiled object): each call synchronised with the SINGLE_CALL options, meant for that
             # (no CUDA graphs), and back to back with XLA's defaults; both compiles both ways in the record.
-            timed = {name: time_jax(lambda encode=encode: encode(state, ids, mask), cfg["encoder_warmup"],
-                                    cfg["encoder_runs"]) for name, encode in encoders.items()}
+            timed = time_alternating({name: lambda encode=encode: encode(state, ids, mask)
+                                      for name, encode in encoders.items()}, cfg["encoder_warmup"], cfg["encoder_runs"])
             by_compile = {name: {"ms": 1e3 * statistics.median(t["times"]), "times_ms": [1e3 * x for x in t["times"]],
                                  "ms_pipelined": 1e3 * t["back_to_back"],
                                  "ms_pipelined_blocks": [1e3 * x for x in t["back_to_back_blocks"]]}
