@@ -11,9 +11,10 @@ no attention dropout). The original builds random weights once and saves them as
 
 1. Encoder forward, batch 1, at 4096 / 8192 / 16384 / 32768 tokens: JAX bf16 (`model.encode`, jitted; timed
    synchronised per call as compiled with jaxport.compile_options.SINGLE_CALL, back to back as compiled with XLA's
-   defaults, both compiles both ways in the JSON, their synchronised calls taken in turn) vs the original in fp16 (model.half()) vs transformers 5 dense BartEncoder with attn_implementation="sdpa" in fp16
-   (position table extended; same weights). Median ms; peak memory: JAX from the compiled program's memory
-   analysis (arguments + outputs + temporaries - donated), torch from max_memory_allocated (weights included).
+   defaults, both compiles both ways in the JSON, their synchronised calls taken in turn) vs the original in fp16
+   (model.half()) vs transformers 5 dense BartEncoder with attn_implementation="sdpa" in fp16 (position table
+   extended; same weights). Median ms; peak memory: JAX from the compiled program's memory analysis (arguments +
+   outputs + temporaries - donated), torch from max_memory_allocated (weights included).
 2. One training step (L in, 320 out, AdamW, lr 1e-4, weight decay 0.01, no clipping) at the same lengths: JAX
    bf16 over fp32 weights through jaxport.trainer.build + make_train_step (donated state); the original under
    autocast fp16 with a GradScaler and fused AdamW. Median ms, peak memory, MFU; growth per doubling of L.
