@@ -543,8 +543,8 @@ def pallas_lsg_attention(qkv, query_bias, value_bias, bias, cfg, dtype):
     B, _, _, H, D = qkv.shape
     query_bias, value_bias = (jnp.zeros((H, D)) if b is None else b for b in (query_bias, value_bias))
     if qkv.shape[1] <= 2 * bs + G:  # short input: full attention, as every formulation does
-        q, k, v = (jnp.swapaxes(qkv[:, :, slot] + b.astype(qkv.dtype), 1, 2)
-                   for slot, b in enumerate((query_bias, jnp.zeros_like(query_bias), value_bias)))
+        q, k, v = (jnp.swapaxes(x, 1, 2) for x in (qkv[:, :, 0] + query_bias.astype(qkv.dtype), qkv[:, :, 1],
+                                                   qkv[:, :, 2] + value_bias.astype(qkv.dtype)))
         return jnp.swapaxes(fused_lsg_attention(q, k, v, bias, cfg, dtype, dense_implementation()), 1, 2)
     biases = jnp.broadcast_to(jnp.concatenate([query_bias, value_bias], -1).astype(jnp.float32), (B, H, 2 * D))
     out = _attention(qkv.astype(compute_dtype(qkv.dtype, "pallas")), biases, (bias == 0).astype(jnp.int32), G, bs)

@@ -255,13 +255,15 @@ def test_pallas_kernels_equal_einsum(globals_, tokens):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_pallas_kernels_add_the_projection_biases():
+@pytest.mark.parametrize("tokens", [256, 64])
+def test_pallas_kernels_add_the_projection_biases(tokens):
     """The encoder's route: one packed projection without biases [B, L, 3, H, D], the query and value biases added
     by the kernels and the key bias left out (softmax cancels it): the same output, and the same gradients of the
-    packed projection and of both biases, as the einsum path given q, k and v with all three biases."""
+    packed projection and of both biases, as the einsum path given q, k and v with all three biases. 64 tokens take
+    the short-input path (full attention)."""
     einsum, pallas = (lsg_config(dict(block_size=64, sparsity_type="none", num_global_tokens=7),
                                  attn_implementation=name) for name in ("einsum", "pallas"))
-    (q, k, v), bias, _, cotangent = attention_inputs(einsum, 256, head_dim=16)
+    (q, k, v), bias, _, cotangent = attention_inputs(einsum, tokens, head_dim=16)
     packed = np.stack([np.swapaxes(x, 1, 2) for x in (q, k, v)], axis=2)  # [B, L, 3, H, D]
     query_bias, key_bias, value_bias = np.random.default_rng(1).standard_normal((3, HEADS, 16), np.float32)
 
