@@ -41,9 +41,12 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 KEY_TILE = 64
 QUERY_TILE = 64
+FORWARD_QUERY_TILE = 128  # the forward local kernel's, where blocks hold whole tiles: each loaded key serves more rows
 GLOBAL_CHUNKS = 16
+FORWARD_GLOBAL_CHUNKS = 32  # for the global queries' forward: 64 of them over every key, more programs in flight
 NUM_STAGES = 2
 NUM_WARPS = 4  # for head dims up to 64; twice as many above
+LOG2E = math.log2(math.e)  # the kernels' scores are in base 2 (exp2 is one instruction, exp several)
 
 
 def pallas_head_dim_supported(head_dim: int) -> bool:
@@ -99,15 +102,16 @@ def _queries(q_ref, do_ref, lse_ref, delta_ref, start, size, limit):
 
 
 def _scores(q, k, keys_on, scale):
-    scores = plgpu.dot(q, k.T).astype(jnp.float32) * scale
+    """The scores times log2(e), for exp2."""
+    scores = plgpu.dot(q, k.T).astype(jnp.float32) * (scale * LOG2E)
     return jnp.where(keys_on[None, :], scores, -jnp.inf)
 
 
 def _online_update(carry, scores, v):
     out, m, l = carry
     m_new = jnp.maximum(m, scores.max(axis=-1))
-    correction = jnp.exp(m - m_new)
-    p = jnp.exp(scores - m_new[:, None])
+    correction = jnp.exp2(m - m_new)
+    p = jnp.exp2(scores - m_new[:, None])
     out = out * correction[:, None] + plgpu.dot(p.astype(v.dtype), v).astype(jnp.float32)
     return out, m_new, l * correction + p.sum(axis=-1)
 
@@ -140,9 +144,9 @@ def _start_online(rows: int, D: int):
 
 
 def _local_kernel(q_ref, k_ref, v_ref, valid_ref, bias_ref, o_ref, lse_ref, *, G: int, block_size: int,
-                  scale: float):
-    start = pl.program_id(0) * QUERY_TILE
-    q = _with_query_bias(plgpu.load(q_ref.at[pl.dslice(G + start, QUERY_TILE)]), bias_ref)
+                  scale: float, tile: int):
+    start = pl.program_id(0) * tile
+    q = _with_query_bias(plgpu.load(q_ref.at[pl.dslice(G + start, tile)]), bias_ref)
 
     def visit(size, limit):
         def body(key_start, carry):
@@ -152,14 +156,14 @@ def _local_kernel(q_ref, k_ref, v_ref, valid_ref, bias_ref, o_ref, lse_ref, *, G
 
     # The global keys first: all valid, so every row's maximum is finite from the first tile on.
     carry = _tile_loop(0, G, _first_tile(G, KEY_TILE), visit(_first_tile(G, KEY_TILE), G),
-                       _start_online(QUERY_TILE, q.shape[-1]))
+                       _start_online(tile, q.shape[-1]))
     out, m, l = _tile_loop(*_neighbourhood(start, G, block_size, k_ref.shape[0]), KEY_TILE,
                            visit(KEY_TILE, k_ref.shape[0]), carry)
-    rows = pl.dslice(G + start, QUERY_TILE)
+    rows = pl.dslice(G + start, tile)
     # The value bias once per row: the probabilities sum to 1.
     value_bias = plgpu.load(bias_ref.at[pl.dslice(q.shape[-1], q.shape[-1])])
     plgpu.store(o_ref.at[rows], (out / l[:, None] + value_bias[None, :]).astype(o_ref.dtype))
-    plgpu.store(lse_ref.at[rows], m + jnp.log(l))
+    plgpu.store(lse_ref.at[rows], (m + jnp.log2(l)) / LOG2E)
 
 
 def _split_position(tile: int, splits: int, chunk: int, length: int):
@@ -173,7 +177,7 @@ def _split_position(tile: int, splits: int, chunk: int, length: int):
 def _split_kernel(q_ref, k_ref, v_ref, valid_ref, bias_ref, o_ref, m_ref, l_ref, *, queries: int, tile: int,
                   splits: int, chunk: int, scale: float):
     """Query rows tile * t.. (before `queries`) over key chunk `split` (program id tile * splits + split): the
-    unnormalised output, running maximum and sum of the chunk."""
+    unnormalised output, running maximum (of the scores times log2(e)) and sum of the chunk."""
     tile_start, first, last = _split_position(tile, splits, chunk, k_ref.shape[0])
     q = _with_query_bias(_rows(q_ref, tile_start, tile, queries)[0], bias_ref)
 
@@ -190,9 +194,9 @@ def _split_kernel(q_ref, k_ref, v_ref, valid_ref, bias_ref, o_ref, m_ref, l_ref,
 
 def _score_grads(q, k, v, do, lse, delta, on, scale):
     """Flash attention's backward for one (query tile, key tile): the probabilities p (0 where `on` is False) and
-    the scores' gradient ds, from the forward's log-sum-exp."""
-    s = plgpu.dot(q, k.T).astype(jnp.float32) * scale
-    p = jnp.where(on, jnp.exp(s - lse[:, None]), 0.0)
+    the scores' gradient ds, from the forward's log-sum-exp (times log2(e), as _backward_inputs passes it)."""
+    s = plgpu.dot(q, k.T).astype(jnp.float32) * (scale * LOG2E)
+    p = jnp.where(on, jnp.exp2(s - lse[:, None]), 0.0)
     dp = plgpu.dot(do, v.T).astype(jnp.float32)
     return p, p * (dp - delta[:, None])
 
@@ -338,9 +342,9 @@ def _packed_spec(shape):
     return pl.BlockSpec((None, L, slots, None, D), lambda i, b, h: (b, 0, 0, h, 0))
 
 
-def _chunking(rows: int) -> tuple[int, int]:
-    """(chunk, number of chunks) splitting `rows` for the split kernels: whole tiles, about GLOBAL_CHUNKS."""
-    chunk = KEY_TILE * pl.cdiv(pl.cdiv(rows, GLOBAL_CHUNKS), KEY_TILE)
+def _chunking(rows: int, chunks: int = GLOBAL_CHUNKS) -> tuple[int, int]:
+    """(chunk, number of chunks) splitting `rows` for the split kernels: whole tiles, about `chunks`."""
+    chunk = KEY_TILE * pl.cdiv(pl.cdiv(rows, chunks), KEY_TILE)
     return chunk, pl.cdiv(rows, chunk)
 
 
@@ -360,18 +364,19 @@ def _split_call(kernel, inputs, rows: int, tile: int, splits: int, chunk: int, o
                  (tiles * splits, B, H), inputs, specs, shapes, D)
 
 
-def _split_forward(q, k, v, valid, bias, queries: int):
-    """Query rows 0..queries of q [B, *, H, D] over all keys: (out [B, queries, H, D], lse [B, H, queries])."""
+def _split_forward(q, k, v, valid, bias, queries: int, chunks: int = GLOBAL_CHUNKS):
+    """Query rows 0..queries of q [B, *, H, D] over all keys in about `chunks` chunks: (out [B, queries, H, D],
+    lse [B, H, queries])."""
     D = q.shape[-1]
-    chunk, splits = _chunking(k.shape[1])
+    chunk, splits = _chunking(k.shape[1], chunks)
     partial, m, l = _split_call(_split_kernel, (q, k, v, valid, bias), queries, _first_tile(queries, QUERY_TILE),
                                 splits, chunk, ("matrix", "rows", "rows"), D, 1.0 / math.sqrt(D), queries=queries)
     # Merge the chunks: each chunk's sums rescaled to the overall maximum.
     top = m.max(axis=0)
-    weight = jnp.exp(m - top)
+    weight = jnp.exp2(m - top)
     total = (l * weight).sum(0)
     out = (partial * weight[..., None]).sum(0) / total[..., None] + bias[:, :, None, D:]  # [B, H, rows, D]
-    return jnp.swapaxes(out[:, :, :queries], 1, 2).astype(q.dtype), (top + jnp.log(total))[:, :, :queries]
+    return jnp.swapaxes(out[:, :, :queries], 1, 2).astype(q.dtype), ((top + jnp.log2(total)) / LOG2E)[:, :, :queries]
 
 
 def _split_dq(inputs, queries: int):
@@ -405,13 +410,13 @@ def _split_dkv(inputs, keys: int, splits: int):
 
 
 def _backward_inputs(q, k, v, valid, out, lse, d_out, value_bias=None):
-    """The backward kernels' inputs: d_out in q's dtype and delta = sum(d_out * out) per row [B, H, rows]; with
-    `value_bias` [B, H, D] (v came without it, out with it), of out - value_bias: the bias shifts every dP of a row
-    by the same d_out . bias, as it shifted out."""
+    """The backward kernels' inputs: d_out in q's dtype, lse times log2(e) (the kernels' base-2 scores) and
+    delta = sum(d_out * out) per row [B, H, rows]; with `value_bias` [B, H, D] (v came without it, out with it), of
+    out - value_bias: the bias shifts every dP of a row by the same d_out . bias, as it shifted out."""
     attended = out.astype(jnp.float32) - (0 if value_bias is None else value_bias[:, None])
     d_out = d_out.astype(q.dtype)
     delta = jnp.swapaxes((d_out.astype(jnp.float32) * attended).sum(-1), 1, 2)
-    return (q, k, v, valid, d_out, lse, delta)
+    return (q, k, v, valid, d_out, lse * LOG2E, delta)
 
 
 def _per_batch_and_head(layouts: str, statics: int):
@@ -456,10 +461,11 @@ def pallas_lsg_forward(qkv, valid, bias, G: int, block_size: int):
     biases) -> (out [B, L, H, D], log-sum-exp of every row's scores [B, H, L] float32)."""
     q, k, v = _slots(qkv)
     B, L, H, D = q.shape
-    out, lse = _call(functools.partial(_local_kernel, G=G, block_size=block_size, scale=1.0 / math.sqrt(D)),
-                     ((L - G) // QUERY_TILE, B, H), (q, k, v, valid, bias),
-                     *_local_outputs(B, H, L, D, q.dtype), D)
-    glob, glob_lse = _split_forward(q, k, v, valid, bias, G)
+    tile = FORWARD_QUERY_TILE if block_size % FORWARD_QUERY_TILE == 0 else QUERY_TILE
+    out, lse = _call(functools.partial(_local_kernel, G=G, block_size=block_size, scale=1.0 / math.sqrt(D),
+                                       tile=tile),
+                     ((L - G) // tile, B, H), (q, k, v, valid, bias), *_local_outputs(B, H, L, D, q.dtype), D)
+    glob, glob_lse = _split_forward(q, k, v, valid, bias, G, FORWARD_GLOBAL_CHUNKS)
     return out.at[:, :G].set(glob), lse.at[:, :, :G].set(glob_lse)
 
 

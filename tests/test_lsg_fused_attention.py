@@ -240,11 +240,13 @@ def test_attention_dropout_in_training(tokens):
     np.testing.assert_array_equal(run(lsg_config(lsg, attention_dropout=0.3, attn_implementation="xla"), rng), dropped)
 
 
-@pytest.mark.parametrize("globals_, tokens", [(1, 192), (7, 256), (64, 320), (100, 192)])
-def test_pallas_kernels_equal_einsum(globals_, tokens):
+@pytest.mark.parametrize("globals_, tokens, block_size", [(1, 192, 64), (7, 256, 64), (64, 320, 64),
+                                                          (100, 192, 64), (7, 512, 128)])
+def test_pallas_kernels_equal_einsum(globals_, tokens, block_size):
     """attn_implementation="pallas": its kernels' output (run in Pallas' interpreter here) equals the einsum path's,
-    with padding at the end and holes, and so do its gradients (the backward kernels)."""
-    einsum, pallas = (lsg_config(dict(block_size=64, sparsity_type="none", num_global_tokens=globals_),
+    with padding at the end and holes, and so do its gradients (the backward kernels). Blocks of 128 rows take the
+    forward kernel's 128-query tiles."""
+    einsum, pallas = (lsg_config(dict(block_size=block_size, sparsity_type="none", num_global_tokens=globals_),
                                  attn_implementation=name) for name in ("einsum", "pallas"))
     qkv, bias, _, cotangent = attention_inputs(einsum, tokens, head_dim=16)
     forward = lambda qkv: lsg_attention(*qkv, bias, pallas, jnp.float32)
