@@ -9,12 +9,10 @@ no sparse blocks (sparsity_type "none"), dropout 0.1 (activation 0.1, attention 
 no attention dropout). The original builds random weights once and saves them as an HF folder (plus a copy with
 32768 positions for the 32768-token runs); every side loads that folder.
 
-1. Encoder forward, batch 1, at 4096 / 8192 / 16384 / 32768 tokens: JAX bf16 (`model.encode`, jitted; timed
-   synchronised per call as compiled with jaxport.compile_options.SINGLE_CALL, back to back as compiled with XLA's
-   defaults, both compiles both ways in the JSON, their synchronised calls taken in turn) vs the original in fp16
-   (model.half()) vs transformers 5 dense BartEncoder with attn_implementation="sdpa" in fp16 (position table
-   extended; same weights). Median ms; peak memory: JAX from the compiled program's memory analysis (arguments +
-   outputs + temporaries - donated), torch from max_memory_allocated (weights included).
+1. Encoder forward, batch 1, at 4096 / 8192 / 16384 / 32768 tokens: JAX bf16 (`model.encode`, jitted) vs the
+   original in fp16 (model.half()) vs transformers 5 dense BartEncoder with attn_implementation="sdpa" in fp16
+   (position table extended; same weights). Median ms; peak memory: JAX from the compiled program's memory
+   analysis (arguments + outputs + temporaries - donated), torch from max_memory_allocated (weights included).
 2. One training step (L in, 320 out, AdamW, lr 1e-4, weight decay 0.01, no clipping) at the same lengths: JAX
    bf16 over fp32 weights through jaxport.trainer.build + make_train_step (donated state); the original under
    autocast fp16 with a GradScaler and fused AdamW. Median ms, peak memory, MFU; growth per doubling of L.
@@ -75,7 +73,6 @@ import transformers
 from flax import nnx
 
 from jaxport import trainer
-from jaxport.compile_options import SINGLE_CALL
 from jaxport.hf import read_config
 from lsg_jax import LSGBartConfig, LSGBartForConditionalGeneration
 from lsg_jax.configuration import ATTN_IMPLEMENTATIONS, REMAT_MODES
@@ -439,37 +436,25 @@ def time_jax(fn, warmup: int, runs: int) -> dict:
     returns ("dispatch", median s), and back to back ("back_to_back", s): the median over B2B_BLOCKS blocks of the
     mean call of `runs` calls dispatched back to back ("back_to_back_blocks"; each block waits on its last call
     only: calls run in order on one stream, and earlier training states are donated)."""
-    return time_alternating({"": fn}, warmup, runs)[""]
-
-
-def time_alternating(fns: dict, warmup: int, runs: int) -> dict:
-    """time_jax for several programs of the same work, fairly: all warmed up first, then their synchronised calls
-    taken in turn (A, B, A, B, ...), then each one's back-to-back blocks; name -> time_jax's record. Timed one after
-    the other instead, the first program's first calls ran slower on a GPU that had idled through compilation."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            jax.block_until_ready(fn())
-    times, dispatch = ({name: [] for name in fns} for _ in range(2))
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    times, dispatch = [], []
     for _ in range(runs):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            out = fn()
-            dispatch[name].append(time.perf_counter() - start)
-            jax.block_until_ready(out)
-            times[name].append(time.perf_counter() - start)
-            del out
-    records = {}
-    for name, fn in fns.items():
-        blocks = []
-        for _ in range(B2B_BLOCKS):
-            start = time.perf_counter()
-            outs = [fn() for _ in range(runs)]
-            jax.block_until_ready(outs[-1])
-            blocks.append((time.perf_counter() - start) / runs)
-            del outs
-        records[name] = {"times": times[name], "dispatch": statistics.median(dispatch[name]),
-                         "back_to_back": statistics.median(blocks), "back_to_back_blocks": blocks}
-    return records
+        start = time.perf_counter()
+        out = fn()
+        dispatch.append(time.perf_counter() - start)
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - start)
+        del out
+    blocks = []
+    for _ in range(B2B_BLOCKS):
+        start = time.perf_counter()
+        outs = [fn() for _ in range(runs)]
+        jax.block_until_ready(outs[-1])
+        blocks.append((time.perf_counter() - start) / runs)
+        del outs
+    return {"times": times, "dispatch": statistics.median(dispatch), "back_to_back": statistics.median(blocks),
+            "back_to_back_blocks": blocks}
 
 
 def chained_steps(compiled, state, batch):
@@ -497,33 +482,27 @@ def jax_encoder(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], d
                 gc.collect()
                 graphdef, state = nnx.split(load_bf16(folder, runtime))
                 state = nnx.to_pure_dict(state)  # plain dicts: a quicker dispatch than nnx.State's nodes
-                encode = lambda state, ids, mask, graphdef=graphdef: nnx.merge(graphdef, state).encode(ids, mask)
-                loaded[folder] = (state, {"single_call": jax.jit(encode, compiler_options=SINGLE_CALL),
-                                          "default": jax.jit(encode)})
-            state, encoders = loaded[folder]
+                encode = jax.jit(lambda state, ids, mask, graphdef=graphdef:
+                                 nnx.merge(graphdef, state).encode(ids, mask))
+                loaded[folder] = (state, encode)
+            state, encode = loaded[folder]
             ids = jnp.asarray(inputs[f"ids_{n}"], jnp.int32)
             mask = jnp.ones_like(ids)
             start = time.perf_counter()
-            compiled = encoders["default"].lower(state, ids, mask).compile()
+            compiled = encode.lower(state, ids, mask).compile()
             compile_s = time.perf_counter() - start
-            # Timed through the jitted functions, as users call them (their C++ dispatch path is quicker than
-            # calling the Compiled object): each call synchronised with the SINGLE_CALL options, meant for that
-            # (no CUDA graphs), and back to back with XLA's defaults; both compiles both ways in the record.
-            timed = time_alternating({name: lambda encode=encode: encode(state, ids, mask)
-                                      for name, encode in encoders.items()}, cfg["encoder_warmup"], cfg["encoder_runs"])
-            by_compile = {name: {"ms": 1e3 * statistics.median(t["times"]), "times_ms": [1e3 * x for x in t["times"]],
-                                 "ms_pipelined": 1e3 * t["back_to_back"],
-                                 "ms_pipelined_blocks": [1e3 * x for x in t["back_to_back_blocks"]]}
-                          for name, t in timed.items()}
-            results[str(n)] = {"ms": by_compile["single_call"]["ms"], "times_ms": by_compile["single_call"]["times_ms"],
-                               "ms_pipelined": by_compile["default"]["ms_pipelined"], "by_compile": by_compile,
+            # Timed through the jitted function, as users call it (its C++ dispatch path is quicker than calling
+            # the Compiled object).
+            timed = time_jax(lambda: encode(state, ids, mask), cfg["encoder_warmup"], cfg["encoder_runs"])
+            results[str(n)] = {"ms": 1e3 * statistics.median(timed["times"]),
+                               "times_ms": [1e3 * t for t in timed["times"]],
+                               "ms_pipelined": 1e3 * timed["back_to_back"],
+                               "ms_pipelined_blocks": [1e3 * t for t in timed["back_to_back_blocks"]],
                                "compile_s": compile_s,
                                **(compiled_memory(compiled) or {"peak_bytes": None}), "pool_peak_so_far": pool_peak()}
             r = results[str(n)]
-            log(f"jax encoder {n} {variant_name(runtime)}: {r['ms']:.2f} ms (back to back {r['ms_pipelined']:.2f}); "
-                + ", ".join(f"{name} compile {c['ms']:.2f} ms (b2b {c['ms_pipelined']:.2f})"
-                            for name, c in by_compile.items())
-                + f"; peak {fmt(gb(r['peak_bytes']))} GB, compile {compile_s:.1f}s")
+            log(f"jax encoder {n} {variant_name(runtime)}: {r['ms']:.2f} ms (back to back {r['ms_pipelined']:.2f}), "
+                f"peak {fmt(gb(r['peak_bytes']))} GB, compile {compile_s:.1f}s")
         except Exception as e:  # noqa: BLE001
             results[str(n)] = error_record(e)
     loaded.clear()

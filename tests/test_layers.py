@@ -1,12 +1,11 @@
 """Shared layers: dropout's mask (rate, determinism, the same mask in the backward pass); exact GELU and LayerNorm,
-whose hand-written backward passes must equal autodiff of the plain formulas; the SINGLE_CALL compile options."""
+whose hand-written backward passes must equal autodiff of the plain formulas."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
-from jaxport.compile_options import SINGLE_CALL
 from jaxport.layers import DROPOUT_BITS, dropout, gelu, layer_norm
 
 
@@ -87,12 +86,3 @@ def test_layer_norm_value_and_gradients_equal_autodiff(dtype):
         np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=tolerance,
                                    atol=tolerance)
 
-
-def test_single_call_compile_options_are_known_to_xla():
-    """jaxport.compile_options.SINGLE_CALL names options this XLA knows (an unknown name fails every compile), and a
-    program compiled with them computes what the default compile does."""
-    x = jnp.arange(12.0).reshape(3, 4)
-    f = lambda x: jnp.tanh(x @ x.T) + 1.0
-    np.testing.assert_array_equal(jax.jit(f, compiler_options=SINGLE_CALL)(x), jax.jit(f)(x))
-    with pytest.raises(Exception, match="No such compile option"):
-        jax.jit(f, compiler_options={"xla_gpu_no_such_option": ""})(x)
