@@ -431,6 +431,18 @@ def load_bf16(folder: Path, runtime: dict):
 B2B_BLOCKS = 3  # back-to-back blocks: the median block is kept, so one host hiccup cannot make the figure
 
 
+def encoder_program(model):
+    """(encode(weights, ids, mask) -> encoder states, weights): model.encode as a function of the weights it reads,
+    as the original's timed call, model.model.encoder, reads only the encoder's. The decoder's weights stay out of
+    the call (closed over, unused, so never traced): every array argument costs the host about a microsecond per
+    call, and the whole model's 261 added ~0.3 ms to a synchronised encoder call on an H100 (bench/RESULTS.md)."""
+    graphdef, decoder, weights = nnx.split(model, nnx.PathContains("decoder"), ...)
+
+    def encode(weights, ids, mask):
+        return nnx.merge(graphdef, decoder, weights).encode(ids, mask)
+    return encode, nnx.to_pure_dict(weights)  # plain dicts: a quicker dispatch than nnx.State's nodes
+
+
 def time_jax(fn, warmup: int, runs: int) -> dict:
     """`fn`'s calls timed three ways after `warmup` calls: each synchronised ("times", s), the host time until each
     returns ("dispatch", median s), and back to back ("back_to_back", s): the median over B2B_BLOCKS blocks of the
@@ -480,20 +492,17 @@ def jax_encoder(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], d
             if folder not in loaded:
                 loaded.clear()
                 gc.collect()
-                graphdef, state = nnx.split(load_bf16(folder, runtime))
-                state = nnx.to_pure_dict(state)  # plain dicts: a quicker dispatch than nnx.State's nodes
-                encode = jax.jit(lambda state, ids, mask, graphdef=graphdef:
-                                 nnx.merge(graphdef, state).encode(ids, mask))
-                loaded[folder] = (state, encode)
-            state, encode = loaded[folder]
+                encode, weights = encoder_program(load_bf16(folder, runtime))
+                loaded[folder] = (weights, jax.jit(encode))
+            weights, encode = loaded[folder]
             ids = jnp.asarray(inputs[f"ids_{n}"], jnp.int32)
             mask = jnp.ones_like(ids)
             start = time.perf_counter()
-            compiled = encode.lower(state, ids, mask).compile()
+            compiled = encode.lower(weights, ids, mask).compile()
             compile_s = time.perf_counter() - start
             # Timed through the jitted function, as users call it (its C++ dispatch path is quicker than calling
             # the Compiled object).
-            timed = time_jax(lambda: encode(state, ids, mask), cfg["encoder_warmup"], cfg["encoder_runs"])
+            timed = time_jax(lambda: encode(weights, ids, mask), cfg["encoder_warmup"], cfg["encoder_runs"])
             results[str(n)] = {"ms": 1e3 * statistics.median(timed["times"]),
                                "times_ms": [1e3 * t for t in timed["times"]],
                                "ms_pipelined": 1e3 * timed["back_to_back"],

@@ -9,8 +9,8 @@ gives each kernel (the jitted code's file:line and op name) and by kernel name, 
 how long each waits before its first kernel, leaves the GPU idle between kernels and waits after its last (where
 synchronised and back-to-back times part), and how often the host re-recorded (command_buffer::update: some
 buffer moved since the last call) or launched XLA's command buffers (CUDA graphs). encode: the encoder forward
-(bf16 weights); grad: its forward + backward (gradient of the summed states); train: one step of the project's
-training path (bench/lsg.py's train_setup: bf16 compute over float32 weights, AdamW, 320 target tokens).
+(bf16 weights, the encoder's as the argument: lsg.encoder_program); grad: its forward + backward (gradient of the
+summed states for those weights); train: one step of the project's training path (bench/lsg.py's train_setup: bf16 compute over float32 weights, AdamW, 320 target tokens).
 --set overrides LSGBartConfig fields for A/B runs (e.g. --set dropout=0 --set remat=true). Needs a GPU.
 """
 import argparse
@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from lsg import (LSG_BART_BASE, chained_steps, compiled_memory, time_jax, train_batch,  # bench/ on sys.path
-                 train_setup)
+from lsg import (LSG_BART_BASE, chained_steps, compiled_memory, encoder_program, time_jax,  # bench/ on sys.path
+                 train_batch, train_setup)
 from lsg_jax.configuration import LSGBartConfig
 from lsg_jax.modeling import LSGBartForConditionalGeneration
 
@@ -233,20 +233,19 @@ def main():
     if "encode" in what or "grad" in what:
         model = LSGBartForConditionalGeneration(config, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16,
                                                 rngs=nnx.Rngs(0))
-        graphdef, state = nnx.split(model)
-        state = nnx.to_pure_dict(state)  # plain dicts: a quicker dispatch than nnx.State's nodes
+        encode, weights = encoder_program(model)
         del model
         x, mask = jnp.asarray(ids, jnp.int32), jnp.ones(ids.shape, jnp.int32)
         programs = {
-            "encode": lambda state: nnx.merge(graphdef, state).encode(x, mask),
-            "grad": jax.grad(lambda state: nnx.merge(graphdef, state).encode(x, mask).astype(jnp.float32).sum()),
+            "encode": lambda weights: encode(weights, x, mask),
+            "grad": jax.grad(lambda weights: encode(weights, x, mask).astype(jnp.float32).sum()),
         }
         for name in ("encode", "grad"):
             if name in what:
-                compiled = jax.jit(programs[name]).lower(state).compile()
-                results.append(profile(f"{name} {label}", compiled, lambda: compiled(state), args.calls, args.top,
+                compiled = jax.jit(programs[name]).lower(weights).compile()
+                results.append(profile(f"{name} {label}", compiled, lambda: compiled(weights), args.calls, args.top,
                                        args.hlo))
-        del state
+        del weights
     if "train" in what:
         state, step, batch_sharding = train_setup(config)
         labels = np.random.default_rng(2).integers(3, config.vocab_size, (1, TARGET_TOKENS))
