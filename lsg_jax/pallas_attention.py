@@ -186,7 +186,7 @@ def _split_kernel(q_ref, k_ref, v_ref, valid_ref, bias_ref, o_ref, m_ref, l_ref,
 
     def visit(key_start, carry):
         k, v, keys_on = _keys(k_ref, v_ref, valid_ref, key_start, KEY_TILE, last)
-        # A tile with no valid key would leave the running maximum at -inf: keep exp() finite.
+        # A tile with no valid key would leave the running maximum at -inf: keep exp2() finite.
         return _online_update(carry, jnp.maximum(_scores(q, k, keys_on), -1e30), v)
 
     out, m, l = _tile_loop(first, last, KEY_TILE, visit, _start_online(tile, q.shape[-1]))
