@@ -4,30 +4,17 @@ its bias followed by the GELU pass (what runs without the kernel), error against
     python bench/hopper_gemm.py [--rows 16448] [--out gemm.json]
 
 Both take bf16 x [rows, 768], kernel [768, 3072] and bias; the figure is the mean of 50 calls dispatched back to
-back (median of five blocks). Needs an H100 (sm90).
+back (lsg.time_jax: median of three blocks). Needs an H100 (sm90).
 """
 import argparse
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxport import hopper_gemm
-
-
-def back_to_back_ms(fn, *args, calls=50, blocks=5):
-    for _ in range(3):
-        jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(blocks):
-        start = time.perf_counter()
-        outs = [fn(*args) for _ in range(calls)]
-        jax.block_until_ready(outs[-1])
-        times.append((time.perf_counter() - start) / calls * 1e3)
-    return statistics.median(times)
+from lsg import time_jax  # bench/ on sys.path
 
 
 def main():
@@ -46,7 +33,8 @@ def main():
     results = {"device": jax.devices()[0].device_kind, "rows": args.rows}
     for name, fn in programs.items():
         error = np.abs(np.asarray(fn(x, kernel, bias), np.float32) - want)
-        results[name] = {"ms": back_to_back_ms(fn, x, kernel, bias), "max_error": float(error.max()),
+        ms = 1e3 * time_jax(lambda: fn(x, kernel, bias), 3, 50)["back_to_back"]
+        results[name] = {"ms": ms, "max_error": float(error.max()),
                          "mean_error": float(error.mean())}
         print(f"{name:>6}: {results[name]['ms']:.4f} ms back to back; |error| vs float32 accumulation max "
               f"{results[name]['max_error']:.4f}, mean {results[name]['mean_error']:.6f}", flush=True)
