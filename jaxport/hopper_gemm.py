@@ -53,11 +53,12 @@ def gemm_bias_gelu(x, kernel, bias, *, interpret=None):
     N = kernel.shape[1]
     cta_n = 2 * TILE_N
     m_tiles, n_tiles, k_steps = pl.cdiv(M, TILE_M), N // cta_n, K // TILE_K
-    swizzle = plgpu.find_swizzle(TILE_K * 16)
+    swizzle = plgpu.find_swizzle(TILE_K * 16)  # a tile row's bits (16 per half-precision element)
     transforms = (plgpu.TilingTransform((8, swizzle // 2)), plgpu.SwizzleTransform(swizzle))
     out_swizzle = plgpu.find_swizzle(TILE_N * 16)
     out_transforms = (plgpu.TilingTransform((8, out_swizzle // 2)), plgpu.SwizzleTransform(out_swizzle))
-    programs = 2 if interpret else jax.devices()[0].core_count  # persistent: one program per SM
+    # Persistent: one program per SM; in the interpreter two, so that each loops over several tiles.
+    programs = 2 if interpret else jax.devices()[0].core_count
 
     def body(x_gmem, w_gmem, b_gmem, o_gmem):
         def pipeline(step, context):
