@@ -15,8 +15,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxport.generation import seq2seq_cache, seq2seq_generate
-from jaxport.hopper_gemm import dense_gelu
 from jaxport.hf import PretrainedModel
+from jaxport.hopper_gemm import dense_gelu
 from jaxport.layers import (ACTIVATIONS, NEG_INF, Dense, Embed, causal_bias, dropout, layer_drop, layer_norm,
                             padding_bias, split_rng)
 from lsg_jax.attention import draw_lsh_projections, lsg_attention, lsg_implementation
