@@ -10,7 +10,8 @@ how long each waits before its first kernel, leaves the GPU idle between kernels
 synchronised and back-to-back times part), and how often the host re-recorded (command_buffer::update: some
 buffer moved since the last call) or launched XLA's command buffers (CUDA graphs). encode: the encoder forward
 (bf16 weights, the encoder's as the argument: lsg.encoder_program); grad: its forward + backward (gradient of the
-summed states for those weights); train: one step of the project's training path (bench/lsg.py's train_setup: bf16 compute over float32 weights, AdamW, 320 target tokens).
+summed states for those weights); train: one step of the project's training path (bench/lsg.py's train_setup:
+bf16 compute over float32 weights, AdamW, 320 target tokens).
 --set overrides LSGBartConfig fields for A/B runs (e.g. --set dropout=0 --set remat=true). Needs a GPU.
 """
 import argparse

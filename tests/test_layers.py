@@ -85,4 +85,3 @@ def test_layer_norm_value_and_gradients_equal_autodiff(dtype):
         assert got.dtype == want.dtype
         np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=tolerance,
                                    atol=tolerance)
-
