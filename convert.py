@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import jax.numpy as jnp  # after argument parsing, so --help stays fast
 
+    from jaxport import runtime
+    runtime.configure()
+
     if args.from_bart or args.resize:
         from lsg_jax.convert import bart_to_lsg
         bart_to_lsg(args.src, args.dst, max_length=args.max_length, block_size=args.block_size,

@@ -7,7 +7,7 @@ import logging
 import sys
 
 from jaxport import config as config_lib
-from jaxport import registry, sharding, trainer
+from jaxport import registry, runtime, sharding, trainer
 
 
 def main(argv=None) -> dict:
@@ -23,6 +23,7 @@ def main(argv=None) -> dict:
         config = config_lib.load_config(args.config, overrides)
     except config_lib.ConfigError as e:
         parser.error(str(e))
+    runtime.configure()
     sharding.maybe_initialize_distributed()
     return trainer.train(config, args.workdir, registry.task(config.family, config))
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import jax
 
-from jaxport import base_config, trainer
+from jaxport import base_config, runtime, trainer
 from jaxport.tasks import Seq2SeqTask
 
 
@@ -29,6 +29,7 @@ def train_setup(task: Seq2SeqTask, init_from: str | Path | None, learning_rate: 
     config.optimizer.decay = "constant"
     config.optimizer.weight_decay = weight_decay
     config.optimizer.clip_norm = 0.0
+    runtime.configure()  # the settings python -m train applies
     setup = trainer.build(config, task)
     step = jax.jit(trainer.make_train_step(setup, task, accumulation=1, log_every=1),
                    in_shardings=(setup.state_shardings, setup.batch_sharding),

@@ -301,9 +301,6 @@ def opt_state_shardings(abstract_opt_state, abstract_params: dict, param_shardin
 
 def build(config, task: Task) -> Setup:
     """Mesh, model, optimizer and a sharded initial train state (no full copy on one device)."""
-    # XLA's default threefry lowering made the random-init jit of a 300M-parameter T5 compile for over
-    # 200 s on an H100; the GPU kernel lowering brings init + first step to ~40 s (bench/RESULTS.md).
-    jax.config.update("jax_threefry_gpu_kernel_lowering", True)
     mesh = sharding.make_mesh(**config.mesh)
     rules = tuple(config.sharding_rules)
     abstract_model = nnx.eval_shape(lambda: task.create_model(config, nnx.Rngs(config.seed)))

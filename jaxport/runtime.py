@@ -1,0 +1,16 @@
+"""Process-wide JAX settings of the fast path, applied once by each entry point (train.py, convert.py, the bench
+scripts, the notebooks) and by users who write their own loop: `jaxport.runtime.configure()`.
+
+Library functions never change process-wide state themselves; this is the one documented place that does.
+"""
+import jax
+
+
+def configure() -> None:
+    """Apply the settings the fast path needs. Idempotent.
+
+    - jax_threefry_gpu_kernel_lowering: XLA's default threefry lowering made the random-init jit of a
+      300M-parameter T5 compile for over 200 s on an H100, and generating dropout or init bits with it is slow;
+      the GPU kernel lowering brings init + first step to ~40 s (bench/RESULTS.md). No effect off the GPU.
+    """
+    jax.config.update("jax_threefry_gpu_kernel_lowering", True)
