@@ -25,7 +25,8 @@ def main(argv=None) -> dict:
         parser.error(str(e))
     runtime.configure()
     sharding.maybe_initialize_distributed()
-    return trainer.train(config, args.workdir, registry.task(config.family, config))
+    with runtime.matmul_precision(config.train.matmul_precision):
+        return trainer.train(config, args.workdir, registry.task(config.family, config))
 
 
 if __name__ == "__main__":

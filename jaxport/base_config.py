@@ -15,6 +15,9 @@ def base() -> ml_collections.ConfigDict:
     c.train.batch_size = 32  # global, over all hosts and devices
     c.train.grad_accum_steps = 1
     c.train.compute_dtype = "float32"  # "bfloat16": bf16 compute, float32 master weights
+    # "" follows compute_dtype (float32: true float32 matmuls, as PyTorch); "tensorfloat32" (or "bfloat16") trades a
+    # float32 run's matmul accuracy for speed on GPUs (jax.default_matmul_precision's names).
+    c.train.matmul_precision = ""
     c.train.log_every = 50
     c.train.eval_every = 500
     c.train.checkpoint_every = 500

@@ -3,6 +3,8 @@ scripts, the notebooks) and by users who write their own loop: `jaxport.runtime.
 
 Library functions never change process-wide state themselves; this is the one documented place that does.
 """
+import contextlib
+
 import jax
 
 
@@ -14,3 +16,9 @@ def configure() -> None:
       the GPU kernel lowering brings init + first step to ~40 s (bench/RESULTS.md). No effect off the GPU.
     """
     jax.config.update("jax_threefry_gpu_kernel_lowering", True)
+
+
+def matmul_precision(name: str):
+    """A context in which matmuls run at `name` (jax.default_matmul_precision's names: "tensorfloat32", "highest",
+    ...); "" leaves each model's own choice (jaxport.layers.float32_matmuls)."""
+    return jax.default_matmul_precision(name) if name else contextlib.nullcontext()

@@ -17,8 +17,8 @@ from flax import nnx
 from jaxport.generation import seq2seq_cache, seq2seq_generate
 from jaxport.hf import PretrainedModel
 from jaxport.hopper_gemm import dense_gelu
-from jaxport.layers import (ACTIVATIONS, NEG_INF, Dense, Embed, causal_bias, dropout, layer_drop, layer_norm,
-                            padding_bias, split_rng)
+from jaxport.layers import (ACTIVATIONS, NEG_INF, Dense, Embed, causal_bias, dropout, float32_matmuls, layer_drop,
+                            layer_norm, padding_bias, split_rng)
 from lsg_jax.attention import draw_lsh_projections, lsg_attention, lsg_implementation
 from lsg_jax.configuration import MAX_GLOBAL_TOKENS, POSITION_OFFSET, LSGBartConfig
 from lsg_jax.fused_attention import fused_padded_attention, resolve_implementation
@@ -310,6 +310,7 @@ class LSGBartModel(PretrainedModel):
             input_ids, mask = input_ids[:, :limit], mask[:, :limit]
         return input_ids, mask
 
+    @float32_matmuls
     def encode(self, input_ids=None, attention_mask=None, *, inputs_embeds=None, lsh_key=None, dropout_rng=None,
                truncation: bool = False) -> jax.Array:
         """Encoder states [B, G + T, E] with pass_global_tokens_to_decoder (LSG), [B, T, E] otherwise.
@@ -380,6 +381,7 @@ class LSGBartModel(PretrainedModel):
 
     # --- decoder -----------------------------------------------------------------------------------------
 
+    @float32_matmuls
     def init_cache(self, encoder_hidden, max_length: int) -> dict:
         """The cache for incremental decoding against encoder_hidden [B, S, E], `encode`'s states
         (jaxport.generation.seq2seq_cache)."""
@@ -390,6 +392,7 @@ class LSGBartModel(PretrainedModel):
         return seq2seq_cache(encoder_hidden, max_length, heads, cfg.d_model // heads, self.dtype,
                              [layer.encoder_attn for layer in self.decoder.layers])
 
+    @float32_matmuls
     def decode_hidden(self, decoder_input_ids, encoder_hidden, encoder_attention_mask=None, cache=None, position=0,
                       *, decoder_attention_mask=None, dropout_rng=None):
         if encoder_attention_mask is None:
@@ -400,6 +403,7 @@ class LSGBartModel(PretrainedModel):
         return self.decoder(embeds, encoder_hidden, encoder_valid, decoder_attention_mask, cache, position,
                             dropout_rng)
 
+    @float32_matmuls
     def __call__(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                  *, inputs_embeds=None, lsh_key=None, dropout_rng=None, truncation=False) -> Seq2SeqModelOutput:
         if decoder_input_ids is None:
@@ -434,10 +438,12 @@ class LSGBartForConditionalGeneration(LSGBartModel):
             self.lm_head = Embed(config.vocab_size, config.d_model, ("vocab", "embed"), config.init_std,
                                  dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
+    @float32_matmuls
     def lm_logits(self, hidden):
         head = self.shared if self.config.tie_word_embeddings else self.lm_head
         return (head.attend(hidden).astype(jnp.float32) + self.final_logits_bias[...].astype(jnp.float32))
 
+    @float32_matmuls
     def decode(self, decoder_input_ids, encoder_hidden, encoder_attention_mask=None, cache=None, position=0, *,
                decoder_attention_mask=None, dropout_rng=None):
         """Logits [B, T, V]. encoder_attention_mask is the encoder's input mask [B, T_in] (global tokens and
@@ -448,6 +454,7 @@ class LSGBartForConditionalGeneration(LSGBartModel):
                                            decoder_attention_mask=decoder_attention_mask, dropout_rng=dropout_rng)
         return self.lm_logits(hidden), cache
 
+    @float32_matmuls
     def __call__(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                  *, inputs_embeds=None, labels=None, lsh_key=None, dropout_rng=None,
                  truncation=False) -> Seq2SeqLMOutput:

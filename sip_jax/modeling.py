@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxport.hf import PretrainedModel
-from jaxport.layers import Embed, dropout, split_rng
+from jaxport.layers import Embed, dropout, float32_matmuls, split_rng
 from sip_jax.configuration import SIPFinetuningConfig, SIPPreTrainingConfig
 from t5_jax.modeling import Seq2SeqLMOutput, T5ForConditionalGeneration
 
@@ -151,10 +151,12 @@ def extend_encoder_mask(encoder_attention_mask: jax.Array, encoder_length: int) 
 class _PrefixedT5(PretrainedModel):
     """What both SIP models share: `self.model` (the T5) and the decoder side."""
 
+    @float32_matmuls
     def init_cache(self, encoder_hidden: jax.Array, max_length: int) -> dict:
         """T5's cache for decoding against `encode`'s states (prefix ++ input)."""
         return self.model.init_cache(encoder_hidden, max_length)
 
+    @float32_matmuls
     def decode(self, decoder_input_ids, encoder_hidden, encoder_attention_mask, cache=None, position=0, *,
                decoder_attention_mask=None, dropout_rng=None):
         """T5's decode over prefix ++ input states; `encoder_attention_mask` may be the input's own mask."""
@@ -186,19 +188,23 @@ class SIPPreTrainingModel(_PrefixedT5):
         from sip_jax.convert import sip_pretrain_rules
         return sip_pretrain_rules(config)
 
+    @float32_matmuls
     def encode_fst(self, fst_rep: jax.Array, dropout_rng=None) -> jax.Array:
         """[batch, transitions, 4 or 5] -> [batch, transitions, d_model], what is put before the input."""
         return self.fst_encoder(jnp.asarray(fst_rep), dropout_rng)
 
+    @float32_matmuls
     def embed_inputs(self, input_ids, attention_mask=None, *, fst_rep, dropout_rng=None):
         """(FST encoding ++ embedded input [B, T + S, D], mask [B, T + S] with ones over the FST)."""
         return _prepend(self.encode_fst(fst_rep, dropout_rng), self.model.shared(input_ids), attention_mask)
 
+    @float32_matmuls
     def encode(self, input_ids, attention_mask=None, *, fst_rep, dropout_rng=None) -> jax.Array:
         fst_rng, encoder_rng = split_rng(dropout_rng, 2)
         embeds, mask = self.embed_inputs(input_ids, attention_mask, fst_rep=fst_rep, dropout_rng=fst_rng)
         return self.model.encode(attention_mask=mask, inputs_embeds=embeds, dropout_rng=encoder_rng)
 
+    @float32_matmuls
     def __call__(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None, *,
                  fst_rep, labels=None, dropout_rng=None) -> Seq2SeqLMOutput:
         fst_rng, t5_rng = split_rng(dropout_rng, 2)
@@ -304,14 +310,17 @@ class SIPFinetuningModel(_PrefixedT5):
 
     # -- the forward pass
 
+    @float32_matmuls
     def embed_inputs(self, input_ids, attention_mask=None):
         """(prefix ++ embedded input [B, P + S, D], mask [B, P + S] with ones over the prefix)."""
         return _prepend(self.prefix_embedding[...], self.model.shared(input_ids), attention_mask)
 
+    @float32_matmuls
     def encode(self, input_ids, attention_mask=None, *, dropout_rng=None) -> jax.Array:
         embeds, mask = self.embed_inputs(input_ids, attention_mask)
         return self.model.encode(attention_mask=mask, inputs_embeds=embeds, dropout_rng=dropout_rng)
 
+    @float32_matmuls
     def __call__(self, input_ids, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None, *,
                  labels=None, dropout_rng=None) -> Seq2SeqLMOutput:
         embeds, mask = self.embed_inputs(input_ids, attention_mask)

@@ -12,7 +12,8 @@ from flax import nnx
 
 from jaxport.generation import seq2seq_cache, seq2seq_generate
 from jaxport.hf import PretrainedModel
-from jaxport.layers import ACTIVATIONS, Dense, Embed, causal_bias, dropout, padding_bias, split_rng
+from jaxport.layers import (ACTIVATIONS, Dense, Embed, causal_bias, dropout, float32_matmuls, padding_bias,
+                            split_rng)
 from t5_jax.configuration import T5Config
 
 
@@ -244,6 +245,7 @@ class T5ForConditionalGeneration(PretrainedModel):
         from t5_jax.convert import t5_rules
         return t5_rules(config)
 
+    @float32_matmuls
     def encode(self, input_ids=None, attention_mask=None, *, inputs_embeds=None, dropout_rng=None) -> jax.Array:
         """Encoder states [B, S, D] from token ids or from ready embeddings (SIP prepends its own)."""
         if inputs_embeds is None:
@@ -252,11 +254,13 @@ class T5ForConditionalGeneration(PretrainedModel):
             attention_mask = jnp.ones(inputs_embeds.shape[:2], jnp.int32)
         return self.encoder(inputs_embeds, attention_mask, dropout_rng)
 
+    @float32_matmuls
     def init_cache(self, encoder_hidden: jax.Array, max_length: int) -> dict:
         """The cache for incremental decoding against encoder_hidden [B, S, D] (jaxport.generation.seq2seq_cache)."""
         return seq2seq_cache(encoder_hidden, max_length, self.config.num_heads, self.config.d_kv, self.dtype,
                              [layer.cross_attention for layer in self.decoder.layers])
 
+    @float32_matmuls
     def decode(self, decoder_input_ids, encoder_hidden, encoder_attention_mask, cache=None, position=0, *,
                decoder_attention_mask=None, dropout_rng=None):
         """Logits [B, T, V] for decoder tokens; with `cache` (from `init_cache(encoder_hidden, ...)`), tokens sit
@@ -266,12 +270,14 @@ class T5ForConditionalGeneration(PretrainedModel):
                                      decoder_attention_mask, cache, position, dropout_rng)
         return self.lm_logits(hidden), cache
 
+    @float32_matmuls
     def lm_logits(self, hidden: jax.Array) -> jax.Array:
         if self.config.scale_decoder_outputs:
             hidden = hidden * self.config.d_model ** -0.5
         logits = self.shared.attend(hidden) if self.config.tie_word_embeddings else self.lm_head(hidden)
         return logits.astype(jnp.float32)
 
+    @float32_matmuls
     def __call__(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                  *, inputs_embeds=None, labels=None, dropout_rng=None) -> Seq2SeqLMOutput:
         if decoder_input_ids is None:
