@@ -1,0 +1,176 @@
+"""float32 on a GPU means float32: every family's logits at a realistic width against its PyTorch reference in
+float32 (PyTorch's float32 matmuls are true float32 by default), loaded with the default call; bf16 within a stated
+tolerance. Each case prints its figures (run with -s to see them; bench/RESULTS.md records a run)."""
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from safetensors.numpy import save_file
+
+from lsg_jax import LSGBartForConditionalGeneration
+from sip_jax.configuration import SIPPreTrainingConfig
+from sip_jax.modeling import SIPPreTrainingModel
+from t5_jax import T5Config, T5ForConditionalGeneration
+from tests.lsg_reference.harness import run_reference, tiny_config
+
+FLOAT32_TOLERANCE = 1e-4  # relative error of the logits, ||ours - ref|| / ||ref||
+BF16_TOLERANCE = {"t5": 0.15, "sip": 0.15, "lsg": 0.15}  # measured on an H200 (bench/RESULTS.md) with margin
+T5_SHAPE = dict(vocab_size=4096, d_model=768, d_kv=64, d_ff=2048, num_layers=2, num_decoder_layers=2, num_heads=12,
+                feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0)
+
+
+def rel_err(ours, ref) -> float:
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
+
+
+def report(name, ours, ref, mask) -> float:
+    """Relative error and argmax agreement over the real (unpadded) decoder positions; printed."""
+    err = rel_err(ours, ref)
+    agree = float((np.asarray(ours).argmax(-1) == np.asarray(ref).argmax(-1))[mask].mean())
+    print(f"\nPARITY {name}: rel. err {err:.2e}, argmax agreement {100 * agree:.1f}%")
+    return err
+
+
+def padded_batch(rng, length, vocab, valid):
+    ids = rng.integers(2, vocab, (len(valid), length)).astype(np.int32)
+    mask = (np.arange(length)[None] < np.asarray(valid)[:, None]).astype(np.int32)
+    return ids * mask, mask
+
+
+def scale_weights(model: torch.nn.Module, std: float, seed: int):
+    """Every weight N(0, std^2), norms near 1: larger than an initialisation, so errors show."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            param.copy_(1.0 + 0.1 * noise if "layer_norm" in name else std * noise)
+
+
+@pytest.fixture(scope="module")
+def t5_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("t5")
+    model = transformers.T5ForConditionalGeneration(transformers.T5Config(**T5_SHAPE))
+    model.lm_head.weight = torch.nn.Parameter(torch.empty(T5_SHAPE["vocab_size"], T5_SHAPE["d_model"]))
+    scale_weights(model, 0.02, seed=0)
+    save_torch_folder(folder, model.state_dict(), T5Config(**T5_SHAPE))
+    return folder, model
+
+
+def save_torch_folder(folder, state_dict, config):
+    """An HF folder of these PyTorch weights (tied embedding aliases left out, as transformers saves them)."""
+    save_file({k: v.contiguous().numpy() for k, v in state_dict.items() if "embed_tokens" not in k},
+              folder / "model.safetensors")
+    (folder / "config.json").write_text(json.dumps(config.to_dict()))
+
+
+def torch_logits(model, **inputs):
+    """The PyTorch model's float32 logits, computed on the GPU."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model.to(device).eval()
+    with torch.no_grad():
+        out = model(**{k: torch.from_numpy(v).to(device, torch.long if k.endswith("_ids") else None)
+                       for k, v in inputs.items()})
+    return out.logits.float().cpu().numpy()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_t5(t5_folder, dtype):
+    rng = np.random.default_rng(0)
+    ids, mask = padded_batch(rng, 512, T5_SHAPE["vocab_size"], [512, 301])
+    dec, _ = padded_batch(rng, 64, T5_SHAPE["vocab_size"], [64, 64])
+    folder, model = t5_folder
+    ref = torch_logits(model, input_ids=ids, attention_mask=mask, decoder_input_ids=dec)
+    kwargs = {} if dtype == "float32" else {"dtype": jnp.bfloat16}
+    ours = T5ForConditionalGeneration.from_pretrained(folder, **kwargs)(ids, mask, dec).logits
+    err = report(f"t5 {dtype}", ours, ref, np.ones(dec.shape, bool))
+    assert err < (FLOAT32_TOLERANCE if dtype == "float32" else BF16_TOLERANCE["t5"])
+
+
+@pytest.fixture(scope="module")
+def sip_reference(tmp_path_factory):
+    """A random SIP pre-training model in PyTorch: transformers' T5 plus the FST encoder's weights (the original's
+    key names), saved as a sip_pretrain folder."""
+    folder = tmp_path_factory.mktemp("sip")
+    config = SIPPreTrainingConfig(**T5_SHAPE)
+    t5 = transformers.T5ForConditionalGeneration(transformers.T5Config(**T5_SHAPE))
+    t5.lm_head.weight = torch.nn.Parameter(torch.empty(T5_SHAPE["vocab_size"], T5_SHAPE["d_model"]))
+    scale_weights(t5, 0.02, seed=1)
+    generator = torch.Generator().manual_seed(2)
+    fst = {"state_embeddings.weight": (config.num_states, config.state_embedding_dim),
+           "token_embeddings.weight": (config.fst_tokenizer_vocab_size, config.token_embedding_dim),
+           "final_state_embedding.weight": (config.num_final_state_info, config.final_state_embedding_dim),
+           "input_layer.weight": (config.d_model, config.transition_features), "input_layer.bias": (config.d_model,)}
+    fst = {name: 0.02 * torch.randn(shape, generator=generator) for name, shape in fst.items()}
+    save_torch_folder(folder, {**{f"model.{k}": v for k, v in t5.state_dict().items()}, **fst}, config)
+    return folder, config, t5, fst
+
+
+def torch_sip_embeds(t5, fst, ids, fst_rep):
+    """The original's encoder input: the FST encoder's states (embeddings concatenated, one linear layer), then the
+    token embeddings."""
+    rep = torch.from_numpy(fst_rep).long()
+    states, tokens = fst["state_embeddings.weight"], fst["token_embeddings.weight"]
+    features = torch.cat([states[rep[..., 0]], states[rep[..., 3]], tokens[rep[..., 1]], tokens[rep[..., 2]],
+                          fst["final_state_embedding.weight"][rep[..., 4]]], dim=-1)
+    encoded = features @ fst["input_layer.weight"].T + fst["input_layer.bias"]
+    with torch.no_grad():
+        return torch.cat([encoded, t5.shared.weight[torch.from_numpy(ids).long()]], dim=1).numpy()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_sip(sip_reference, dtype):
+    folder, config, t5, fst = sip_reference
+    rng = np.random.default_rng(1)
+    ids, mask = padded_batch(rng, 256, config.vocab_size, [256, 97])
+    dec, _ = padded_batch(rng, 48, config.vocab_size, [48, 48])
+    fst_rep = np.stack([rng.integers(0, config.num_states - 1, (2, 40)),
+                        rng.integers(0, config.fst_tokenizer_vocab_size, (2, 40)),
+                        rng.integers(0, config.fst_tokenizer_vocab_size, (2, 40)),
+                        rng.integers(0, config.num_states - 1, (2, 40)), rng.integers(1, 3, (2, 40))], -1)
+    embeds = torch_sip_embeds(t5, fst, ids, fst_rep)
+    full_mask = np.concatenate([np.ones((2, 40), np.int32), mask], axis=1)
+    ref = torch_logits(t5, inputs_embeds=embeds, attention_mask=full_mask, decoder_input_ids=dec)
+    kwargs = {} if dtype == "float32" else {"dtype": jnp.bfloat16}
+    ours = SIPPreTrainingModel.from_pretrained(folder, **kwargs)(ids, mask, dec, fst_rep=fst_rep).logits
+    err = report(f"sip {dtype}", ours, ref, np.ones(dec.shape, bool))
+    assert err < (FLOAT32_TOLERANCE if dtype == "float32" else BF16_TOLERANCE["sip"])
+
+
+LSG_SHAPE = dict(d_model=768, encoder_attention_heads=12, decoder_attention_heads=12, encoder_ffn_dim=3072,
+                 decoder_ffn_dim=3072, encoder_layers=2, decoder_layers=2, max_position_embeddings=4096,
+                 vocab_size=4096)
+LSG_FIELDS = dict(block_size=128, sparse_block_size=128, sparsity_factor=2, num_global_tokens=16)
+
+
+@pytest.fixture(scope="module")
+def lsg_reference(tmp_path_factory):
+    """The original (lsg-converter, PyTorch float32 on the CPU) on 3001 tokens with padding, per sparsity type."""
+    work = tmp_path_factory.mktemp("lsg")
+    rng = np.random.default_rng(2)
+    ids, mask = padded_batch(rng, 3001, LSG_SHAPE["vocab_size"], [3001, 2390])
+    dec, _ = padded_batch(rng, 32, LSG_SHAPE["vocab_size"], [32, 32])
+    np.savez(work / "inputs.npz", input_ids=ids, attention_mask=mask, decoder_input_ids=dec)
+    jobs = []
+    for sparsity in ("norm", "none", "pooling"):
+        config = tiny_config(**LSG_SHAPE, **LSG_FIELDS, sparsity_type=sparsity)
+        jobs += [{"action": "build", "folder": str(work / sparsity), "config": config, "lsg": True, "seed": 0,
+                  "std": 0.05},
+                 {"action": "run", "folder": str(work / sparsity), "lsg": True, "inputs": str(work / "inputs.npz"),
+                  "out": str(work / f"{sparsity}.npz")}]
+    run_reference(jobs, work, timeout=1800)
+    return work, ids, mask, dec
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("sparsity", ["norm", "none", "pooling"])
+def test_lsg(lsg_reference, sparsity, dtype):
+    work, ids, mask, dec = lsg_reference
+    ref = np.load(work / f"{sparsity}.npz")["logits"]
+    kwargs = {} if dtype == "float32" else {"dtype": jnp.bfloat16}
+    ours = LSGBartForConditionalGeneration.from_pretrained(work / sparsity, **kwargs)(ids, mask, dec).logits
+    err = report(f"lsg {sparsity} {dtype}", ours, ref, np.ones(dec.shape, bool))
+    assert err < (FLOAT32_TOLERANCE if dtype == "float32" else BF16_TOLERANCE["lsg"])
