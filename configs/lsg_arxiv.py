@@ -30,6 +30,7 @@ generation off with eval.generate=False.
 import ml_collections
 
 from jaxport.base_config import base
+from jaxport.data import JsonlData, TfdsData, data_section
 
 TRAIN_EXAMPLES = 203_037  # scientific_papers/arxiv, train split
 EFFECTIVE_BATCH = 32
@@ -65,16 +66,13 @@ def get_config(arg: str = "base") -> ml_collections.ConfigDict:
         # ("none", "dots", "full") trades training time for memory (bench/RESULTS.md).
         attn_implementation="auto", remat="none"))
 
-    c.data = ml_collections.ConfigDict(dict(
-        source="jsonl" if tiny else "tfds", tfds_name="scientific_papers/arxiv", data_dir="",
-        train_split="train", eval_split="validation", train_path="", eval_path="",
-        input_key="article", target_key="abstract",
+    # tiny reads JSONL files (data.train_path, data.eval_path); data.num_eval_examples caps the evaluation set
+    source = {} if tiny else {"tfds_name": "scientific_papers/arxiv"}
+    c.data = data_section(
+        JsonlData if tiny else TfdsData, **source, input_key="article", target_key="abstract",
         tokenizer="",  # "" reads it from init_from; else a folder or hub id (e.g. facebook/bart-base)
         max_input_length=MODELS[arg]["max_position_embeddings"], max_target_length=32 if tiny else 512,
-        truncate=True,  # cut articles to max_input_length (the original truncates); False: longer ones are errors
-        num_eval_examples=0,  # evaluate on the first N examples of the eval split; 0: all of them
-        # unused here; kept so that the shared source factory (jaxport.tasks.make_source) finds every key
-        task="", alphabet="", min_length=1, max_length=1, seed=0))
+        truncate=True)  # cut articles to max_input_length (the original truncates); False: longer ones are errors
 
     c.train.batch_size = EFFECTIVE_BATCH
     c.train.grad_accum_steps = 4  # 4 micro-batches of 8

@@ -26,7 +26,9 @@ train.num_steps to epochs x ceil(rows / batch_size), e.g. 200 for 5 examples in 
 import ml_collections
 
 from jaxport.base_config import base
+from jaxport.data import data_section
 from sip_jax.configuration import T5_SHAPES
+from sip_jax.tasks import FinetuningData
 
 # The prefix settings of the original's SIPFinetuningModelConfig (sip/embed_finetune.py:179-186); prefix_length,
 # num_examples and random_selection decide how from_pretrained initialises a fresh prefix.
@@ -52,16 +54,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         feed_forward_proj="gated-gelu", tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
         decoder_start_token_id=0, **T5_SHAPES[preset["shape"]], **PREFIX))
 
-    c.data = ml_collections.ConfigDict(dict(
-        source="tsv",
-        train_path="", eval_path="", test_path="",  # TSV files; eval/test may be "" (then none, or see num_train)
-        predictions_path="",  # "" writes WORKDIR/predictions.tsv
-        skip_header=True,  # a first line "input<TAB>output" is column names, not an example
-        num_train=0,  # > 0: few-shot split of train_path, its other rows evaluate (and test)
-        split_seed=0,
-        input_key="input", target_key="output",
-        tokenizer="bytes",  # ByT5's byte-level tokenizer, which SIP uses (google/byt5-small)
-        max_input_length=preset["max_length"], max_target_length=preset["max_length"], truncate=False))
+    c.data = data_section(FinetuningData, max_input_length=preset["max_length"], max_target_length=preset["max_length"])
 
     c.train.num_steps = 200
     c.train.batch_size = 16

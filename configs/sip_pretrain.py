@@ -28,9 +28,10 @@ original, the padding transitions are not masked.
 import ml_collections
 
 from jaxport.base_config import base
+from jaxport.data import data_section
 from sip_jax.configuration import T5_SHAPES
 from sip_jax.fst.encoding import FSTTokenizer
-from sip_jax.fst_data import BUILTIN_FST_TOKENIZER
+from sip_jax.fst_data import BUILTIN_FST_TOKENIZER, FSTData
 
 LOWER_CASE = "abcdefghijklmnopqrstuvwxyz"
 # FST encoder of SIP-d4 (pretrain_SIP_d4.jsonnet:1, 41-48); fst_tokenizer_vocab_size is the FST tokenizer's size.
@@ -69,20 +70,15 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     # The original's inputs have 1..35 characters; a character takes up to 2 bytes (IPA letters), and up to 3 once
     # an upper-case arc maps it (e.g. U+027D -> U+2C64), plus eos. Lower-case ASCII strings need 1 byte a letter.
     max_chars = preset["max_chars"]
-    c.data = ml_collections.ConfigDict(dict(
-        source="fst",
-        seed=0,
+    c.data = data_section(
+        FSTData,
         examples_per_fst={"tiny": 1, "small": 2, "paper": 5}[arg],  # consecutive strings of one FST
         num_eval_examples={"tiny": 64, "small": 512, "paper": 1000}[arg],  # from another seed's stream
-        # fst.SamplerConfig fields; a sampler's max_transitions is max_states x max_vocab_size
-        sampler=ml_collections.ConfigDict(dict(max_input_length=max_chars, **preset["sampler"])),
+        sampler=dict(max_input_length=max_chars, **preset["sampler"]),  # fst.SamplerConfig fields
         fst_tokenizer_path=preset["tokenizer"],
-        exclude_fsts="",  # JSONL files (comma-separated) of FSTs never to draw, e.g. few-shot tasks
         num_workers={"tiny": 0, "small": 14, "paper": 4}[arg],  # processes generating examples
-        tokenizer="bytes",
-        input_key="input", target_key="output", fst_key="FST",
         max_input_length=(2 if paper else 1) * max_chars + 1, max_target_length=(3 if paper else 2) * max_chars + 1,
-        max_transitions=preset["max_transitions"], truncate=False))
+        max_transitions=preset["max_transitions"])  # the sampler's max_states x max_vocab_size
 
     c.eval.batch_size = 32
     c.eval.generate = True

@@ -6,6 +6,7 @@
 import ml_collections
 
 from jaxport.base_config import base
+from jaxport.data import SyntheticData, data_section
 
 MODELS = {
     "tiny": dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4),
@@ -21,11 +22,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         relative_attention_max_distance=128, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
         dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, **MODELS[arg]))
 
-    c.data = ml_collections.ConfigDict(dict(
-        source="synthetic", task="reverse", alphabet="abcdefghij", min_length=1, max_length=12, seed=0,
-        num_eval_examples=256, tokenizer="bytes", input_key="inputs", target_key="targets",
-        max_input_length=16, max_target_length=16, truncate=False,
-        train_path="", eval_path="", tfds_name="", train_split="train", eval_split="validation", data_dir=""))
+    c.data = data_section(SyntheticData, task="reverse", max_length=12, max_input_length=16, max_target_length=16)
 
     c.train.num_steps = 600
     c.train.batch_size = 64

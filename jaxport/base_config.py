@@ -1,4 +1,5 @@
-"""Keys every training config shares; a config file starts from `base()` and fills in its family."""
+"""Keys every training config shares; a config file starts from `base()` and fills in its family, and its `data`
+section with jaxport.data.data_section (the keys of its source)."""
 import ml_collections
 
 from jaxport.sharding import DEFAULT_RULES

@@ -49,25 +49,6 @@ def make_tokenizer(name: str):
     return data.HuggingFaceTokenizer(AutoTokenizer.from_pretrained(name))
 
 
-def make_source(cfg, split: str):
-    """A random-access source for `split` ('train' or 'eval') as the config's data section describes."""
-    kind = cfg.source
-    if kind == "synthetic":
-        # Eval draws from another seed's stream: strings the training stream is unlikely to repeat.
-        seed = cfg.seed if split == "train" else cfg.seed + 1_000_003
-        task = data.SyntheticTask(cfg.task, seed=seed, alphabet=cfg.alphabet, min_length=cfg.min_length,
-                                  max_length=cfg.max_length)
-        return task if split == "train" else [task[i] for i in range(cfg.num_eval_examples)]
-    path = cfg.get(f"{split}_path")
-    if kind == "tsv":
-        return data.TsvSource(path, fields=(cfg.input_key, cfg.target_key))
-    if kind == "jsonl":
-        return data.JsonlSource(path, fields=(cfg.input_key, cfg.target_key))
-    if kind == "tfds":
-        return data.TfdsSource(cfg.tfds_name, cfg.get(f"{split}_split"), data_dir=cfg.data_dir or None)
-    raise ValueError(f"data.source={kind!r}: expected synthetic, tsv, jsonl or tfds")
-
-
 class Seq2SeqTask:
     def __init__(self, config, model_class, config_class, tokenizer=None):
         """tokenizer: the data interface's tokenizer object; None makes one from `config.data.tokenizer`."""
@@ -89,13 +70,18 @@ class Seq2SeqTask:
         model = self.model_class.from_pretrained(config.init_from)
         return check_params_fit(self, config, tree.flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
 
+    def source(self, config, split: str):
+        """The examples of `split` ('train' or 'eval'; None: no eval data), as config.data describes them."""
+        return data.make_source(config.data, split)
+
     def train_data(self, config):
-        return data.make_iterator(make_source(config.data, "train"), self.preprocess,
+        return data.make_iterator(self.source(config, "train"), self.preprocess,
                                   batch_size=config.train.batch_size, seed=config.seed)
 
     def eval_data(self, config):
-        return data.make_eval_iterator(make_source(config.data, "eval"), self.preprocess,
-                                       batch_size=config.eval.batch_size)
+        source = self.source(config, "eval")
+        return None if source is None else data.make_eval_iterator(source, self.preprocess,
+                                                                   batch_size=config.eval.batch_size)
 
     @staticmethod
     def num_tokens(batch) -> int:

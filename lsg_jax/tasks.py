@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from jaxport import data
-from jaxport.tasks import Seq2SeqTask, make_source, make_tokenizer
+from jaxport.tasks import Seq2SeqTask, make_tokenizer
 from lsg_jax.configuration import LSGBartConfig
 from lsg_jax.modeling import LSGBartForConditionalGeneration
 
@@ -102,21 +102,6 @@ def input_limit(model_config: LSGBartConfig, length: int, truncate: bool) -> int
     return jax.eval_shape(lambda ids: model.prepare_inputs(ids, truncation=truncate)[0], ids).shape[1]
 
 
-class _Head:
-    """The first `count` examples of a source."""
-
-    def __init__(self, source, count: int):
-        self.source, self.count = source, min(count, len(source))
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, index: int) -> dict:
-        if not 0 <= index < self.count:
-            raise IndexError(index)
-        return self.source[index]
-
-
 def _cut_at_eos(ids, eos_id: int) -> list[int]:
     ids = [int(i) for i in ids]
     return ids[:ids.index(eos_id) + 1] if eos_id in ids else ids
@@ -160,29 +145,17 @@ class SummarizationTask(Seq2SeqTask):
                         ", ".join(differences))
         return params
 
-    def _source(self, config, split: str):
+    def source(self, config, split: str):
+        """Seq2SeqTask's, pointing to JSONL files when the TFDS dataset is not prepared."""
         cfg = config.data
         try:
-            return make_source(cfg, split)
+            return data.make_source(cfg, split)
         except FileNotFoundError as error:
             if cfg.source != "tfds":
                 raise
             raise FileNotFoundError(f"{error}\nOr read JSONL files of {{{cfg.input_key!r}: ..., {cfg.target_key!r}: "
                                     "...} lines: --config.data.source=jsonl --config.data.train_path=... "
                                     "--config.data.eval_path=...") from None
-
-    def train_data(self, config):
-        return data.make_iterator(self._source(config, "train"), self.preprocess,
-                                  batch_size=config.train.batch_size, seed=config.seed)
-
-    def eval_data(self, config):
-        cfg = config.data
-        if cfg.source != "tfds" and not cfg.eval_path:
-            return None
-        source = self._source(config, "eval")
-        if cfg.num_eval_examples:
-            source = _Head(source, cfg.num_eval_examples)
-        return data.make_eval_iterator(source, self.preprocess, batch_size=config.eval.batch_size)
 
     # --- generation-based evaluation (jaxport.trainer.Task.predict / score_predictions) ---------------------------
 

@@ -1,13 +1,15 @@
-"""The training side's link to the FST generator (sip_jax.fst): where the FST tokenizer file is, and the
-pre-training source and preprocessor made from a config's `data` section.
+"""The training side's link to the FST generator (sip_jax.fst): the `data.source = "fst"` config section, where the
+FST tokenizer file is, and the pre-training source and preprocessor made from that section.
 
 The generator itself (FST sampling, the on-the-fly source, the tokenizer encoding) lives in sip_jax.fst;
 this module only chooses and wires its pieces.
 """
+import dataclasses
 import os
 from pathlib import Path
 
-from sip_jax.fst.settings import FST_TOKENIZER_FILE
+from jaxport.data import Seq2SeqData, data_source
+from sip_jax.fst.settings import FST_TOKENIZER_FILE, SamplerConfig
 
 # Where the FST tokenizer (the original's unicode_char_tokenizer_ipa.json) is looked for, in order, when
 # no path is given: an environment variable, then beside the FST package, this package, the working directory.
@@ -48,17 +50,33 @@ def resolve_fst_tokenizer_path(path: str | os.PathLike | None = None) -> Path:
 EVAL_SEED_OFFSET = 1_000_003
 
 
+@data_source("fst")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FSTData(Seq2SeqData):
+    """Pre-training examples {fst_key, input_key, target_key} drawn on the fly by the FST generator."""
+
+    max_transitions: int  # FSTs are padded to this many transitions
+    input_key: str = "input"
+    target_key: str = "output"
+    fst_key: str = "FST"
+    seed: int = 0  # of the training stream; evaluation draws from seed + EVAL_SEED_OFFSET
+    examples_per_fst: int = 1  # consecutive strings of one FST
+    num_eval_examples: int = 256  # 0: no evaluation
+    # fst.SamplerConfig's fields, the original's values unless set
+    sampler: dict = dataclasses.field(default_factory=lambda: dataclasses.asdict(SamplerConfig()))
+    fst_tokenizer_path: str = ""  # "builtin", a file, or "" to look up FST_TOKENIZER_FILE
+    exclude_fsts: str = ""  # JSONL files (comma-separated) of FSTs never to draw, e.g. few-shot tasks
+    num_workers: int = 0  # processes generating examples
+
+
 def pretraining_seeds(cfg) -> tuple[int, int]:
     """The FST seeds of the training and evaluation streams."""
     return cfg.seed, cfg.seed + EVAL_SEED_OFFSET
 
 
 def sampler_config(cfg):
-    """The fst.SamplerConfig of a pre-training config's `data` section (its `sampler` overrides)."""
-    from sip_jax.fst import SamplerConfig
-
-    overrides = cfg.get("sampler")
-    return SamplerConfig(**(overrides.to_dict() if hasattr(overrides, "to_dict") else dict(overrides or {})))
+    """The fst.SamplerConfig of a pre-training config's `data` section."""
+    return SamplerConfig(**cfg.sampler)
 
 
 def pretraining_source(cfg, split: str):
@@ -69,7 +87,7 @@ def pretraining_source(cfg, split: str):
 
     sampler = sampler_config(cfg)
     seed = pretraining_seeds(cfg)[split != "train"]
-    exclude_paths = [path for path in cfg.get("exclude_fsts", "").split(",") if path]
+    exclude_paths = [path for path in cfg.exclude_fsts.split(",") if path]
     source = FSTPretrainingSource(seed=seed, sampler=sampler, examples_per_fst=cfg.examples_per_fst,
                                   exclude=canonical_forms_of_files(exclude_paths))
     return source if split == "train" else [source[i] for i in range(cfg.num_eval_examples)]

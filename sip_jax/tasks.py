@@ -7,6 +7,7 @@
 - `sip_pretrain` (configs/sip_pretrain.py): FST-simulation pre-training of a SIPPreTrainingModel on examples
   drawn on the fly by the FST generator (sip_jax.fst), as sip/pretraining.py:97-200 on its fixed files.
 """
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -137,16 +138,20 @@ class HeaderSkippingSource:
         return self.source[index + self.offset]
 
 
-class Subset:
-    def __init__(self, source, indices):
-        self.source = source
-        self.indices = [int(i) for i in indices]
+@data.data_source("sip_tsv")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FinetuningData(data.Seq2SeqData):
+    """The `data` section of configs/sip_finetune.py: TSV files of input/output pairs (see finetuning_source)."""
 
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.source[self.indices[index]]
+    train_path: str = ""
+    eval_path: str = ""  # "": none, or see num_train
+    test_path: str = ""  # "": none, or see num_train
+    predictions_path: str = ""  # "": WORKDIR/predictions.tsv
+    skip_header: bool = True  # a first line "input<TAB>output" is column names, not an example
+    num_train: int = 0  # > 0: few-shot split of train_path, its other rows evaluate (and test)
+    split_seed: int = 0
+    input_key: str = "input"
+    target_key: str = "output"
 
 
 def tsv_source(path: str, cfg):
@@ -164,8 +169,8 @@ def finetuning_source(cfg, split: str):
     RandomSplit, sip/data_loading.py:157-187): a permutation drawn with `split_seed` gives its first `num_train`
     rows to training and the rest to eval and test, unless eval_path / test_path name other files.
     """
-    if cfg.source != "tsv":
-        raise ValueError(f"sip_finetune reads TSV files: data.source must be 'tsv', got {cfg.source!r}")
+    if cfg.source != "sip_tsv":
+        raise ValueError(f"sip_finetune reads TSV files: data.source must be 'sip_tsv', got {cfg.source!r}")
     path = cfg.get(f"{split}_path")
     if cfg.num_train > 0 and (split == "train" or not path):
         full = tsv_source(cfg.train_path, cfg)
@@ -173,7 +178,7 @@ def finetuning_source(cfg, split: str):
             raise ValueError(f"data.num_train={cfg.num_train} leaves nothing to evaluate on: {cfg.train_path} has "
                              f"{len(full)} examples")
         order = np.random.default_rng(cfg.split_seed).permutation(len(full))
-        return Subset(full, order[:cfg.num_train] if split == "train" else order[cfg.num_train:])
+        return data.Subset(full, order[:cfg.num_train] if split == "train" else order[cfg.num_train:])
     return tsv_source(path, cfg) if path else None
 
 

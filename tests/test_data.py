@@ -1,19 +1,24 @@
+import dataclasses
 import json
 import os
 import pathlib
 import subprocess
 import sys
+from unittest import mock
 
 import numpy as np
 import pytest
 
+from jaxport import config as config_lib
 from jaxport.data import (
-    EXAMPLE_MASK, ByteTokenizer, HuggingFaceTokenizer, JsonlSource, Seq2SeqPreprocessor, SyntheticTask,
-    TextLineSource, TfdsSource, TsvSource, make_eval_iterator, make_iterator,
+    EXAMPLE_MASK, ByteTokenizer, HuggingFaceTokenizer, JsonlSource, Seq2SeqPreprocessor, SyntheticData, SyntheticTask,
+    TextLineSource, TfdsSource, TsvData, TsvSource, data_section, make_eval_iterator, make_iterator, make_source,
 )
 
 BYTES = ByteTokenizer()
 SINGLE_HOST = {"process_index": 0, "process_count": 1}
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+T5_CONFIG = str(ROOT / "configs" / "t5_reverse.py")
 
 
 def numbered_source(size):
@@ -218,8 +223,13 @@ def test_eval_pads_the_last_batch_and_masks_it():
 
 
 def test_hosts_default_to_jax_processes():
-    iterator = make_iterator(numbered_source(10), preprocess(), batch_size=4, prefetch=0)
-    assert next(iterator)["input_ids"].shape == (4, 8)  # a single process holds the whole batch
+    def first_batch(**hosts):
+        return next(make_iterator(numbered_source(16), preprocess(), batch_size=8, prefetch=0, **hosts))
+
+    with mock.patch("jax.process_index", return_value=2), mock.patch("jax.process_count", return_value=4):
+        by_default = first_batch()
+    assert_same_batches([by_default], [first_batch(process_index=2, process_count=4)])
+    assert decoded_inputs(by_default) != decoded_inputs(first_batch(process_index=0, process_count=4))
 
 
 def test_batch_size_must_split_over_hosts():
@@ -312,3 +322,65 @@ def test_tfds_source(tiny_tfds_builder, tmp_path):
         TfdsSource("jaxport_tiny_pairs", "train", data_dir=tmp_path, fields=("article",))
     with pytest.raises(ValueError, match="neither registered"):
         TfdsSource("jaxport_no_such_dataset", "train", data_dir=tmp_path)
+
+
+# The data section of a config, typed by its source
+
+def test_a_source_declares_its_keys_and_defaults():
+    section = data_section(TsvData, train_path="a.tsv", max_input_length=8, max_target_length=4)
+    assert section.to_dict() == {"source": "tsv", "max_input_length": 8, "max_target_length": 4, "tokenizer": "bytes",
+                                 "input_key": "inputs", "target_key": "targets", "truncate": False,
+                                 "train_path": "a.tsv", "eval_path": "", "num_eval_examples": 0}
+    with pytest.raises(config_lib.ConfigError, match="data.source='tsv' needs data.max_input_length, "
+                                                     "data.max_target_length"):
+        data_section(TsvData)
+
+
+def test_a_key_of_another_source_or_none_names_the_valid_keys():
+    with pytest.raises(config_lib.ConfigError, match=r"'data.task' for data.source='tsv' \(a key of "
+                                                     r"data.source='synthetic'\); its keys are .*data.train_path"):
+        data_section(TsvData, task="reverse", max_input_length=8, max_target_length=8)
+    with pytest.raises(config_lib.ConfigError, match=r"'data.tsk' for data.source='synthetic'; its keys are "
+                                                     r"data.max_input_length, .*; did you mean 'data.task'"):
+        config_lib.load_config(T5_CONFIG, ["data.tsk=sort"])
+    with pytest.raises(config_lib.ConfigError, match=r"'data.train_path' for data.source='synthetic' \(a key of "
+                                                     r"data.source='tsv' or 'jsonl'\)"):
+        config_lib.load_config(T5_CONFIG, ["data.train_path=a.tsv"])
+    with pytest.raises(config_lib.ConfigError, match=r"data.source='csv' is not one of \[.*'tsv'\]"):
+        config_lib.load_config(T5_CONFIG, ["data.source=csv"])
+
+
+@pytest.mark.parametrize("order", [1, -1])
+def test_overriding_the_source_swaps_its_keys_keeping_what_the_config_set(tmp_path, order):
+    path = write(tmp_path / "pairs.tsv", "".join(f"in{i}\tout{i}\n" for i in range(5)))
+    overrides = [f"data.train_path={path}", f"data.eval_path={path}", "data.num_eval_examples=2", "data.source=tsv"]
+    config = config_lib.load_config(T5_CONFIG, overrides[::order])
+    default = config_lib.load_config(T5_CONFIG)
+    assert set(config.data) == {"source", *(field.name for field in dataclasses.fields(TsvData))}
+    # The synthetic source's values that t5_reverse.py set carry over; its defaults give way to the TSV source's.
+    assert config.data.max_input_length == default.data.max_input_length == 16
+    assert config.data.num_eval_examples == 2 != default.data.num_eval_examples
+    assert make_source(config.data, "train")[4] == {"inputs": "in4", "targets": "out4"}
+    evaluation = make_source(config.data, "eval")
+    assert [evaluation[i] for i in range(len(evaluation))] == [{"inputs": "in0", "targets": "out0"},
+                                                                {"inputs": "in1", "targets": "out1"}]
+    assert make_source(config_lib.load_config(T5_CONFIG, overrides[:1] + overrides[-1:]).data, "eval") is None
+
+
+def test_synthetic_source_evaluates_on_another_seeds_examples():
+    section = data_section(SyntheticData, task="sort", num_eval_examples=3, max_input_length=8, max_target_length=8)
+    train, evaluation = make_source(section, "train"), make_source(section, "eval")
+    assert len(evaluation) == 3 and all(e["targets"] == "".join(sorted(e["inputs"])) for e in evaluation)
+    assert evaluation != [train[i] for i in range(3)]
+
+
+@config_lib.section_kind("test_section", "kind", "nested")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class NestedKind:
+    sub: dict = dataclasses.field(default_factory=lambda: {"width": 2, "depth": 3})
+
+
+def test_a_dict_key_is_a_sub_section_whose_keys_are_checked():
+    assert config_lib.typed_section(NestedKind, sub={"depth": 5}).sub.to_dict() == {"width": 2, "depth": 5}
+    with pytest.raises(config_lib.ConfigError, match="'test_section.sub.dpth'; did you mean 'test_section.sub.dep"):
+        config_lib.typed_section(NestedKind, sub={"dpth": 5})

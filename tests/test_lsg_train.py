@@ -153,15 +153,18 @@ def test_reads_the_tfds_arxiv_builder(files, tmp_path):
                            return_value={"arxiv": str(raw.parent), "pubmed": str(raw.parent)}):
         builder.download_and_prepare(file_format="array_record")
 
-    config = tiny_config(files, "data.source=tfds", f"data.data_dir={tmp_path / 'tfds'}", "data.num_eval_examples=3")
-    assert config.data.tfds_name == "scientific_papers/arxiv"
+    arxiv = config_lib.load_config(CONFIG).data.tfds_name  # the base preset's dataset, read by the tiny model
+    assert arxiv == "scientific_papers/arxiv"
+    tfds_args = [f"data.tokenizer={files / 'tokenizer'}", "data.source=tfds", f"data.tfds_name={arxiv}"]
+    config = config_lib.load_config(CONFIG + ":tiny", [*tfds_args, f"data.data_dir={tmp_path / 'tfds'}",
+                                                       "data.num_eval_examples=3"])
     task = registry.task("lsg", config)
     batch = next(task.train_data(config))
     assert batch["input_ids"].shape == (16, 256) and np.all(batch["labels"][:, 0] == 0)
     eval_batches = list(task.eval_data(config))
     assert len(eval_batches) == 1 and eval_batches[0]["example_mask"].sum() == 3
 
-    missing = tiny_config(files, "data.source=tfds", f"data.data_dir={tmp_path / 'elsewhere'}")
+    missing = config_lib.load_config(CONFIG + ":tiny", [*tfds_args, f"data.data_dir={tmp_path / 'elsewhere'}"])
     with pytest.raises(FileNotFoundError, match=r"not prepared(.|\n)*--config.data.source=jsonl"):
         task.train_data(missing)
 

@@ -5,15 +5,21 @@
     iterator = make_iterator(source, preprocess, batch_size=64, seed=0)
     batch = next(iterator)                                # dict of numpy arrays, host-local rows
     state = iterator.get_state()                          # JSON-serializable; set_state(state) resumes
+
+A config's `data` section is typed by its source (jaxport.data.sections): `make_source(config.data, "train")`.
 """
 from jaxport.data.iterator import EXAMPLE_MASK, BatchIterator, make_eval_iterator, make_iterator
+from jaxport.data.sections import (
+    JsonlData, Seq2SeqData, SyntheticData, TfdsData, TsvData, data_section, data_source, make_source,
+)
 from jaxport.data.seq2seq import Seq2SeqPreprocessor
-from jaxport.data.sources import JsonlSource, TextLineSource, TfdsSource, TsvSource
+from jaxport.data.sources import JsonlSource, Subset, TextLineSource, TfdsSource, TsvSource, first
 from jaxport.data.synthetic import TASKS, SyntheticTask
 from jaxport.data.tokenizers import ByteTokenizer, HuggingFaceTokenizer
 
 __all__ = [
-    "EXAMPLE_MASK", "TASKS", "BatchIterator", "ByteTokenizer", "HuggingFaceTokenizer", "JsonlSource",
-    "Seq2SeqPreprocessor", "SyntheticTask", "TextLineSource", "TfdsSource", "TsvSource",
-    "make_eval_iterator", "make_iterator",
+    "EXAMPLE_MASK", "TASKS", "BatchIterator", "ByteTokenizer", "HuggingFaceTokenizer", "JsonlData", "JsonlSource",
+    "Seq2SeqData", "Seq2SeqPreprocessor", "Subset", "SyntheticData", "SyntheticTask", "TextLineSource", "TfdsData",
+    "TfdsSource", "TsvData", "TsvSource", "data_section", "data_source", "first", "make_eval_iterator",
+    "make_iterator", "make_source",
 ]

@@ -117,6 +117,25 @@ class TextLineSource:
         return {self.field: self._lines[index]}
 
 
+class Subset:
+    """The examples of `source` at `indices`, in that order."""
+
+    def __init__(self, source, indices: Sequence[int]):
+        self.source = source
+        self.indices = [int(i) for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.source[self.indices[index]]
+
+
+def first(source, count: int):
+    """The first `count` examples of a finite source; all of them for 0."""
+    return Subset(source, range(count)) if 0 < count < len(source) else source
+
+
 def _decode_text(value):
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
