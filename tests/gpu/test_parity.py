@@ -118,7 +118,7 @@ def torch_sip_embeds(t5, fst, ids, fst_rep):
                           fst["final_state_embedding.weight"][rep[..., 4]]], dim=-1)
     encoded = features @ fst["input_layer.weight"].T + fst["input_layer.bias"]
     with torch.no_grad():
-        return torch.cat([encoded, t5.shared.weight[torch.from_numpy(ids).long()]], dim=1).numpy()
+        return torch.cat([encoded, t5.shared.weight.cpu()[torch.from_numpy(ids).long()]], dim=1).numpy()
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -148,9 +148,15 @@ LSG_FIELDS = dict(block_size=128, sparse_block_size=128, sparsity_factor=2, num_
 
 @pytest.fixture(scope="module")
 def lsg_reference(tmp_path_factory):
-    """The original (lsg-converter, PyTorch float32 on the CPU) on 3001 tokens with padding, per sparsity type."""
+    """The original (lsg-converter, PyTorch float32 on the CPU) on 3001 tokens with padding, per sparsity type.
+
+    "norm" keeps the keys of highest norm in each chunk: a top-k, discontinuous where two norms at the cut are within
+    float32 rounding of each other, and then any two platforms (PyTorch's GPU against its CPU too) may keep different
+    keys. Random inputs here bring such near-ties often (seed 2: relative gap 2e-7, one flip, logits 5e-4 apart;
+    perturbing the weights by 1e-7 flips it on the CPU too). Seed 7's inputs have no gap under 4e-6 (measured with
+    this project's float32 on the CPU), 40 times float32's rounding, so a difference here is the port's."""
     work = tmp_path_factory.mktemp("lsg")
-    rng = np.random.default_rng(2)
+    rng = np.random.default_rng(7)
     ids, mask = padded_batch(rng, 3001, LSG_SHAPE["vocab_size"], [3001, 2390])
     dec, _ = padded_batch(rng, 32, LSG_SHAPE["vocab_size"], [32, 32])
     np.savez(work / "inputs.npz", input_ids=ids, attention_mask=mask, decoder_input_ids=dec)

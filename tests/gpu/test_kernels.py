@@ -1,0 +1,135 @@
+"""The GPU paths, compiled (not interpreted), at LSG-BART-base's width: `auto` picks the fused kernels on the GPU,
+every fused path agrees with the einsum formulation forward and backward within tolerances that a wrong softmax scale
+or a dropped bias would break, and the Hopper GEMM computes the exact GELU, not tanh's approximation."""
+import dataclasses
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from lsg_jax import LSGBartConfig, LSGBartForConditionalGeneration, dispatch, hopper_gemm
+from tests.gpu.test_parity import rel_err
+
+SHAPE = dict(vocab_size=1024, d_model=768, encoder_layers=1, decoder_layers=1, encoder_attention_heads=12,
+             decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, max_position_embeddings=4096,
+             block_size=128, sparse_block_size=128, num_global_tokens=16, dropout=0.0, attention_dropout=0.0,
+             activation_dropout=0.0)
+LENGTH, VALID = 4096 - 16, [4096 - 16, 2999]  # the global tokens are prepended; the second row padded
+# The fused paths compute attention in bf16: their error against float32 einsum may exceed einsum-in-bf16's by this
+# factor. A wrong softmax scale or a dropped query/value bias multiplies it by ten or more (each measured once).
+FUSED_SLACK = 1.5
+
+
+def test_auto_picks_the_fused_kernels_on_the_gpu():
+    config = LSGBartConfig(**SHAPE, sparsity_type="none")
+    assert config.attn_implementation == "auto"
+    for training in (False, True):
+        assert dispatch.resolve(config, jnp.bfloat16, training=training) == ("pallas", "pallas")
+    assert dispatch.resolve(dataclasses.replace(config, sparsity_type="norm"), jnp.bfloat16, training=False) == (
+        "cudnn", "pallas")
+    assert dispatch.resolve(config, jnp.float32, training=False) == ("einsum", "einsum")
+
+
+def random_model(config, dtype):
+    """Every parameter random, biases too (zeros would hide a dropped bias); LayerNorm scales near 1."""
+    model = LSGBartForConditionalGeneration(config, dtype=dtype, rngs=nnx.Rngs(0))
+    params = nnx.state(model, nnx.Param)
+
+    def draw(path, value):
+        name = jax.tree_util.keystr(path)
+        noise = jax.random.normal(jax.random.key(zlib.crc32(name.encode())), value.shape, jnp.float32)
+        scale = 0.5 if "bias" in name else 0.05
+        return (1.0 + 0.1 * noise if "norm" in name and "scale" in name else scale * noise).astype(value.dtype)
+
+    nnx.replace_by_pure_dict(params, jax.tree_util.tree_map_with_path(draw, nnx.to_pure_dict(params)))
+    nnx.update(model, params)
+    return model
+
+
+def batch():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, SHAPE["vocab_size"], (2, LENGTH)).astype(np.int32)
+    mask = (np.arange(LENGTH)[None] < np.asarray(VALID)[:, None]).astype(np.int32)
+    dec = rng.integers(3, SHAPE["vocab_size"], (2, 64)).astype(np.int32)
+    return jnp.asarray(ids * mask + (1 - mask)), jnp.asarray(mask), jnp.asarray(dec)
+
+
+def logits_and_grads(config, implementation, dtype):
+    model = random_model(dataclasses.replace(config, attn_implementation=implementation), dtype)
+    ids, mask, dec = batch()
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    cotangent = jax.random.normal(jax.random.key(7), (2, 64, SHAPE["vocab_size"]))
+
+    @jax.jit
+    def run(params):
+        def loss(params):
+            logits = nnx.merge(graphdef, params, rest)(ids, mask, dec, dropout_rng=jax.random.key(0)).logits
+            return jnp.sum(logits * cotangent), logits
+        (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        return logits, jnp.concatenate([g.ravel().astype(jnp.float32) for g in jax.tree.leaves(grads)])
+
+    return jax.tree.map(np.asarray, run(params))
+
+
+CASES = [("none", "pallas"), ("none", "cudnn"), ("norm", "cudnn")]
+
+
+@pytest.fixture(scope="module")
+def references():
+    """Per sparsity type: einsum in float32 (the reference) and einsum in bf16 (the error bf16 itself brings)."""
+    out = {}
+    for sparsity in {s for s, _ in CASES}:
+        config = LSGBartConfig(**SHAPE, sparsity_type=sparsity)
+        out[sparsity] = (logits_and_grads(config, "einsum", jnp.float32),
+                         logits_and_grads(config, "einsum", jnp.bfloat16))
+    return out
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("sparsity, implementation", CASES)
+def test_fused_paths_match_einsum_forward_and_backward(references, sparsity, implementation, dtype):
+    """On a float32 model the fused paths still compute attention in bf16 (documented): the same bound holds."""
+    (ref_logits, ref_grads), (bf16_logits, bf16_grads) = references[sparsity]
+    logits, grads = logits_and_grads(LSGBartConfig(**SHAPE, sparsity_type=sparsity), implementation, jnp.dtype(dtype))
+    for name, ours, ref, bf16 in (("logits", logits, ref_logits, bf16_logits), ("grads", grads, ref_grads, bf16_grads)):
+        ours_err, bf16_err = rel_err(ours, ref), rel_err(bf16, ref)
+        print(f"\nFUSED {implementation} {sparsity} {dtype} {name}: rel. err {ours_err:.2e} "
+              f"(einsum bf16 {bf16_err:.2e})")
+        assert np.isfinite(ours).all()
+        assert ours_err <= FUSED_SLACK * bf16_err + 1e-4
+
+
+def gemm_inputs(rows=16384, k=768, n=3072):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((rows, k)), jnp.bfloat16)
+    kernel = jnp.asarray(0.05 * rng.standard_normal((k, n)), jnp.bfloat16)
+    bias = jnp.asarray(0.5 * rng.standard_normal(n), jnp.bfloat16)
+    return x, kernel, bias
+
+
+def test_hopper_gemm_computes_the_exact_gelu():
+    """Over pre-activations in [1, 3], tanh's GELU is on average 1.1e-4 above the exact one; bf16 rounding of the
+    output is unbiased, so the mean error over ~10^7 such values tells the two apart."""
+    x, kernel, bias = gemm_inputs()
+    assert hopper_gemm.kernel_applies(x, kernel)
+    got = np.asarray(jax.jit(hopper_gemm.gemm_bias_gelu)(x, kernel, bias), np.float64)
+    y = (np.asarray(x, np.float32) @ np.asarray(kernel, np.float32)).astype(np.float64) + np.asarray(bias, np.float64)
+    exact = y * 0.5 * (1.0 + np.asarray(jax.scipy.special.erf(jnp.asarray(y / np.sqrt(2.0), jnp.float32)), np.float64))
+    region = (y > 1.0) & (y < 3.0)
+    mean_error = float((got - exact)[region].mean())
+    print(f"\nGEMM mean error over [1, 3]: {mean_error:.2e} ({region.sum()} values; tanh's would be ~1.1e-4)")
+    assert abs(mean_error) < 3e-5
+    assert np.abs(got - exact).max() < 2 ** -7 * np.abs(exact).max()
+
+
+def test_hopper_gemm_runs_outside_differentiation_only():
+    x, kernel, bias = gemm_inputs(rows=1024)
+    forward = jax.jit(hopper_gemm.dense_gelu).lower(x, kernel, bias).as_text()
+    backward = jax.jit(jax.grad(lambda x: hopper_gemm.dense_gelu(x, kernel, bias).astype(jnp.float32).sum())).lower(
+        x).as_text()
+    assert "mosaic_gpu" in forward and "mosaic_gpu" not in backward
+    np.testing.assert_array_equal(jax.jit(hopper_gemm.dense_gelu)(x, kernel, bias),
+                                  jax.jit(hopper_gemm.gemm_bias_gelu)(x, kernel, bias))
