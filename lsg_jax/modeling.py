@@ -16,12 +16,12 @@ from flax import nnx
 
 from jaxport.generation import seq2seq_cache, seq2seq_generate
 from jaxport.hf import PretrainedModel
-from jaxport.hopper_gemm import dense_gelu
 from jaxport.layers import (ACTIVATIONS, NEG_INF, Dense, Embed, causal_bias, dropout, layer_drop, layer_norm,
                             padding_bias, split_rng)
 from lsg_jax.attention import draw_lsh_projections, lsg_attention, lsg_implementation
 from lsg_jax.configuration import MAX_GLOBAL_TOKENS, POSITION_OFFSET, LSGBartConfig
 from lsg_jax.fused_attention import fused_padded_attention, resolve_implementation
+from lsg_jax.hopper_gemm import dense_gelu
 from lsg_jax.pallas_attention import pallas_lsg_attention
 
 DEFAULT_LSH_SEED = 0  # LSH projections use jax.random.key(DEFAULT_LSH_SEED) when a call passes no key nor rng
@@ -130,7 +130,7 @@ class EncoderLayer(nnx.Module):
         return self.final_layer_norm(x + dropout(self.fc2(h), cfg.dropout, rngs[3]))
 
     def expand(self, x):
-        """fc1 and the activation. BART's exact GELU goes through jaxport.hopper_gemm.dense_gelu: one GEMM with the
+        """fc1 and the activation. BART's exact GELU goes through lsg_jax.hopper_gemm.dense_gelu: one GEMM with the
         bias and GELU in its epilogue on an H100 (the GELU pass was 0.5 ms of the LSG-BART-base encoder at 16384
         tokens), XLA's fc1 then GELU elsewhere and under differentiation."""
         if self.config.activation_function == "gelu":

@@ -1,11 +1,11 @@
-"""jaxport.hopper_gemm: fc1 + bias + exact GELU as one Hopper GEMM, run here in Pallas' Mosaic GPU interpreter
+"""lsg_jax.hopper_gemm: fc1 + bias + exact GELU as one Hopper GEMM, run here in Pallas' Mosaic GPU interpreter
 (shared memory, warpgroups, barriers and TMA simulated on the CPU), and dense_gelu's XLA route elsewhere."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxport import hopper_gemm
+from lsg_jax import hopper_gemm
 from jaxport.layers import gelu
 
 
