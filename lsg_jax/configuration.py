@@ -68,13 +68,14 @@ class LSGBartConfig(HFConfig):
     sparsity_factor: int = 2
     sparsity_type: str | None = "norm"
     model_type: str = "bart"
-    # How the attention runs (lsg_jax.dispatch.resolve picks per forward pass): "einsum" (lsg_jax.attention's
-    # blocked einsums), "xla" / "cudnn" (lsg_jax.fused_attention through jax.nn.dot_product_attention), "pallas"
-    # (lsg_jax.pallas_attention: Triton kernels reading keys in place, forward and backward, for LSG attention
-    # without sparse keys and for the decoder's cross-attention in training), "auto" (on an NVIDIA GPU when the model
-    # computes in bf16/fp16 and the head dim suits cuDNN: pallas where its kernels apply, cudnn for the rest; einsum
-    # on a CPU or TPU and for float32 models, whose attention stays float32). All give the same result up to
-    # rounding, but an explicit "cudnn" or "pallas" on a GPU computes attention in bfloat16 even for a float32 model.
+    # How the attention runs (a runtime key, not written to config.json; lsg_jax.dispatch.resolve picks per forward
+    # pass): "einsum" (lsg_jax.attention's blocked einsums), "xla" / "cudnn" (lsg_jax.fused_attention through
+    # jax.nn.dot_product_attention), "pallas" (lsg_jax.pallas_attention: Triton kernels reading keys in place,
+    # forward and backward, for LSG attention without sparse keys and for the decoder's cross-attention in training),
+    # "auto" (on an NVIDIA GPU when the model computes in bf16/fp16 and the head dim suits cuDNN: pallas where its
+    # kernels apply, cudnn for the rest; einsum on a CPU or TPU and for float32 models, whose attention stays
+    # float32). All give the same result up to rounding, but an explicit "cudnn" or "pallas" on a GPU computes
+    # attention in bfloat16 even for a float32 model.
     attn_implementation: str = "auto"
     # Encoder layers in the backward pass: "none" keeps their activations; "full" recomputes each layer from its
     # input; "dots" keeps only the matmul outputs and recomputes the rest (attention, GELU, LayerNorm, dropout
