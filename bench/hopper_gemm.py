@@ -1,4 +1,4 @@
-"""fc1 + bias + exact GELU at LSG-BART-base's shape: jaxport.hopper_gemm's kernel against XLA's cuBLAS GEMM with
+"""fc1 + bias + exact GELU at LSG-BART-base's shape: lsg_jax.hopper_gemm's kernel against XLA's cuBLAS GEMM with
 its bias followed by the GELU pass (what runs without the kernel), error against float32 accumulation and time.
 
     python bench/hopper_gemm.py [--rows 16448] [--out gemm.json]
@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxport import hopper_gemm
+from lsg_jax import hopper_gemm
 from lsg import time_jax  # bench/ on sys.path
 
 

@@ -2,7 +2,7 @@
 0.1.9) and dense BART with PyTorch sdpa, batch 1, long inputs.
 
     python bench/lsg.py [--tiny] [--out results.json] [--ref-python PY] [--ref-pythonpath DIR] [--budget S]
-                        [--attn-impl einsum,cudnn] [--remat none,dots,full]
+                        [--attn-impl auto,cudnn] [--remat none,dots,full]
 
 Model: d_model 768, 6 + 6 layers, 12 heads, d_ff 3072, vocab 50265, 16384 positions, block 256, 64 global tokens,
 no sparse blocks (sparsity_type "none"), dropout 0.1 (activation 0.1, attention 0.0: the JAX LSG attention has
@@ -31,11 +31,11 @@ is left, and skipped items are named. --skip-{reference,dense,encoder,train,gene
 shorter runs; --jax-cache keeps compiled programs for a second run.
 --tiny: a tiny model and short inputs, a CPU smoke test of every path (the reference under .venv-lsg if present).
 
-JAX variants: --attn-impl lists LSG attention implementations (LSGBartConfig.attn_implementation: einsum, the
-blocked einsums; cudnn / xla, lsg_jax.fused_attention; auto) and --remat lists encoder rematerialisation modes
-for training (LSGBartConfig.remat: none, dots, full). The encoder runs once per implementation, the training step
-once per implementation and remat mode; results["jax_variants"] holds them all by name ("cudnn", "cudnn+dots",
-...) and the report lists them.
+JAX variants: --attn-impl lists attention implementations (LSGBartConfig.attn_implementation: auto, the default,
+what from_pretrained gives; einsum, the blocked einsums; cudnn / xla, lsg_jax.fused_attention; pallas,
+lsg_jax.pallas_attention) and --remat lists encoder rematerialisation modes for training (LSGBartConfig.remat:
+none, dots, full). The encoder runs once per implementation, the training step once per implementation and remat
+mode; results["jax_variants"] holds them all by name ("auto", "cudnn+dots", ...) and the report lists them.
 The first variant is the main one: it fills results["jax"], the tables against the original, the targets and
 generation.
 """
@@ -72,7 +72,7 @@ import torch
 import transformers
 from flax import nnx
 
-from jaxport import trainer
+from jaxport import runtime, trainer
 from jaxport.hf import read_config
 from lsg_jax import LSGBartConfig, LSGBartForConditionalGeneration
 from lsg_jax.configuration import ATTN_IMPLEMENTATIONS, REMAT_MODES
@@ -422,10 +422,10 @@ def torch_time(fn, device, warmup: int, runs: int) -> dict:
 
 # ------------------------------------------------------------------------------------------------ JAX
 
-def load_bf16(folder: Path, runtime: dict):
-    """runtime: LSGBartConfig's runtime fields (attn_implementation, remat) for this variant."""
+def load_bf16(folder: Path, variant: dict):
+    """variant: LSGBartConfig's runtime fields (attn_implementation, remat) for this run."""
     return LSGBartForConditionalGeneration.from_pretrained(folder, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16,
-                                                           **runtime)
+                                                           **variant)
 
 
 B2B_BLOCKS = 3  # back-to-back blocks: the median block is kept, so one host hiccup cannot make the figure
@@ -481,7 +481,7 @@ def chained_steps(compiled, state, batch):
 
 
 def jax_encoder(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], deadline: float,
-                runtime: dict) -> dict:
+                variant: dict) -> dict:
     results, loaded = {}, {}
     for n in lengths:
         if time.time() > deadline - cfg["reserve_s"]["encoder"]:
@@ -492,7 +492,7 @@ def jax_encoder(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], d
             if folder not in loaded:
                 loaded.clear()
                 gc.collect()
-                encode, weights = encoder_program(load_bf16(folder, runtime))
+                encode, weights = encoder_program(load_bf16(folder, variant))
                 loaded[folder] = (weights, jax.jit(encode))
             weights, encode = loaded[folder]
             ids = jnp.asarray(inputs[f"ids_{n}"], jnp.int32)
@@ -510,7 +510,7 @@ def jax_encoder(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], d
                                "compile_s": compile_s,
                                **(compiled_memory(compiled) or {"peak_bytes": None}), "pool_peak_so_far": pool_peak()}
             r = results[str(n)]
-            log(f"jax encoder {n} {variant_name(runtime)}: {r['ms']:.2f} ms (back to back {r['ms_pipelined']:.2f}), "
+            log(f"jax encoder {n} {variant_name(variant)}: {r['ms']:.2f} ms (back to back {r['ms_pipelined']:.2f}), "
                 f"peak {fmt(gb(r['peak_bytes']))} GB, compile {compile_s:.1f}s")
         except Exception as e:  # noqa: BLE001
             results[str(n)] = error_record(e)
@@ -536,7 +536,7 @@ def train_batch(ids: np.ndarray, labels: np.ndarray, decoder_start_token_id: int
 
 
 def jax_train(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], deadline: float, setup_for: dict,
-              runtime: dict) -> dict:
+              variant: dict) -> dict:
     """train_setup's step from the folder's weights at each length. setup_for keeps the train state and the
     jitted step from one call to the next (keyed by folder and variant)."""
     results = {}
@@ -546,11 +546,11 @@ def jax_train(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], dea
             continue
         try:
             folder = folders.for_length(n)
-            key = (folder, variant_name(runtime))
+            key = (folder, variant_name(variant))
             if key not in setup_for:
                 setup_for.clear()
                 gc.collect()
-                model_config = LSGBartConfig.from_dict({**read_config(folder), **runtime})
+                model_config = LSGBartConfig.from_dict({**read_config(folder), **variant})
                 setup_for[key] = list(train_setup(model_config, folder))
             state, step, batch_sharding = setup_for[key]
             batch = train_batch(inputs[f"ids_{n}"], inputs["labels"], cfg["model"]["decoder_start_token_id"],
@@ -576,7 +576,7 @@ def jax_train(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], dea
                                "flops": flops["total"], **(compiled_memory(compiled) or {"peak_bytes": None}),
                                "pool_peak_so_far": pool_peak()}
             r = results[str(n)]
-            log(f"jax train {n} {variant_name(runtime)}: {r['ms']:.1f} ms (b2b {r['ms_pipelined']:.1f}), "
+            log(f"jax train {n} {variant_name(variant)}: {r['ms']:.1f} ms (b2b {r['ms_pipelined']:.1f}), "
                 f"peak {fmt(gb(r['peak_bytes']))} GB, "
                 f"first loss {first_loss:.4f}, compile {compile_s:.1f}s")
             del batch, compiled
@@ -587,11 +587,11 @@ def jax_train(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], dea
     return results
 
 
-def jax_generate(cfg: dict, folders: Folders, inputs: dict, deadline: float, runtime: dict) -> dict:
+def jax_generate(cfg: dict, folders: Folders, inputs: dict, deadline: float, variant: dict) -> dict:
     if time.time() > deadline - cfg["reserve_s"]["generate"]:
         return {"skipped": "time budget"}
     try:
-        model = load_bf16(folders.for_length(cfg["gen_input"]), runtime)
+        model = load_bf16(folders.for_length(cfg["gen_input"]), variant)
         ids = jnp.asarray(inputs["gen"], jnp.int32)
         mask = jnp.ones_like(ids)
         kwargs = gen_kwargs(cfg)
@@ -835,10 +835,10 @@ def parse_names(valid: tuple):
     return parse
 
 
-def variant_name(runtime: dict) -> str:
+def variant_name(variant: dict) -> str:
     """'cudnn', 'cudnn+dots', 'cudnn+full', ...: a variant of the JAX side (LSGBartConfig's runtime fields)."""
-    remat = runtime.get("remat", "none")
-    return runtime["attn_implementation"] + ("" if remat == "none" else f"+{remat}")
+    remat = variant.get("remat", "none")
+    return variant["attn_implementation"] + ("" if remat == "none" else f"+{remat}")
 
 
 def main(argv=None) -> dict:
@@ -870,15 +870,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--gen-beams", type=int, help="beams (default 5)")
     parser.add_argument("--steps", type=int, help="timed training steps per length")
     parser.add_argument("--matmul-size", type=int, help="n of the n x n x n bf16 matmul timed for the peak rate")
-    parser.add_argument("--attn-impl", type=parse_names(ATTN_IMPLEMENTATIONS), default=["einsum"],
-                        help="comma-separated LSG attention implementations for the JAX side, of "
-                             f"{', '.join(ATTN_IMPLEMENTATIONS)} (default einsum): each times the encoder and the "
-                             "training step; the first one also fills the main tables, the targets and generation")
+    parser.add_argument("--attn-impl", type=parse_names(ATTN_IMPLEMENTATIONS),
+                        default=[LSGBartConfig.attn_implementation],
+                        help="comma-separated attention implementations for the JAX side, of "
+                             f"{', '.join(ATTN_IMPLEMENTATIONS)} (default LSGBartConfig's, auto): each times the "
+                             "encoder and the training step; the first one also fills the main tables, the targets "
+                             "and generation")
     parser.add_argument("--remat", type=parse_names(REMAT_MODES), default=["none"],
                         help="comma-separated encoder rematerialisation modes for the JAX training step, of "
-                             f"{', '.join(REMAT_MODES)} (default none; the first fills the main tables) "
-                             "layers (default off; with both, the main tables show off)")
+                             f"{', '.join(REMAT_MODES)} (default none; the first fills the main tables)")
     args = parser.parse_args(argv)
+    runtime.configure()  # before anything draws random numbers (the matmul rate's inputs, a JAX-built folder)
     cfg = dict(TINY if args.tiny else FULL)
     for key, arg in (("encoder_lengths", args.encoder_lengths), ("train_lengths", args.train_lengths),
                      ("gen_input", args.gen_input), ("gen_batch", args.gen_batch),
@@ -955,18 +957,18 @@ def main(argv=None) -> dict:
         for number, (item, lengths) in enumerate(plan):
             if item == "encoder":
                 for name in args.attn_impl:
-                    runtime = {"attn_implementation": name}
+                    variant = {"attn_implementation": name}
                     out = phase(f"jax_{number}_encoder_{name}", lambda: jax_encoder(cfg, folders, inputs, lengths,
-                                                                                    deadline, runtime))
+                                                                                    deadline, variant))
                     by_variant.setdefault(name, {})["encoder"] = out
-                    if runtime == main_attn:
+                    if variant == main_attn:
                         jx["encoder"] = out
             elif item == "train":
-                for runtime in variants:
-                    out = phase(f"jax_{number}_train_{variant_name(runtime)}", lambda: jax_train(
-                        cfg, folders, inputs, lengths, deadline, train_cache, runtime))
-                    by_variant.setdefault(variant_name(runtime), {}).setdefault("train", {}).update(out)
-                    if runtime is variants[0]:
+                for variant in variants:
+                    out = phase(f"jax_{number}_train_{variant_name(variant)}", lambda: jax_train(
+                        cfg, folders, inputs, lengths, deadline, train_cache, variant))
+                    by_variant.setdefault(variant_name(variant), {}).setdefault("train", {}).update(out)
+                    if variant is variants[0]:
                         jx.setdefault("train", {}).update(out)
             else:
                 jx["generate"] = phase(f"jax_{number}_generate", lambda: jax_generate(cfg, folders, inputs, deadline,

@@ -1,16 +1,18 @@
 """LSG attention and the decoder's cross-attention alone, at the LSG-BART-base shape: each implementation's error
 and time, forward and backward.
 
-    python bench/lsg_attention.py [--attn-impl cudnn,pallas] [--length 16384] [--targets 320] [--out attention.json]
+    python bench/lsg_attention.py [--attn-impl auto,cudnn] [--length 16384] [--targets 320] [--out attention.json]
 
 Batch 1, 12 heads of 64, the last 777 of the `length` tokens padding. LSG attention: 64 global tokens, block 256,
 no sparse keys. Cross-attention: `targets` decoder queries over the 64 + `length` encoder states. Each
-implementation runs in bf16; its output and gradients (q, k, v for a random output cotangent) are compared with the
-float32 "xla" formulation (max and mean absolute error, next to the reference's mean magnitude), and timed forward
-and forward + backward (median synchronised call and mean of calls dispatched back to back). On a GPU this is the
+implementation (LSGBartConfig.attn_implementation, resolved by lsg_jax.dispatch.resolve) runs in bf16; its output
+and gradients (q, k, v for a random output cotangent) are compared with the float32 "xla" formulation (max and
+mean absolute error, next to the reference's mean magnitude), and timed forward and forward + backward (median
+synchronised call and mean of calls dispatched back to back). On a GPU this is the
 check that Triton compiles the Pallas kernels into what Pallas' interpreter runs in the tests.
 """
 import argparse
+import dataclasses
 import json
 import statistics
 from pathlib import Path
@@ -20,11 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsg import LSG_BART_BASE, time_jax  # bench/ on sys.path
-from lsg_jax import pallas_attention
-from lsg_jax.attention import lsg_attention
-from lsg_jax.configuration import LSGBartConfig
-from lsg_jax.fused_attention import fused_padded_attention
 from jaxport.layers import NEG_INF
+from lsg_jax import pallas_attention
+from lsg_jax.configuration import LSGBartConfig
+from lsg_jax.dispatch import lsg_attention, padded_attention, resolve
 
 HEADS, HEAD_DIM, PADDING = 12, 64, 777
 
@@ -64,7 +65,8 @@ def measure(title: str, make, inputs, names) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--attn-impl", default="cudnn,pallas")
+    parser.add_argument("--attn-impl", default="auto,cudnn", help="attn_implementation values (default: auto, what a "
+                        "model gets, and cudnn)")
     parser.add_argument("--length", type=int, default=16384)
     parser.add_argument("--targets", type=int, default=320)
     parser.add_argument("--tiles", help="instead: time pallas LSG attention for each of these kernel settings, "
@@ -72,7 +74,11 @@ def main():
     parser.add_argument("--out")
     args = parser.parse_args()
     names = args.attn_impl.split(",")
-    config = lambda name: LSGBartConfig(**{**LSG_BART_BASE, "attn_implementation": name})
+    config = LSGBartConfig(**LSG_BART_BASE)
+    implementations = lambda name, dtype: resolve(dataclasses.replace(config, attn_implementation=name), dtype,
+                                                  training=False)
+    lsg = lambda name, dtype: lambda q, k, v: lsg_attention(q, k, v, bias, config, dtype,
+                                                            implementations(name, dtype).lsg)
     G = LSG_BART_BASE["num_global_tokens"]
     L = G + args.length
     rng = np.random.default_rng(0)
@@ -87,21 +93,18 @@ def main():
             for name, value in constants.items():
                 setattr(pallas_attention, name, value)
             results[setting] = measure(
-                f"LSG attention, {args.length} tokens, pallas with {constants}",
-                lambda name, dtype: lambda q, k, v: lsg_attention(q, k, v, bias, config(name), dtype),
-                lsg_inputs, ["pallas"])["pallas"]
+                f"LSG attention, {args.length} tokens, pallas with {constants}", lsg, lsg_inputs, ["pallas"])["pallas"]
         if args.out:
             Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
         return
     results = {"lsg": measure(
         f"LSG attention, {args.length} tokens + {G} global, {HEADS} heads of {HEAD_DIM}, block "
-        f"{LSG_BART_BASE['block_size']}, {PADDING} padding; {device}",
-        lambda name, dtype: lambda q, k, v: lsg_attention(q, k, v, bias, config(name), dtype),
-        lsg_inputs, names)}
+        f"{LSG_BART_BASE['block_size']}, {PADDING} padding; {device}", lsg, lsg_inputs, names)}
     results["cross"] = measure(
         f"cross-attention, {args.targets} queries over {L} keys ({PADDING} padding), {HEADS} heads of {HEAD_DIM}; "
         f"{device}",
-        lambda name, dtype: lambda q, k, v: fused_padded_attention(q, k, v, bias == 0, dtype, name),
+        lambda name, dtype: lambda q, k, v: padded_attention(q, k, v, bias == 0, dtype,
+                                                             implementations(name, dtype).cross),
         [normal(1, args.targets, HEADS, HEAD_DIM), normal(1, L, HEADS, HEAD_DIM), normal(1, L, HEADS, HEAD_DIM),
          normal(1, args.targets, HEADS, HEAD_DIM)], names)
     if args.out:

@@ -1,6 +1,6 @@
 """Where the LSG-BART-base encoder's and training step's GPU time goes:
 
-    python bench/lsg_profile.py [--what encode,grad,train] [--attn-impl pallas] [--length N] [--set KEY=VALUE ...]
+    python bench/lsg_profile.py [--what encode,grad,train] [--attn-impl auto] [--length N] [--set KEY=VALUE ...]
 
 Random weights (the bench/lsg.py shape), batch 1. For each program: its compiled memory, the median time of
 synchronised calls, the mean of calls dispatched back to back and the host time one dispatch takes; then a
@@ -30,6 +30,7 @@ from flax import nnx
 
 from lsg import (LSG_BART_BASE, chained_steps, compiled_memory, encoder_program, time_jax,  # bench/ on sys.path
                  train_batch, train_setup)
+from jaxport import runtime
 from lsg_jax.configuration import LSGBartConfig
 from lsg_jax.modeling import LSGBartForConditionalGeneration
 
@@ -214,7 +215,8 @@ def parse_value(text: str):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--what", default="encode,grad,train")
-    parser.add_argument("--attn-impl", default="pallas")
+    parser.add_argument("--attn-impl", default=LSGBartConfig.attn_implementation,
+                        help="LSGBartConfig.attn_implementation (default: its default)")
     parser.add_argument("--length", type=int, default=16384)
     parser.add_argument("--calls", type=int, default=5)
     parser.add_argument("--top", type=int, default=30)
@@ -223,10 +225,11 @@ def main():
     parser.add_argument("--out", help="write the profiles as JSON here")
     parser.add_argument("--hlo", help="write each program's optimised HLO here, as PROGRAM.hlo.txt.gz")
     args = parser.parse_args()
+    runtime.configure()  # before the random weights are drawn
     overrides = dict(item.split("=", 1) for item in args.set)
     fields = {**LSG_BART_BASE, "attn_implementation": args.attn_impl,
               **{k: parse_value(v) for k, v in overrides.items()}}
-    config = LSGBartConfig(**fields)
+    config = LSGBartConfig.from_dict(fields)
     label = f"{args.length} {args.attn_impl}" + "".join(f" {k}={v}" for k, v in overrides.items())
     ids = np.random.default_rng(1).integers(3, config.vocab_size, (1, args.length))
     results = []

@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxport.layers import NEG_INF, dropout, split_rng
-from lsg_jax.pallas_attention import pallas_lsg_attention
 
 HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -202,29 +201,10 @@ def sparse_tokens(q, k, v, mask, cfg, lsh_projections=None):
 # ------------------------------------------------------------------------------------------------------------
 
 
-def lsg_implementation(cfg, dtype, head_dim: int, rng=None) -> str:
-    """The implementation LSG attention runs: cfg.attn_implementation resolved, except "einsum" for training steps
-    with attention dropout (fused attention has none)."""
-    from lsg_jax.fused_attention import resolve_implementation  # it imports this module
-    if rng is not None and cfg.attention_dropout > 0:
-        return "einsum"
-    return resolve_implementation(cfg.attn_implementation, dtype, head_dim, cfg)
-
-
-def lsg_attention(q, k, v, bias, cfg, dtype, lsh_projections=None, rng=None):
-    """LSG self-attention. q/k/v [B, H, G + T, D] (G = num_global_tokens first), bias [B, G + T] additive float32
-    (0 for the global tokens). Returns [B, H, G + T, D]. With rng (training), cfg.attention_dropout drops
-    attention probabilities, as the original does.
-
-    cfg.attn_implementation other than "einsum" runs lsg_jax.fused_attention (same result, fused kernels), except
-    with attention dropout in training: fused attention has none, so those steps take the einsums."""
-    from lsg_jax.fused_attention import fused_lsg_attention  # it imports this module
-    implementation = lsg_implementation(cfg, dtype, q.shape[-1], rng)
-    if implementation == "pallas":
-        qkv = jnp.stack([jnp.swapaxes(x, 1, 2) for x in (q, k, v)], axis=2)
-        return jnp.swapaxes(pallas_lsg_attention(qkv, None, None, bias, cfg, dtype), 1, 2)
-    if implementation != "einsum":
-        return fused_lsg_attention(q, k, v, bias, cfg, dtype, implementation, lsh_projections)
+def einsum_lsg_attention(q, k, v, bias, cfg, dtype, lsh_projections=None, rng=None):
+    """LSG self-attention as blocked einsums. q/k/v [B, H, G + T, D] (G = num_global_tokens first), bias [B, G + T]
+    additive float32 (0 for the global tokens). Returns [B, H, G + T, D]. With rng (training),
+    cfg.attention_dropout drops attention probabilities, as the original does."""
     dropping = rng is not None and cfg.attention_dropout > 0
     global_rng, local_rng = split_rng(rng if dropping else None, 2)
     G, bs = cfg.num_global_tokens, cfg.block_size

@@ -21,7 +21,7 @@ REMAT_MODES = ("none", "full", "dots")
 RUNTIME_KEYS = ("attn_implementation", "remat")  # how this port runs, not what the model is: not in config.json
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class LSGBartConfig(HFConfig):
     vocab_size: int = 50265
     max_position_embeddings: int = 1024
@@ -68,21 +68,25 @@ class LSGBartConfig(HFConfig):
     sparsity_factor: int = 2
     sparsity_type: str | None = "norm"
     model_type: str = "bart"
-    # LSG encoder attention: "einsum" (lsg_jax.attention's blocked einsums), "xla" / "cudnn" (lsg_jax.fused_attention
-    # through jax.nn.dot_product_attention; cudnn computes in bf16), "pallas" (lsg_jax.pallas_attention: Triton
-    # kernels reading keys in place, forward and backward, for LSG attention without sparse keys and for the
-    # decoder's cross-attention in training), "auto" (on an NVIDIA GPU when the model computes in bf16/fp16 and the
-    # head dim suits cuDNN: pallas for LSG attention its kernels take and for the cross-attention, cudnn for the
-    # rest; einsum otherwise). All give the same result up to rounding.
-    attn_implementation: str = "einsum"
+    # How the attention runs (a runtime key, not written to config.json; lsg_jax.dispatch.resolve picks per forward
+    # pass): "einsum" (lsg_jax.attention's blocked einsums), "xla" / "cudnn" (lsg_jax.fused_attention through
+    # jax.nn.dot_product_attention), "pallas" (lsg_jax.pallas_attention: Triton kernels reading keys in place,
+    # forward and backward, for LSG attention without sparse keys and for the decoder's cross-attention in training),
+    # "auto" (on an NVIDIA GPU when the model computes in bf16/fp16 and the head dim suits cuDNN: pallas where its
+    # kernels apply, cudnn for the rest; einsum on a CPU or TPU and for float32 models, whose attention stays
+    # float32). All give the same result up to rounding, but an explicit "cudnn" or "pallas" on a GPU computes
+    # attention in bfloat16 even for a float32 model.
+    attn_implementation: str = "auto"
     # Encoder layers in the backward pass: "none" keeps their activations; "full" recomputes each layer from its
     # input; "dots" keeps only the matmul outputs and recomputes the rest (attention, GELU, LayerNorm, dropout
-    # masks). Training memory for compute; the same numbers. True / False mean "full" / "none".
-    remat: str | bool = "none"
+    # masks). Training memory for compute; the same numbers. from_dict also takes True / False ("full" / "none").
+    remat: str = "none"
     # Keys of config.json this model does not use (architectures, auto_map, task params...), written back unchanged.
-    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Left out of the hash (a dict has none), so that the config can be a static argument to jit.
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
 
     def __post_init__(self):
+        """Validation only: from_dict normalises what the original accepts with a warning."""
         if self.sparsity_type not in SPARSITY_TYPES:
             raise ValueError(f"sparsity_type={self.sparsity_type!r} is not supported; valid: "
                              f"{', '.join(map(repr, SPARSITY_TYPES))}")
@@ -91,28 +95,21 @@ class LSGBartConfig(HFConfig):
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ValueError(f"attn_implementation={self.attn_implementation!r}: expected one of "
                              f"{ATTN_IMPLEMENTATIONS}")
-        self.remat = {True: "full", False: "none"}.get(self.remat, self.remat)
         if self.remat not in REMAT_MODES:
-            raise ValueError(f"remat={self.remat!r}: expected one of {REMAT_MODES} (or True / False)")
+            raise ValueError(f"remat={self.remat!r}: expected one of {REMAT_MODES} (from_dict also takes True / "
+                             "False)")
         if self.d_model % self.encoder_attention_heads or self.d_model % self.decoder_attention_heads:
             raise ValueError("d_model must be divisible by the numbers of attention heads")
         if not self.lsg:
             return
-        # The original clamps these with a warning; so do we, so its config.json files load the same.
-        if self.num_global_tokens < 1:
-            warnings.warn("num_global_tokens < 1 is not compatible, setting num_global_tokens=1")
-            self.num_global_tokens = 1
-        elif self.num_global_tokens > MAX_GLOBAL_TOKENS:
-            warnings.warn(f"num_global_tokens > {MAX_GLOBAL_TOKENS} is not allowed, setting it to {MAX_GLOBAL_TOKENS}")
-            self.num_global_tokens = MAX_GLOBAL_TOKENS
+        if not 1 <= self.num_global_tokens <= MAX_GLOBAL_TOKENS:
+            raise ValueError(f"num_global_tokens={self.num_global_tokens}: expected 1 to {MAX_GLOBAL_TOKENS}")
         if self.sparsity_factor > 0 and (self.block_size % self.sparsity_factor
                                          or self.block_size < self.sparsity_factor):
             raise ValueError(f"block_size ({self.block_size}) must be a multiple of sparsity_factor "
                              f"({self.sparsity_factor})")
         if self.mask_first_token and not self.pool_with_global:
-            warnings.warn("pool_with_global=False is not compatible with mask_first_token=True; "
-                          "setting pool_with_global=True")
-            self.pool_with_global = True
+            raise ValueError("mask_first_token=True needs pool_with_global=True")
 
     @property
     def head_dim(self) -> int:
@@ -125,12 +122,13 @@ class LSGBartConfig(HFConfig):
 
     @classmethod
     def from_dict(cls, values: dict) -> "LSGBartConfig":
+        """A config from config.json's keys (and runtime keys), normalised as the original normalises them."""
         values = dict(values)
         if "lsg" not in values:
             architectures = values.get("architectures") or []
             values["lsg"] = (values.get("model_type") == "lsg_bart" or any(key in values for key in LSG_KEYS)
                              or any(str(name).startswith("LSG") for name in architectures))
-        return super().from_dict(values)
+        return super().from_dict(_normalised(values))
 
     def to_dict(self) -> dict:
         values = super().to_dict()
@@ -142,3 +140,26 @@ class LSGBartConfig(HFConfig):
                 values.pop(key)
         # None generation defaults are left out, as transformers leaves out defaults.
         return {k: v for k, v in values.items() if v is not None or k in ("sparsity_type", "forced_bos_token_id")}
+
+
+def _normalised(values: dict) -> dict:
+    """values with remat True / False as "full" / "none", and, for LSG, what the original clamps with a warning
+    clamped the same way (so that its config.json files load as it loads them)."""
+    values = dict(values)
+    if isinstance(values.get("remat"), bool):
+        values["remat"] = "full" if values["remat"] else "none"
+    if not values["lsg"]:
+        return values
+    defaults = {field.name: field.default for field in dataclasses.fields(LSGBartConfig)}
+    value = lambda key: values.get(key, defaults[key])
+    if value("num_global_tokens") < 1:
+        warnings.warn("num_global_tokens < 1 is not compatible, setting num_global_tokens=1")
+        values["num_global_tokens"] = 1
+    elif value("num_global_tokens") > MAX_GLOBAL_TOKENS:
+        warnings.warn(f"num_global_tokens > {MAX_GLOBAL_TOKENS} is not allowed, setting it to {MAX_GLOBAL_TOKENS}")
+        values["num_global_tokens"] = MAX_GLOBAL_TOKENS
+    if value("mask_first_token") and not value("pool_with_global"):
+        warnings.warn("pool_with_global=False is not compatible with mask_first_token=True; "
+                      "setting pool_with_global=True")
+        values["pool_with_global"] = True
+    return values

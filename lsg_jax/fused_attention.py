@@ -20,50 +20,13 @@ import jax
 import jax.numpy as jnp
 
 from lsg_jax.attention import sparse_tokens, sparse_window_indices
-from lsg_jax.configuration import ATTN_IMPLEMENTATIONS
-from lsg_jax.pallas_attention import pallas_head_dim_supported, pallas_padded_attention, pallas_supported
 
 HALF = (jnp.bfloat16, jnp.float16)
 
 
-def cudnn_supported(dtype, head_dim: int) -> bool:
-    """Whether cuDNN flash attention takes this model: a CUDA GPU as default backend, half-precision compute and a
-    head dim that is a multiple of 8 up to 128 (256 on Hopper and later; 128 holds everywhere)."""
-    return (jax.default_backend() == "gpu" and "cuda" in jax.devices()[0].client.platform_version.lower()
-            and jnp.dtype(dtype) in map(jnp.dtype, HALF) and head_dim % 8 == 0 and head_dim <= 128)
-
-
-def resolve_implementation(name: str, dtype, head_dim: int, lsg_cfg=None, cross_attention: bool = False) -> str:
-    """The attention implementation to run: "auto" is "einsum" where cudnn_supported is False (float32 models keep
-    float32 attention), else "pallas" for LSG self-attention (lsg_cfg given) that its kernels take and for the
-    decoder's cross-attention (both faster forward and backward on an H100: bench/RESULTS.md), else "cudnn"; the
-    others are taken as given."""
-    if name not in ATTN_IMPLEMENTATIONS:
-        raise ValueError(f"attn_implementation={name!r}: expected one of {ATTN_IMPLEMENTATIONS}")
-    if name == "auto":
-        if not cudnn_supported(dtype, head_dim):
-            return "einsum"
-        if lsg_cfg is not None:
-            return "pallas" if pallas_supported(lsg_cfg, head_dim) is None else "cudnn"
-        return "pallas" if cross_attention and pallas_head_dim_supported(head_dim) else "cudnn"
-    if name == "cudnn" and jax.default_backend() != "gpu":
-        raise ValueError("attn_implementation='cudnn' needs an NVIDIA GPU as JAX's default backend; use 'xla' (the "
-                         "same formulation through XLA), 'einsum' or 'auto'")
-    return name
-
-
-def dense_implementation() -> str:
-    """The fused attention that "pallas" falls back on where its kernels do not apply (short inputs, head dims
-    that are not a power of two)."""
-    return "cudnn" if jax.default_backend() == "gpu" else "xla"
-
-
 def compute_dtype(dtype, implementation: str):
-    """cuDNN takes half precision only, and the Pallas kernels compute as it does on a GPU: other inputs are
-    computed in bfloat16 there, in their own dtype elsewhere."""
-    if implementation == "pallas":
-        implementation = dense_implementation()
-    return jnp.bfloat16 if implementation == "cudnn" and dtype not in HALF else dtype
+    """cuDNN takes half precision only: other inputs are computed in bfloat16 there, in their own dtype by XLA."""
+    return jnp.bfloat16 if implementation == "cudnn" and jnp.dtype(dtype) not in map(jnp.dtype, HALF) else dtype
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -121,13 +84,10 @@ def _attend(q, k, v, valid, implementation: str):
 
 def fused_padded_attention(q, k, v, key_valid, dtype, implementation: str):
     """Dense attention of q [B, T, H, D] over the valid keys of k/v [B, S, H, D] (key_valid [B, S]) through fused
-    attention (the decoder's cross-attention over a long encoder output in training: its [B, H, T, S] scores
-    would otherwise be kept for the backward pass). Returns [B, T, H, D] in `dtype`."""
-    if implementation == "pallas" and not pallas_head_dim_supported(q.shape[-1]):
-        implementation = dense_implementation()
+    attention, implementation "xla" or "cudnn" (the decoder's cross-attention over a long encoder output in
+    training: its [B, H, T, S] scores would otherwise be kept for the backward pass). Returns [B, T, H, D] in
+    `dtype`."""
     q, k, v = (x.astype(compute_dtype(q.dtype, implementation)) for x in (q, k, v))
-    if implementation == "pallas":
-        return pallas_padded_attention(q, k, v, key_valid).astype(dtype)
     return _attend(q, k, v, key_valid, implementation).astype(dtype)
 
 
@@ -139,7 +99,7 @@ def _with_neighbours(x, fill):
 
 
 def fused_lsg_attention(q, k, v, bias, cfg, dtype, implementation: str, lsh_projections=None):
-    """lsg_attention's contract (q/k/v [B, H, G + T, D] global tokens first, bias [B, G + T] of 0 / NEG_INF;
+    """einsum_lsg_attention's contract (q/k/v [B, H, G + T, D] global tokens first, bias [B, G + T] of 0 / NEG_INF;
     returns [B, H, G + T, D] in `dtype`) through jax.nn.dot_product_attention(implementation="xla" | "cudnn").
     cuDNN computes in bfloat16 when the inputs are not already half precision."""
     G, bs = cfg.num_global_tokens, cfg.block_size

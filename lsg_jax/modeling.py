@@ -2,10 +2,10 @@
 
 BART: learned positions with an offset of 2, post-LayerNorm layers, layernorm_embedding, optional
 sqrt(d_model) embedding scale, final_logits_bias and a tied lm_head. The LSG encoder prepends
-num_global_tokens learned global tokens and uses `lsg_jax.attention.lsg_attention` (or, through the Pallas
-kernels, `lsg_jax.pallas_attention.pallas_lsg_attention` on one packed q/k/v projection); the decoder is BART's,
-with a key/value cache for `generate` (jaxport.generation). Parameters carry logical axes (embed, heads, kv, mlp,
-vocab).
+num_global_tokens learned global tokens and uses `lsg_jax.dispatch.lsg_attention` (or, through the Pallas
+kernels, `lsg_jax.pallas_attention.pallas_lsg_attention` on one packed q/k/v projection), the implementation chosen
+per forward pass by `lsg_jax.dispatch.resolve`; the decoder is BART's, with a key/value cache for `generate`
+(jaxport.generation). Parameters carry logical axes (embed, heads, kv, mlp, vocab).
 """
 import math
 
@@ -16,12 +16,13 @@ from flax import nnx
 
 from jaxport.generation import seq2seq_cache, seq2seq_generate
 from jaxport.hf import PretrainedModel
-from jaxport.hopper_gemm import dense_gelu
 from jaxport.layers import (ACTIVATIONS, NEG_INF, Dense, Embed, causal_bias, dropout, float32_matmuls, layer_drop,
                             layer_norm, padding_bias, split_rng)
-from lsg_jax.attention import draw_lsh_projections, lsg_attention, lsg_implementation
+from lsg_jax.attention import draw_lsh_projections
 from lsg_jax.configuration import MAX_GLOBAL_TOKENS, POSITION_OFFSET, LSGBartConfig
-from lsg_jax.fused_attention import fused_padded_attention, resolve_implementation
+from lsg_jax.convert import lsg_bart_rules
+from lsg_jax.dispatch import lsg_attention, padded_attention, resolve
+from lsg_jax.hopper_gemm import dense_gelu
 from lsg_jax.pallas_attention import pallas_lsg_attention
 
 DEFAULT_LSH_SEED = 0  # LSH projections use jax.random.key(DEFAULT_LSH_SEED) when a call passes no key nor rng
@@ -61,7 +62,6 @@ class Attention(nnx.Module):
         self.value = Dense((d,), (h, d // h), ("embed", "heads", "kv"), std, use_bias=True, **kw)
         self.out = Dense((h, d // h), (d,), ("heads", "kv", "embed"), std, use_bias=True, **kw)
         self.dropout_rate = config.attention_dropout
-        self.attn_implementation = config.attn_implementation
         self.dtype = dtype
 
     def packed_projection(self, x):
@@ -75,24 +75,19 @@ class Attention(nnx.Module):
         return {"key": self.key(source), "value": self.value(source)}
 
     def attend(self, x, bias, *, context=None, context_key_value=None, cache=None, position=0, rng=None,
-               key_valid=None):
+               key_valid=None, implementation: str = "einsum"):
         """Full attention from x [B,T,E] to context (x when None); bias broadcastable to [B,H,T,S], or None with
         `key_valid` [B, S] (the keys to attend to, then the only bias). `context_key_value`: the context's
         `key_value`, precomputed (cross-attention while decoding: the encoder states do not change from step to
         step). With `cache`, new keys/values are written at `position` and the query attends over the whole cache.
-        Teacher-forced attention over a key padding alone (the decoder's cross-attention in training) runs the
-        config's fused attn_implementation (without attention dropout)."""
-        fusable = (key_valid is not None and cache is None and context_key_value is None
-                   and (self.dropout_rate == 0 or rng is None))
+        `implementation` other than "einsum" (dispatch.resolve's `cross`: teacher forcing, no attention dropout)
+        attends over `key_valid` through fused attention."""
         q = self.query(x)  # [B, T, H, D]
         if context_key_value is None:
             context_key_value = self.key_value(x if context is None else context)
         k, v = context_key_value["key"], context_key_value["value"]
-        if fusable:
-            implementation = resolve_implementation(self.attn_implementation, self.dtype, q.shape[-1],
-                                                    cross_attention=context is not None)
-            if implementation != "einsum":
-                return self.out(fused_padded_attention(q, k, v, key_valid, self.dtype, implementation)), cache
+        if implementation != "einsum":
+            return self.out(padded_attention(q, k, v, key_valid, self.dtype, implementation)), cache
         if cache is not None:
             k = jax.lax.dynamic_update_slice_in_dim(cache["key"], k.astype(cache["key"].dtype), position, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache["value"], v.astype(cache["value"].dtype), position, axis=1)
@@ -117,12 +112,12 @@ class EncoderLayer(nnx.Module):
         self.act = ACTIVATIONS[config.activation_function]
         self.dtype = dtype
 
-    def __call__(self, x, bias, lsh_projections=None, rng=None):
-        """x [B, L, E]; bias [B, L] additive float32 over keys."""
+    def __call__(self, x, bias, implementation: str, lsh_projections=None, rng=None):
+        """x [B, L, E]; bias [B, L] additive float32 over keys; implementation: dispatch.resolve's `lsg`."""
         cfg = self.config
         rngs = split_rng(rng, 4)
         if cfg.lsg:
-            h = self.lsg_self_attention(x, bias, lsh_projections, rngs[0])
+            h = self.lsg_self_attention(x, bias, implementation, lsh_projections, rngs[0])
         else:
             h, _ = self.self_attn.attend(x, bias[:, None, None, :], rng=rngs[0])
         x = self.self_attn_layer_norm(x + dropout(h, cfg.dropout, rngs[1]))
@@ -130,27 +125,27 @@ class EncoderLayer(nnx.Module):
         return self.final_layer_norm(x + dropout(self.fc2(h), cfg.dropout, rngs[3]))
 
     def expand(self, x):
-        """fc1 and the activation. BART's exact GELU goes through jaxport.hopper_gemm.dense_gelu: one GEMM with the
+        """fc1 and the activation. BART's exact GELU goes through lsg_jax.hopper_gemm.dense_gelu: one GEMM with the
         bias and GELU in its epilogue on an H100 (the GELU pass was 0.5 ms of the LSG-BART-base encoder at 16384
         tokens), XLA's fc1 then GELU elsewhere and under differentiation."""
         if self.config.activation_function == "gelu":
             return dense_gelu(x.astype(self.dtype), self.fc1.kernel[...], self.fc1.bias[...])
         return self.act(self.fc1(x))
 
-    def lsg_self_attention(self, x, bias, lsh_projections, rng):
+    def lsg_self_attention(self, x, bias, implementation: str, lsh_projections, rng):
         """LSG self-attention of x [B, L, E] with its output projection. Through the Pallas kernels, q, k and v come
         from one GEMM without biases, read in place, and the kernels add the query and value biases (the key bias
         cannot change a softmax): XLA merges the three projections into one GEMM anyway but adds each bias in a
         pass of its own over the output, which cuBLAS' epilogue takes only for a bias that is a parameter itself
         (0.33 ms of the 4.8 ms LSG-BART-base encoder at 16384 tokens on an H100)."""
         cfg, attn = self.config, self.self_attn
-        head_dim = cfg.d_model // cfg.encoder_attention_heads
-        if lsg_implementation(cfg, self.dtype, head_dim, rng) == "pallas":
+        if implementation == "pallas":
             out = pallas_lsg_attention(attn.packed_projection(x), attn.query.bias[...], attn.value.bias[...], bias,
                                        cfg, self.dtype)
         else:
             q, k, v = (jnp.swapaxes(proj(x), 1, 2) for proj in (attn.query, attn.key, attn.value))  # [B,H,L,D]
-            out = jnp.swapaxes(lsg_attention(q, k, v, bias, cfg, self.dtype, lsh_projections, rng), 1, 2)
+            out = jnp.swapaxes(lsg_attention(q, k, v, bias, cfg, self.dtype, implementation, lsh_projections, rng),
+                               1, 2)
         return attn.out(out.astype(self.dtype))
 
 
@@ -168,16 +163,18 @@ class DecoderLayer(nnx.Module):
         self.config = config
         self.act = ACTIVATIONS[config.activation_function]
 
-    def __call__(self, x, self_bias, context, context_valid, cache=None, cross_key_value=None, position=0, rng=None):
+    def __call__(self, x, self_bias, context, context_valid, cache=None, cross_key_value=None, position=0, rng=None,
+                 cross_implementation: str = "einsum"):
         """context_valid [B, S]: the encoder states to attend to; cache: this layer's self-attention keys/values
         (decoding); cross_key_value: the cross-attention's `key_value(context)`, precomputed by init_cache
-        (decoding), else computed here from context."""
+        (decoding), else computed here from context; cross_implementation: dispatch.resolve's `cross` (teacher
+        forcing)."""
         cfg = self.config
         rngs = split_rng(rng, 7)
         h, cache = self.self_attn.attend(x, self_bias, cache=cache, position=position, rng=rngs[0])
         x = self.self_attn_layer_norm(x + dropout(h, cfg.dropout, rngs[1]))
         h, _ = self.encoder_attn.attend(x, None, context=context, context_key_value=cross_key_value, rng=rngs[2],
-                                        key_valid=context_valid)
+                                        key_valid=context_valid, implementation=cross_implementation)
         x = self.encoder_attn_layer_norm(x + dropout(h, cfg.dropout, rngs[3]))
         h = dropout(self.act(self.fc1(x)), cfg.activation_dropout, rngs[4])
         return self.final_layer_norm(x + dropout(self.fc2(h), cfg.dropout, rngs[5])), cache
@@ -214,9 +211,13 @@ class Encoder(nnx.Module):
         rngs = split_rng(rng, len(self.layers) + 1)
         x = dropout(self.layernorm_embedding(x), cfg.dropout, rngs[-1])
         heads, head_dim = cfg.encoder_attention_heads, cfg.d_model // cfg.encoder_attention_heads
+        implementation = resolve(cfg, self.dtype, training=rng is not None).lsg
+
+        def apply(layer, x, bias, projections, rng):
+            return layer(x, bias, implementation, projections, rng)
+
         # remat: the backward pass recomputes each layer (all of it, or all but the matmuls) from its input
         # instead of keeping its activations.
-        apply = EncoderLayer.__call__
         if cfg.remat != "none":
             policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable if cfg.remat == "dots" else None
             apply = nnx.remat(apply, policy=policy)
@@ -252,12 +253,13 @@ class Decoder(nnx.Module):
             self_bias = self_bias + padding_bias(decoder_attention_mask)
         rngs = split_rng(rng, len(self.layers) + 1)
         x = dropout(self.layernorm_embedding(x), cfg.dropout, rngs[-1])
+        cross = resolve(cfg, self.dtype, training=rng is not None).cross
         new_cache = []
         for i, (layer, layer_rng) in enumerate(zip(self.layers, rngs)):
             layer_cache, cross_key_value = (None, None) if cache is None else (cache["layers"][i], cache["cross"][i])
             if cache is None:  # teacher forcing (training, evaluation): LayerDrop applies
-                x = layer_drop(lambda x: layer(x, self_bias, encoder_hidden, encoder_valid, rng=layer_rng)[0], x,
-                               cfg.decoder_layerdrop, layer_rng)
+                x = layer_drop(lambda x: layer(x, self_bias, encoder_hidden, encoder_valid, rng=layer_rng,
+                                               cross_implementation=cross)[0], x, cfg.decoder_layerdrop, layer_rng)
             else:
                 x, layer_cache = layer(x, self_bias, encoder_hidden, encoder_valid, layer_cache, cross_key_value,
                                        position, layer_rng)
@@ -287,7 +289,6 @@ class LSGBartModel(PretrainedModel):
 
     @classmethod
     def conversion_rules(cls, config: LSGBartConfig):
-        from lsg_jax.convert import lsg_bart_rules
         return lsg_bart_rules(config, with_head=cls._with_head)
 
     # --- encoder ---------------------------------------------------------------------------------------

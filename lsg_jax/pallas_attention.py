@@ -55,6 +55,14 @@ def pallas_head_dim_supported(head_dim: int) -> bool:
     return head_dim >= 16 and not head_dim & (head_dim - 1)
 
 
+def compute_dtype(dtype):
+    """Triton's dots take half precision: on a GPU, other inputs are computed in bfloat16 (as cuDNN computes them);
+    Pallas' interpreter, elsewhere, computes in their own dtype."""
+    if jax.default_backend() == "gpu" and jnp.dtype(dtype) not in map(jnp.dtype, (jnp.bfloat16, jnp.float16)):
+        return jnp.bfloat16
+    return dtype
+
+
 def pallas_supported(cfg, head_dim: int) -> str | None:
     """None when the LSG kernels take the config, else why not."""
     if cfg.has_sparse:
@@ -514,10 +522,12 @@ def _padded_backward(q, k, v, valid, out, lse, d_out):
     return _split_dq(inputs, q.shape[1]).astype(q.dtype), dk, dv
 
 
-def pallas_padded_attention(q, k, v, key_valid):
+def pallas_padded_attention(q, k, v, key_valid, dtype):
     """Dense attention of q [B, T, H, D] over the valid keys of k/v [B, S, H, D] (key_valid [B, S] bool), through
-    the split kernels (the decoder's cross-attention over a long encoder output). Returns [B, T, H, D]."""
-    return _padded_attention(q, k, v, key_valid.astype(jnp.int32))
+    the split kernels (the decoder's cross-attention over a long encoder output), computed in
+    compute_dtype(q.dtype). Returns [B, T, H, D] in `dtype`."""
+    q, k, v = (x.astype(compute_dtype(q.dtype)) for x in (q, k, v))
+    return _padded_attention(q, k, v, key_valid.astype(jnp.int32)).astype(dtype)
 
 
 @jax.custom_vjp
@@ -543,21 +553,19 @@ def pallas_lsg_attention(qkv, query_bias, value_bias, bias, cfg, dtype):
     projections' query and value biases [H, D] (or None), which the kernels add themselves: the query bias to each
     query tile they load, the value bias to each output row (each row's probabilities sum to 1). The key bias needs
     no place: it adds q . key_bias to every score of a row, which softmax cancels. bias [B, G + T]: 0 / NEG_INF over
-    keys. Returns [B, G + T, H, D] in `dtype`."""
+    keys. Inputs short enough for full attention go through the split kernels over all keys. Computed in
+    compute_dtype(qkv.dtype); returns [B, G + T, H, D] in `dtype`."""
     reason = pallas_supported(cfg, qkv.shape[-1])
     if reason:
         raise ValueError(f"attn_implementation='pallas' does not take this model: {reason}; use 'cudnn' or 'auto'")
-    # Imported here: fused_attention imports this module.
-    from lsg_jax.fused_attention import compute_dtype, dense_implementation, fused_lsg_attention
     G, bs = cfg.num_global_tokens, cfg.block_size
     B, _, _, H, D = qkv.shape
     query_bias, value_bias = (jnp.zeros((H, D)) if b is None else b for b in (query_bias, value_bias))
-    if qkv.shape[1] <= 2 * bs + G:  # short input: full attention, as every formulation does
-        q, k, v = (jnp.swapaxes(x, 1, 2) for x in (qkv[:, :, 0] + query_bias.astype(qkv.dtype), qkv[:, :, 1],
-                                                   qkv[:, :, 2] + value_bias.astype(qkv.dtype)))
-        return jnp.swapaxes(fused_lsg_attention(q, k, v, bias, cfg, dtype, dense_implementation()), 1, 2)
+    if qkv.shape[1] <= 2 * bs + G:  # short input: full attention, as every formulation does (the split kernels)
+        return pallas_padded_attention(qkv[:, :, 0] + query_bias.astype(qkv.dtype), qkv[:, :, 1],
+                                       qkv[:, :, 2] + value_bias.astype(qkv.dtype), bias == 0, dtype)
     biases = jnp.broadcast_to(jnp.concatenate([query_bias, value_bias], -1).astype(jnp.float32), (B, H, 2 * D))
-    out = _attention(qkv.astype(compute_dtype(qkv.dtype, "pallas")), biases, (bias == 0).astype(jnp.int32), G, bs)
+    out = _attention(qkv.astype(compute_dtype(qkv.dtype)), biases, (bias == 0).astype(jnp.int32), G, bs)
     return out.astype(dtype)
 
 

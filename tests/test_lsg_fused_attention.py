@@ -1,7 +1,12 @@
-"""The fused LSG attention (lsg_jax.fused_attention, attn_implementation="xla": the formulation the "cudnn" path
-runs on GPU; lsg_jax.pallas_attention, "pallas", in Pallas' interpreter) against the einsum path, float32 on CPU: outputs and gradients for block sizes, global-token counts,
-every sparsity type, lengths that are not a multiple of the block, padding at the end and in the middle, short
-inputs; the whole model; and encoder rematerialisation (same loss and gradients)."""
+"""The fused LSG attention (lsg_jax.fused_attention, implementation "xla": the formulation the "cudnn" path runs on
+GPU; lsg_jax.pallas_attention, "pallas", in Pallas' interpreter) against the einsum path, float32 on CPU: outputs
+and gradients for block sizes, global-token counts, every sparsity type, lengths that are not a multiple of the
+block, padding at the end and in the middle, short inputs; the whole model; encoder rematerialisation (same loss
+and gradients); and which implementation lsg_jax.dispatch.resolve picks."""
+import ast
+import types
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,8 +15,8 @@ from flax import nnx
 
 from jaxport.layers import NEG_INF
 from lsg_jax import LSGBartConfig, LSGBartForConditionalGeneration
-from lsg_jax.attention import draw_lsh_projections, full_attention, lsg_attention
-from lsg_jax.fused_attention import fused_padded_attention, resolve_implementation
+from lsg_jax.attention import draw_lsh_projections, full_attention
+from lsg_jax.dispatch import Implementations, lsg_attention, padded_attention, resolve
 from lsg_jax.pallas_attention import pallas_lsg_attention
 from tests.lsg_reference.harness import VOCAB, tiny_config
 
@@ -65,10 +70,11 @@ def attention_inputs(config, tokens: int, seed: int = 0, head_dim: int = HEAD_DI
     return (q, k, v), bias, projections, cotangent
 
 
-def attention_and_grads(config, qkv, bias, projections, cotangent):
+def attention_and_grads(config, implementation, qkv, bias, projections, cotangent):
     """The output and d<out, cotangent>/d(q, k, v), jitted (one compilation instead of one per operation)."""
     def run(qkv, bias, projections, cotangent):
-        out, vjp = jax.vjp(lambda *qkv: lsg_attention(*qkv, bias, config, jnp.float32, projections), *qkv)
+        out, vjp = jax.vjp(lambda *qkv: lsg_attention(*qkv, bias, config, jnp.float32, implementation, projections),
+                           *qkv)
         return out, vjp(cotangent)
     return jax.jit(run)(qkv, bias, projections, cotangent)
 
@@ -76,10 +82,10 @@ def attention_and_grads(config, qkv, bias, projections, cotangent):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_fused_attention_equals_einsum(case):
     lsg, tokens = CASES[case]
-    einsum, fused = lsg_config(lsg), lsg_config(lsg, attn_implementation="xla")
-    qkv, bias, projections, cotangent = attention_inputs(einsum, tokens)
-    expected, expected_grads = attention_and_grads(einsum, qkv, bias, projections, cotangent)
-    out, grads = attention_and_grads(fused, qkv, bias, projections, cotangent)
+    config = lsg_config(lsg)
+    qkv, bias, projections, cotangent = attention_inputs(config, tokens)
+    expected, expected_grads = attention_and_grads(config, "einsum", qkv, bias, projections, cotangent)
+    out, grads = attention_and_grads(config, "xla", qkv, bias, projections, cotangent)
     np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=1e-5, rtol=1e-5)
     for name, grad, expected_grad in zip("qkv", grads, expected_grads):
         np.testing.assert_allclose(np.asarray(grad), np.asarray(expected_grad), atol=1e-5, rtol=1e-5,
@@ -87,18 +93,16 @@ def test_fused_attention_equals_einsum(case):
 
 
 def test_fused_attention_without_global_tokens():
-    """num_global_tokens = 0 (the config clamps it to 1; lsg_attention can be called without): equal wherever a
+    """num_global_tokens = 0 (no config has it; the attention reads only the fields given here): equal wherever a
     query has a valid key; finite where it has none (the last block of row 1, whose keys are all padding)."""
-    einsum, fused = (lsg_config(dict(block_size=4, sparsity_type="none"), attn_implementation=name)
-                     for name in ("einsum", "xla"))
-    einsum.num_global_tokens = fused.num_global_tokens = 0
-    qkv, _, _, _ = attention_inputs(einsum, 24)
+    config = types.SimpleNamespace(num_global_tokens=0, block_size=4, has_sparse=False, attention_dropout=0.0)
+    qkv, _, _, _ = attention_inputs(config, 24)
     mask = np.ones((3, 24), bool)
     mask[1, 14:] = False  # blocks 4 and 5 are padding: block 5 sees no valid key
     mask[2, [0, 5, 9, 10]] = False
     bias = np.where(mask, 0.0, NEG_INF).astype(np.float32)
-    expected, out = (np.asarray(jax.jit(lambda qkv: lsg_attention(*qkv, bias, config, jnp.float32))(qkv))
-                     for config in (einsum, fused))
+    expected, out = (np.asarray(jax.jit(lambda qkv: lsg_attention(*qkv, bias, config, jnp.float32, name))(qkv))
+                     for name in ("einsum", "xla"))
     assert np.isfinite(out).all()
     has_key = np.ones((3, 24), bool)
     has_key[1, 20:] = False
@@ -109,7 +113,7 @@ def test_fused_attention_without_global_tokens():
 @pytest.mark.parametrize("implementation", ["xla", "pallas"])
 @pytest.mark.parametrize("holes", [False, True])
 def test_padded_cross_attention(holes, implementation):
-    """fused_padded_attention (the decoder's cross-attention) equals plain masked attention, output and gradients:
+    """padded_attention (the decoder's cross-attention) equals plain masked attention, output and gradients:
     right-padded keys (taken in place by xla/cudnn) and keys with holes (permuted valid-first); pallas: the split
     kernels in Pallas' interpreter, over several key chunks."""
     rng = np.random.default_rng(3)
@@ -121,7 +125,7 @@ def test_padded_cross_attention(holes, implementation):
     bias = jnp.where(jnp.asarray(valid)[:, None, None, :], 0.0, NEG_INF)
     plain = lambda q, k, v: jnp.swapaxes(full_attention(*(jnp.swapaxes(x, 1, 2) for x in (q, k, v)), bias,
                                                         jnp.float32), 1, 2)
-    fused = lambda q, k, v: fused_padded_attention(q, k, v, jnp.asarray(valid), jnp.float32, implementation)
+    fused = lambda q, k, v: padded_attention(q, k, v, jnp.asarray(valid), jnp.float32, implementation)
     run = lambda f: jax.tree.leaves(jax.jit(lambda *qkv: (lambda out, vjp: (out, vjp(cotangent)))(
         *jax.vjp(f, *qkv)))(q, k, v))
     for got, want in zip(run(fused), run(plain)):
@@ -131,10 +135,11 @@ def test_padded_cross_attention(holes, implementation):
 def test_bfloat16_compute():
     """bf16 through the fused path (what cuDNN computes in) stays near the float32 einsum result."""
     lsg, tokens = CASES["none-b8-g2"]
-    config = lsg_config(lsg, attn_implementation="xla")
+    config = lsg_config(lsg)
     qkv, bias, _, _ = attention_inputs(config, tokens)
-    expected = jax.jit(lambda qkv: lsg_attention(*qkv, bias, lsg_config(lsg), jnp.float32))(qkv)
-    out = jax.jit(lambda qkv: lsg_attention(*(x.astype(jnp.bfloat16) for x in qkv), bias, config, jnp.bfloat16))(qkv)
+    expected = jax.jit(lambda qkv: lsg_attention(*qkv, bias, config, jnp.float32, "einsum"))(qkv)
+    out = jax.jit(lambda qkv: lsg_attention(*(x.astype(jnp.bfloat16) for x in qkv), bias, config, jnp.bfloat16,
+                                            "xla"))(qkv)
     assert out.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(expected), atol=3e-2)
 
@@ -172,7 +177,7 @@ def model_runs():
     mask[2, 20:31] = 0
     labels = rng.integers(3, VOCAB, (3, 7))
     return {name: run_model(ids, mask, labels, **runtime) for name, runtime in
-            (("einsum", {}), ("xla", dict(attn_implementation="xla")),
+            (("einsum", dict(attn_implementation="einsum")), ("xla", dict(attn_implementation="xla")),
              ("xla+remat", dict(attn_implementation="xla", remat=True)),
              ("xla+dots", dict(attn_implementation="xla", remat="dots")))}
 
@@ -198,22 +203,88 @@ def test_remat_gives_the_same_loss_and_grads(model_runs, mode):
     assert_runs_close(model_runs[mode], model_runs["xla"], atol=1e-6, rtol=1e-6)
 
 
-def test_implementation_choice_and_config():
-    on_gpu = jax.default_backend() == "gpu"
-    assert resolve_implementation("auto", jnp.bfloat16, 64) == ("cudnn" if on_gpu else "einsum")
-    cross = resolve_implementation("auto", jnp.bfloat16, 64, cross_attention=True)
-    assert cross == ("pallas" if on_gpu else "einsum")
-    # Triton tiles need a power-of-two head dim.
-    assert resolve_implementation("auto", jnp.bfloat16, 80, cross_attention=True) == ("cudnn" if on_gpu else "einsum")
-    lsg = lambda **fields: lsg_config({"block_size": 64, "sparsity_type": "none", **fields})
-    assert resolve_implementation("auto", jnp.bfloat16, 64, lsg()) == ("pallas" if on_gpu else "einsum")
-    # Sparse keys are not in the kernels: cuDNN then.
-    assert resolve_implementation("auto", jnp.bfloat16, 64, lsg(sparsity_type="norm")) == ("cudnn" if on_gpu
-                                                                                           else "einsum")
-    assert resolve_implementation("auto", jnp.float32, 64) == "einsum"  # float32 models keep float32 attention
-    if jax.default_backend() != "gpu":
-        with pytest.raises(ValueError, match="cudnn.*GPU"):
-            resolve_implementation("cudnn", jnp.bfloat16, 64)
+def sized_config(head_dim: int = 64, **fields) -> LSGBartConfig:
+    """A config with LSG attention the Pallas kernels take (block 64, no sparse keys) and heads of head_dim."""
+    return lsg_config({"block_size": 64, "sparsity_type": "none", "d_model": 4 * head_dim, **fields})
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_resolve_on_an_nvidia_gpu(dtype):
+    """auto (the default) with half-precision compute: pallas for LSG attention its kernels take and for a
+    cross-attention whose head dim is a power of two (Triton's tiles), cudnn for the rest; the same in training
+    unless attention dropout needs the einsums (fused attention has none)."""
+    gpu = lambda config, training=False: resolve(config, dtype, training=training, platform="gpu")
+    assert sized_config().attn_implementation == "auto"
+    assert gpu(sized_config()) == Implementations(lsg="pallas", cross="pallas")
+    assert gpu(sized_config(sparsity_type="norm", sparse_block_size=8)) == Implementations("cudnn", "pallas")
+    assert gpu(sized_config(block_size=32)) == Implementations("cudnn", "pallas")  # not whole key tiles
+    assert gpu(sized_config(head_dim=80)) == Implementations("cudnn", "cudnn")
+    assert gpu(sized_config(head_dim=160)) == Implementations("einsum", "einsum")  # beyond cuDNN's head dims
+    assert gpu(sized_config(), training=True) == Implementations("pallas", "pallas")
+    assert gpu(sized_config(attention_dropout=0.1)) == Implementations("pallas", "pallas")
+    for name in ("auto", "cudnn", "xla", "pallas"):
+        config = sized_config(attention_dropout=0.1, attn_implementation=name)
+        assert gpu(config, training=True) == Implementations("einsum", "einsum")
+    # Explicit names are taken as given; a head dim Triton does not tile sends pallas' cross-attention to cuDNN.
+    assert gpu(sized_config(attn_implementation="cudnn")) == Implementations("cudnn", "cudnn")
+    assert gpu(sized_config(head_dim=80, attn_implementation="pallas")) == Implementations("pallas", "cudnn")
+
+
+def test_resolve_elsewhere_and_for_float32_models():
+    """auto is einsum for float32 models (their attention stays float32) and off NVIDIA GPUs; explicit names hold
+    there too, but cudnn needs an NVIDIA GPU."""
+    config = sized_config()
+    assert resolve(config, jnp.float32, training=False, platform="gpu") == Implementations("einsum", "einsum")
+    for platform in ("cpu", "tpu", "rocm"):
+        assert resolve(config, jnp.bfloat16, training=False, platform=platform) == Implementations("einsum", "einsum")
+    assert resolve(config, jnp.bfloat16, training=False) == Implementations("einsum", "einsum")  # this CPU
+    xla = sized_config(attn_implementation="xla")
+    assert resolve(xla, jnp.float32, training=False, platform="cpu") == Implementations("xla", "xla")
+    pallas = sized_config(head_dim=80, attn_implementation="pallas")
+    assert resolve(pallas, jnp.float32, training=False, platform="cpu") == Implementations("pallas", "xla")
+    with pytest.raises(ValueError, match="cudnn.*NVIDIA GPU"):
+        resolve(sized_config(attn_implementation="cudnn"), jnp.bfloat16, training=False, platform="cpu")
+
+
+def lsg_imports() -> dict[str, set[str]]:
+    """lsg_jax module -> the lsg_jax modules it imports, at the top or inside functions."""
+    package = Path(__file__).resolve().parent.parent / "lsg_jax"
+    modules = {path.stem for path in package.glob("*.py")}
+    graph = {}
+    for name in modules:
+        imported = set()
+        for node in ast.walk(ast.parse((package / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "lsg_jax":
+                imported |= {alias.name if alias.name in modules else "__init__" for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lsg_jax."):
+                imported.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith("lsg_jax.")}
+        graph[name] = imported
+    return graph
+
+
+def test_kernel_modules_are_leaves_and_no_import_cycle():
+    graph = lsg_imports()
+    for kernels in ("attention", "pallas_attention", "hopper_gemm", "configuration"):
+        assert graph[kernels] == set(), kernels
+    assert graph["fused_attention"] == {"attention"}
+    done, path = set(), []
+
+    def visit(name):
+        assert name not in path, f"import cycle: {' -> '.join(path + [name])}"
+        if name not in done:
+            path.append(name)
+            for imported in graph[name]:
+                visit(imported)
+            path.pop()
+            done.add(name)
+
+    for name in graph:
+        visit(name)
+
+
+def test_runtime_settings():
     with pytest.raises(ValueError, match="attn_implementation='flash'"):
         lsg_config({}, attn_implementation="flash")
     with pytest.raises(ValueError, match="remat='some'"):
@@ -225,34 +296,31 @@ def test_implementation_choice_and_config():
 
 @pytest.mark.parametrize("tokens", [48, 16])  # block attention, and an input short enough for full attention
 def test_attention_dropout_in_training(tokens):
-    """attention_dropout drops LSG attention probabilities when an rng is given (as the original does), only then;
-    the fused implementations take the einsums for such steps, so they give the same numbers."""
+    """attention_dropout drops LSG attention probabilities when an rng is given (as the original does), only then
+    (resolve takes the einsums for such steps: test_resolve_on_an_nvidia_gpu)."""
     lsg = dict(block_size=8, sparsity_type="pooling", sparse_block_size=4, sparsity_factor=2, num_global_tokens=2)
     qkv, bias, _, _ = attention_inputs(lsg_config(lsg), tokens)
     rng = jax.random.key(5)
-    run = lambda config, rng: np.asarray(jax.jit(lambda qkv: lsg_attention(*qkv, bias, config, jnp.float32,
+    run = lambda config, rng: np.asarray(jax.jit(lambda qkv: lsg_attention(*qkv, bias, config, jnp.float32, "einsum",
                                                                            rng=rng))(qkv))
     plain = run(lsg_config(lsg), None)
     np.testing.assert_array_equal(run(lsg_config(lsg, attention_dropout=0.3), None), plain)
     np.testing.assert_array_equal(run(lsg_config(lsg), rng), plain)  # attention_dropout=0: nothing dropped
-    dropped = run(lsg_config(lsg, attention_dropout=0.3), rng)
-    assert np.abs(dropped - plain).max() > 1e-2
-    np.testing.assert_array_equal(run(lsg_config(lsg, attention_dropout=0.3, attn_implementation="xla"), rng), dropped)
+    assert np.abs(run(lsg_config(lsg, attention_dropout=0.3), rng) - plain).max() > 1e-2
 
 
 @pytest.mark.parametrize("globals_, tokens, block_size", [(1, 192, 64), (7, 256, 64), (64, 320, 64),
                                                           (100, 192, 64), (7, 512, 128)])
 def test_pallas_kernels_equal_einsum(globals_, tokens, block_size):
-    """attn_implementation="pallas": its kernels' output (run in Pallas' interpreter here) equals the einsum path's,
+    """Implementation "pallas": its kernels' output (run in Pallas' interpreter here) equals the einsum path's,
     with padding at the end and holes, and so do its gradients (the backward kernels). Blocks of 128 rows take the
     forward kernel's 128-query tiles."""
-    einsum, pallas = (lsg_config(dict(block_size=block_size, sparsity_type="none", num_global_tokens=globals_),
-                                 attn_implementation=name) for name in ("einsum", "pallas"))
-    qkv, bias, _, cotangent = attention_inputs(einsum, tokens, head_dim=16)
-    forward = lambda qkv: lsg_attention(*qkv, bias, pallas, jnp.float32)
+    config = lsg_config(dict(block_size=block_size, sparsity_type="none", num_global_tokens=globals_))
+    qkv, bias, _, cotangent = attention_inputs(config, tokens, head_dim=16)
+    forward = lambda qkv: lsg_attention(*qkv, bias, config, jnp.float32, "pallas")
     assert "pallas_call" in str(jax.make_jaxpr(forward)(qkv))
     primal = jax.jit(forward)(qkv)
-    expected, out = (attention_and_grads(config, qkv, bias, None, cotangent) for config in (einsum, pallas))
+    expected, out = (attention_and_grads(config, name, qkv, bias, None, cotangent) for name in ("einsum", "pallas"))
     for got, want in zip(jax.tree.leaves((primal, out)), jax.tree.leaves((expected[0], expected))):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
@@ -262,20 +330,19 @@ def test_pallas_kernels_add_the_projection_biases(tokens):
     """The encoder's route: one packed projection without biases [B, L, 3, H, D], the query and value biases added
     by the kernels and the key bias left out (softmax cancels it): the same output, and the same gradients of the
     packed projection and of both biases, as the einsum path given q, k and v with all three biases. 64 tokens take
-    the short-input path (full attention)."""
-    einsum, pallas = (lsg_config(dict(block_size=64, sparsity_type="none", num_global_tokens=7),
-                                 attn_implementation=name) for name in ("einsum", "pallas"))
-    (q, k, v), bias, _, cotangent = attention_inputs(einsum, tokens, head_dim=16)
+    the short-input path (full attention, through the split kernels)."""
+    config = lsg_config(dict(block_size=64, sparsity_type="none", num_global_tokens=7))
+    (q, k, v), bias, _, cotangent = attention_inputs(config, tokens, head_dim=16)
     packed = np.stack([np.swapaxes(x, 1, 2) for x in (q, k, v)], axis=2)  # [B, L, 3, H, D]
     query_bias, key_bias, value_bias = np.random.default_rng(1).standard_normal((3, HEADS, 16), np.float32)
 
     def reference(packed, query_bias, value_bias):
         q, k, v = (jnp.swapaxes(packed[:, :, slot] + b, 1, 2)
                    for slot, b in enumerate((query_bias, key_bias, value_bias)))
-        return jnp.swapaxes(lsg_attention(q, k, v, bias, einsum, jnp.float32), 1, 2)
+        return jnp.swapaxes(lsg_attention(q, k, v, bias, config, jnp.float32, "einsum"), 1, 2)
 
     kernels = lambda packed, query_bias, value_bias: pallas_lsg_attention(packed, query_bias, value_bias, bias,
-                                                                          pallas, jnp.float32)
+                                                                          config, jnp.float32)
     results = []
     for attention in (reference, kernels):
         def run(*args, attention=attention):
@@ -290,12 +357,12 @@ def test_pallas_kernels_add_the_projection_biases(tokens):
 def test_pallas_kernels_partition_over_batch_and_heads():
     """Under a jit sharded over batch and heads (8 CPU devices: 4 x 2) each device runs the kernels on its own
     batch elements and heads: no input gathered, the same output and gradients as on one device."""
-    config = lsg_config(dict(block_size=64, sparsity_type="none", num_global_tokens=7), attn_implementation="pallas")
+    config = lsg_config(dict(block_size=64, sparsity_type="none", num_global_tokens=7))
     (q, k, v), bias, _, cotangent = attention_inputs(config, 192, head_dim=16)
     q, k, v, bias, cotangent = (np.concatenate([x, x[:1]]) for x in (q, k, v, bias, cotangent))  # batch 4
 
     def run(qkv, bias, cotangent):
-        out, vjp = jax.vjp(lambda *qkv: lsg_attention(*qkv, bias, config, jnp.float32), *qkv)
+        out, vjp = jax.vjp(lambda *qkv: lsg_attention(*qkv, bias, config, jnp.float32, "pallas"), *qkv)
         return out, vjp(cotangent)
 
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()).reshape(4, 2), ("data", "tensor"))
@@ -309,15 +376,12 @@ def test_pallas_kernels_partition_over_batch_and_heads():
 
 
 def test_pallas_refuses_what_its_kernels_do_not_cover():
-    qkv, bias, _, _ = attention_inputs(lsg_config(dict(block_size=8, sparsity_type="none")), 48)
-    with pytest.raises(ValueError, match="pallas.*head dim 8"):
-        lsg_attention(*qkv, bias, lsg_config(dict(block_size=8, sparsity_type="none"), attn_implementation="pallas"),
-                      jnp.float32)
-    qkv, bias, _, _ = attention_inputs(lsg_config(dict(block_size=8, sparsity_type="none")), 48, head_dim=16)
-    with pytest.raises(ValueError, match="pallas.*block_size 8"):
-        lsg_attention(*qkv, bias, lsg_config(dict(block_size=8, sparsity_type="none"), attn_implementation="pallas"),
-                      jnp.float32)
-    config = lsg_config(dict(block_size=64, sparsity_type="norm", sparse_block_size=8), attn_implementation="pallas")
+    config = lsg_config(dict(block_size=8, sparsity_type="none"))
+    for head_dim, reason in ((8, "head dim 8"), (16, "block_size 8")):
+        qkv, bias, _, _ = attention_inputs(config, 48, head_dim=head_dim)
+        with pytest.raises(ValueError, match=f"pallas.*{reason}"):
+            lsg_attention(*qkv, bias, config, jnp.float32, "pallas")
+    config = lsg_config(dict(block_size=64, sparsity_type="norm", sparse_block_size=8))
     qkv, bias, _, _ = attention_inputs(config, 192, head_dim=16)
     with pytest.raises(ValueError, match="pallas.*sparse keys"):
-        lsg_attention(*qkv, bias, config, jnp.float32)
+        lsg_attention(*qkv, bias, config, jnp.float32, "pallas")

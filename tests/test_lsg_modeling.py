@@ -4,6 +4,8 @@ encoder states and logits (float32, rel. err. < 1e-4), greedy and beam generatio
 
 The reference runs in its own environment (.venv-lsg, see tests/lsg_reference/make_env.sh), all cases in one
 subprocess; the tests skip when that environment is missing."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -186,6 +188,29 @@ def test_config_flavours():
     assert LSGBartConfig.from_dict(lsg.to_dict()) == lsg
     with pytest.warns(UserWarning, match="num_global_tokens"):
         assert LSGBartConfig.from_dict({**tiny_config(), "num_global_tokens": 0}).num_global_tokens == 1
+
+
+def test_config_is_frozen_hashable_and_validated():
+    """from_dict normalises as the original does (with its warnings); the constructor and dataclasses.replace only
+    validate; configs hash (jit static arguments), whatever their extra keys."""
+    config = LSGBartConfig.from_dict({**tiny_config(), "block_size": 8, "architectures": ["LSGBartModel"]})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.block_size = 16
+    assert hash(config) == hash(LSGBartConfig.from_dict(config.to_dict()))
+    assert dataclasses.replace(config, block_size=16).block_size == 16 and config.block_size == 8
+    for invalid, message in ((dict(num_global_tokens=0), "num_global_tokens=0"),
+                             (dict(num_global_tokens=513), "num_global_tokens=513"),
+                             (dict(mask_first_token=True, pool_with_global=False), "pool_with_global"),
+                             (dict(remat=True), "remat=True")):
+        with pytest.raises(ValueError, match=message):
+            dataclasses.replace(config, **invalid)
+    with pytest.warns(UserWarning) as warned:
+        normalised = LSGBartConfig.from_dict({**config.to_dict(), "mask_first_token": True, "pool_with_global": False,
+                                              "num_global_tokens": 600, "remat": True})
+    assert ["num_global_tokens > 512" in str(w.message) for w in warned] == [True, False]
+    assert (normalised.pool_with_global, normalised.num_global_tokens, normalised.remat) == (True, 512, "full")
+    plain = LSGBartConfig.from_dict({**tiny_config(), "num_global_tokens": 0, "lsg": False})
+    assert plain.num_global_tokens == 0  # LSG fields of plain BART are neither clamped nor checked
 
 
 def test_too_long_inputs_raise_or_truncate():
