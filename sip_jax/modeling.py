@@ -151,6 +151,8 @@ def extend_encoder_mask(encoder_attention_mask: jax.Array, encoder_length: int) 
 class _PrefixedT5(PretrainedModel):
     """What both SIP models share: `self.model` (the T5) and the decoder side."""
 
+    tied_head_keys = ("model.lm_head.weight", "model.shared.weight")
+
     def init_cache(self, encoder_hidden: jax.Array, max_length: int) -> dict:
         """T5's cache for decoding against `encode`'s states (prefix ++ input)."""
         return self.model.init_cache(encoder_hidden, max_length)

@@ -99,7 +99,7 @@ def test_config_json_keeps_the_original_layout(tmp_path):
 
 
 def test_config_defaults_are_the_originals():
-    pre, fine = SIPPreTrainingConfig(), SIPFinetuningConfig()
+    pre, fine = SIPPreTrainingConfig.create(), SIPFinetuningConfig.create()
     assert (pre.num_states, pre.fst_tokenizer_vocab_size, pre.state_embedding_dim, pre.token_embedding_dim,
             pre.mlp_hidden_dim, pre.final_state_embedding_dim, pre.num_final_state_info) == (16, 308, 64, 256, None,
                                                                                             0, 3)
