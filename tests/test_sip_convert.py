@@ -192,7 +192,8 @@ def test_convert_command_samples_and_encodes_fsts(tmp_path):
                   "--prefix-length", "4", "--fst-tokenizer", str(tokenizer), "--fst-seed", "5"])
     tensors = read_folder(tmp_path / "ft")
     init = tensors["prefix_init_tensor"]
-    assert init.shape == (3, 120, 32)  # at most 4 states x 25 letters = 100 transitions and np.isfinite(init).all()
+    assert init.shape == (3, 120, 32)  # at most 4 states x 25 letters = 100 transitions
+    assert np.isfinite(init).all()
     assert np.isnan(tensors["prefix_embedding"]).all()
     # Every row is the encoder's output for some FST: rows past an FST's length are the padding transition's.
     pad = reference.encode_fst(torch.tensor([[[14, 0, 0, 14, 0]]])).detach().numpy()[0, 0]
