@@ -1,6 +1,7 @@
 """SIP's rule tables and configs against folders in the original's Hub layout, both directions, and the
 pre-training -> fine-tuning conversion (prefix_init_tensor = the FST encoder's output on padded FSTs)."""
 import json
+import re
 from pathlib import Path
 
 import jax
@@ -10,6 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import convert  # noqa: E402
 from flax import nnx  # noqa: E402
 from jaxport import tree  # noqa: E402
 from jaxport.convert import ConversionError  # noqa: E402
@@ -119,8 +121,12 @@ def test_nested_t5_config_is_read_and_written_flat():
 def test_the_wrong_model_type_is_named(tmp_path):
     reference, model_type, fields, _ = make_reference("linear")
     source = save_original_layout(reference, tmp_path, model_type, fields)
-    with pytest.raises(ValueError, match="model_type 'sip_finetune', got 'sip_pretrain'.*--from-pretraining"):
+    with pytest.raises(ValueError, match="model_type 'sip_finetune', got 'sip_pretrain'") as caught:
         SIPFinetuningModel.from_pretrained(source)
+    # The command it names exists: the convert CLI takes it.
+    command = re.search(r"`python -m convert ([^`]*)`", str(caught.value)).group(1).split()
+    args = convert.parse_args([str(source) if arg == "SRC" else arg for arg in command])
+    assert (args.family, args.from_pretraining) == ("sip_finetune", True)
 
 
 def test_a_missing_fst_encoder_weight_is_named(tmp_path):
@@ -186,7 +192,6 @@ def test_convert_command_samples_and_encodes_fsts(tmp_path):
     fst = dict(FST_KWARGS["linear"], num_states=15, fst_tokenizer_vocab_size=vocab_size)
     reference = TorchSIPPretraining(fst).eval()
     save_original_layout(reference, tmp_path / "pre", "sip_pretrain", fst)
-    import convert
     convert.main(["sip_finetune", str(tmp_path / "pre"), str(tmp_path / "ft"), "--from-pretraining", "--to-pytorch",
                   "--num-precomputed-examples", "3", "--prefix-max-init-length", "120", "--num-examples", "2",
                   "--prefix-length", "4", "--fst-tokenizer", str(tokenizer), "--fst-seed", "5"])
@@ -212,7 +217,6 @@ def test_convert_command_draws_fsts_as_a_pretraining_config_does(tmp_path):
     fst = dict(FST_KWARGS["linear"], num_states=15, fst_tokenizer_vocab_size=vocab_size)
     reference = TorchSIPPretraining(fst).eval()
     save_original_layout(reference, tmp_path / "pre", "sip_pretrain", fst)
-    import convert
     convert.main(["sip_finetune", str(tmp_path / "pre"), str(tmp_path / "ft"), "--from-pretraining",
                   "--num-precomputed-examples", "6", "--prefix-max-init-length", "30", "--num-examples", "2",
                   "--prefix-length", "4", "--fst-config", str(Path(__file__).parents[1] / "configs" / "sip_pretrain.py")])
