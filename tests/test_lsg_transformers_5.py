@@ -50,8 +50,9 @@ def test_tied_bart_of_the_installed_transformers(tmp_path):
     assert rel_err(actual, expected) < 1e-4
 
 
-@pytest.mark.xfail(strict=True, raises=ConversionError, reason="transformers 5 keeps an untied BART's encoder and decoder embeddings apart "
-                                       "from model.shared; lsg_jax reads them as tied copies of it")
+@pytest.mark.xfail(strict=True, raises=ConversionError,
+                   reason="transformers 5 keeps an untied BART's encoder and decoder embeddings apart from "
+                          "model.shared; lsg_jax reads them as tied copies of it")
 def test_untied_bart_of_the_installed_transformers(tmp_path):
     model = random_bart(tmp_path, tie_word_embeddings=False)
     actual, expected = logits_pair(model, tmp_path)

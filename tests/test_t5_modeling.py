@@ -2,11 +2,11 @@
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
-import jax.numpy as jnp
 
 from t5_jax import T5Config, T5ForConditionalGeneration
 
