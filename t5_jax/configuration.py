@@ -63,6 +63,10 @@ class T5Config(HFConfig):
 
     @classmethod
     def from_dict(cls, values: dict) -> "T5Config":
+        """A config from config.json's values, as transformers reads them: num_decoder_layers defaults to
+        num_layers; scale_decoder_outputs as written (transformers 5), else as tie_word_embeddings (transformers 4).
+        tie_word_embeddings is kept as written: whether the head is really tied also depends on the checkpoint
+        (PretrainedModel.folder_config)."""
         values = dict(values)
         defaults = {field.name: field.default for field in dataclasses.fields(cls)}
         given = {**defaults, **values}
