@@ -6,7 +6,7 @@ Stages (each a project command, printed as it runs; a stage skips work whose out
   tasks     `python -m sip_jax.fst.fewshot`: NUM_TASKS random FSTs of the pre-training distribution, from a seed
             pre-training does not use, each with 100 training and 500 test pairs (distinct inputs).
   pretrain  `python -m train --config configs/sip_pretrain.py:small` from scratch, the task FSTs excluded.
-  convert   `python -m convert sip_finetune --from-pretraining`: the fine-tuning model, its prefix initialised
+  convert   `python -m convert sip_finetune SRC DST --from-pretraining`: the fine-tuning model, its prefix initialised
             from the FST encoder's encodings of 400 FSTs of the same distribution.
   finetune  `python -m train --config configs/sip_finetune.py:small` on each task's 100 examples, for each seed,
             once from the SIP model and once from a random initialisation of the same architecture (no SIP);

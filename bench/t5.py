@@ -346,7 +346,7 @@ def main(argv=None) -> dict:
     results = {"mode": "tiny" if args.tiny else "byt5-small", "config": cfg, "versions": info}
 
     m = cfg["model"]
-    model_config = T5Config(**m)
+    model_config = T5Config.create(**m)
     b, t_in, t_out = cfg["train_batch"], cfg["train_inputs"], cfg["train_targets"]
     flops = train_flops(m, b, t_in, t_out)
     results["train_flops"] = flops

@@ -44,7 +44,7 @@ VARIANTS = {
 
 def main():
     cfg = dict(bench.FULL, steps=10, warmup=3)
-    model_config = T5Config(**cfg["model"])
+    model_config = T5Config.create(**cfg["model"])
     batch, _ = bench.make_batches(cfg, model_config.vocab_size)
     flops = bench.train_flops(cfg["model"], cfg["train_batch"], cfg["train_inputs"], cfg["train_targets"])["total"]
     rows = []

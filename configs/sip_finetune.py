@@ -11,8 +11,8 @@
     python -m sip_jax.predict --config configs/sip_finetune.py:sip_d4 --workdir runs/sip_g2p [same --config.* flags]
 
 `tiny` (the default) is a small random T5 that runs on a CPU in minutes, for trying the pipeline; start it from a
-converted model with --config.init_from=FOLDER (e.g. `python -m sip_jax.convert --from-pretraining PRE FT` on a
-model trained with configs/sip_pretrain.py).
+converted model with --config.init_from=FOLDER (e.g. `python -m convert sip_finetune PRE FT --from-pretraining` on
+a model trained with configs/sip_pretrain.py).
 
 The optimizer is the original's (sip/embed_finetune.py:273-285 `get_optimizer(torch.optim.Adam, prefix_lr=1.0,
 lr=3e-4)`; configs/finetune/*/sip-d4.jsonnet: Adam, constant learning rate, gradient norm scaled to at most 1.0,

@@ -14,7 +14,7 @@ import os
 import re
 import struct
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal, Mapping, Sequence
 
@@ -148,6 +148,12 @@ def iter_tensors(files: Iterable[str | os.PathLike]) -> Iterator[tuple[str, np.n
     """(key, array) for every tensor in the files, one file at a time."""
     for path in map(Path, files):
         yield from read_bin(path) if path.suffix == ".bin" else read_safetensors(path)
+
+
+def select_tensors(files: Iterable[str | os.PathLike], keys: Iterable[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """(key, array) for those tensors of the files whose key is in `keys`."""
+    keys = set(keys)
+    return ((key, array) for key, array in iter_tensors(files) if key in keys)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -347,6 +353,10 @@ class PretrainedModel(nnx.Module):
 
     config_class: ClassVar[type]
     conversion_rules: ClassVar[Callable[[Any], Sequence[Entry]]]
+    # PyTorch keys (output head, input embedding) of the weights the config's `tie_word_embeddings` ties. As
+    # transformers 5 does (it writes tie_word_embeddings=True for models with a head of their own), a PyTorch
+    # checkpoint holding both with different values is loaded untied (transformers 4 never writes such a pair).
+    tied_head_keys: ClassVar[tuple[str, str] | None] = None
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
@@ -357,7 +367,7 @@ class PretrainedModel(nnx.Module):
         are warned about, and parameters left unfilled are freshly initialized.
         """
         folder = resolve_folder(path)
-        config = cls.config_class.from_dict({**read_config(folder), **config_overrides})
+        config = cls.folder_config(folder, **config_overrides)
 
         def make_model():
             return cls(config, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0))
@@ -375,6 +385,19 @@ class PretrainedModel(nnx.Module):
         flat = {path: jnp.asarray(loaded.pop(path)) for path in list(loaded)}
         flat.update(_initialize(make_model, set(tree.flatten(nnx.to_pure_dict(abstract_state))) - flat.keys()))
         return nnx.merge(graphdef, tree.unflatten(flat))
+
+    @classmethod
+    def folder_config(cls, folder: str | os.PathLike, **config_overrides):
+        """The config from_pretrained builds a local folder's model with: its config.json with the overrides, and
+        the head untied where the checkpoint holds it apart (see `tied_head_keys`)."""
+        config = cls.config_class.from_dict({**read_config(folder), **config_overrides})
+        weights = find_weights(folder)
+        if cls.tied_head_keys is None or weights.format == "flax" or not config.tie_word_embeddings:
+            return config
+        found = dict(select_tensors(weights.files, cls.tied_head_keys))
+        if len(found) == 2 and not np.array_equal(*found.values()):
+            return replace(config, tie_word_embeddings=False)
+        return config
 
     def save_pretrained(self, path: str | os.PathLike, *, pytorch: bool = False,
                         max_shard_size: int | str | None = None) -> None:

@@ -15,6 +15,15 @@ class HFConfig:
         extra.update({k: v for k, v in values.items() if k not in names})
         return cls(**{k: v for k, v in values.items() if k in names}, extra=extra)
 
+    @classmethod
+    def create(cls, **fields):
+        """A config from field values, completed as `from_dict` completes a config.json; unknown names are errors
+        (from_dict would keep them in `extra`)."""
+        unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no field {', '.join(unknown)}")
+        return cls.from_dict(fields)
+
     def to_dict(self) -> dict:
         values = dataclasses.asdict(self)
         return {**values.pop("extra"), **values}

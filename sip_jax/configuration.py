@@ -8,6 +8,9 @@ These classes do the same on top of t5_jax's T5Config: `from_dict` reads such a 
 
 A nested layout ({"t5": {...}} or {"t5_config": {...}}) is accepted on reading too, for files written by
 other tools; it is flattened, and `to_dict` always writes the original's flat layout.
+
+As T5Config, the configs are frozen and derive num_decoder_layers and scale_decoder_outputs in `from_dict` and
+`create`; change a field with dataclasses.replace.
 """
 import dataclasses
 
@@ -32,16 +35,18 @@ def _check_model_type(cls, values: dict) -> None:
     if found is not None and found != expected:
         hint = ""
         if found == "sip_pretrain" and expected == "sip_finetune":
-            hint = (" A pre-training checkpoint becomes a fine-tuning one with "
-                    "sip_jax.convert.finetuning_from_pretraining (python -m sip_jax.convert --from-pretraining SRC DST).")
+            hint = (" A pre-training checkpoint becomes a fine-tuning one with `python -m convert sip_finetune SRC DST "
+                    "--from-pretraining` (sip_jax.convert.finetuning_from_pretraining).")
         raise ValueError(f"{cls.__name__} reads config.json files with model_type {expected!r}, got {found!r}.{hint}")
 
 
-def _t5_fields() -> list[str]:
-    return [f.name for f in dataclasses.fields(T5Config)]
+def _t5_values(config: T5Config) -> dict:
+    """The values of the T5 fields of a (SIP) config, but model_type and extra."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(T5Config)
+            if f.name not in ("model_type", "extra")}
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class _SIPConfigBase(T5Config):
     model_type_default = "sip"  # overridden by the concrete classes (a class attribute, not a field)
 
@@ -54,12 +59,10 @@ class _SIPConfigBase(T5Config):
 
     def t5_config(self) -> T5Config:
         """The shared T5's part of this configuration, as a plain T5Config."""
-        values = {name: getattr(self, name) for name in _t5_fields() if name != "extra"}
-        values["model_type"] = "t5"
-        return T5Config(**values)
+        return T5Config(**_t5_values(self))
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class SIPPreTrainingConfig(_SIPConfigBase):
     """T5 plus the FST encoder (sip/fst_pretrain.py:151-168; defaults as there)."""
 
@@ -97,7 +100,7 @@ class SIPPreTrainingConfig(_SIPConfigBase):
         return self.num_states - 1
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class SIPFinetuningConfig(_SIPConfigBase):
     """T5 plus a tunable prefix (sip/embed_finetune.py:179-193; defaults as there)."""
 
@@ -120,10 +123,8 @@ class SIPFinetuningConfig(_SIPConfigBase):
 def finetuning_config_from_pretraining(config: SIPPreTrainingConfig, **sip_fields) -> SIPFinetuningConfig:
     """The fine-tuning configuration of a converted pre-training model: the same T5, the given prefix
     settings (num_examples, prefix_length, random_selection, prefix_max_init_length, num_precomputed_examples)."""
-    values = {name: getattr(config, name) for name in _t5_fields() if name != "extra"}
     extra = {k: v for k, v in config.extra.items() if k not in ("architectures", "auto_map")}
-    values.pop("model_type")
-    return SIPFinetuningConfig(**values, **sip_fields, extra=extra)
+    return SIPFinetuningConfig(**_t5_values(config), **sip_fields, extra=extra)
 
 
 # T5 shapes the training configs (configs/sip_pretrain.py, configs/sip_finetune.py) build SIP models in; a

@@ -1,75 +1,23 @@
-"""SIP's rule tables (PyTorch state-dict keys <-> Flax paths), and pre-training -> fine-tuning conversion.
+"""SIP pre-training model -> fine-tuning model: the same T5, and `prefix_init_tensor` holding the FST encoder's
+output on padded FSTs, from which the fine-tuning model initialises its prefix (the original's recipe:
+sip/embed_finetune.py:19-50 and 175-223). The command line:
 
-The original's Hub models wrap transformers' T5ForConditionalGeneration as `self.model`, so every T5 key gets
-the prefix `model.` (sip/fst_pretrain.py:177, sip/embed_finetune.py:201); the SIP parts sit at the top level:
+    python -m convert sip_finetune SRC DST --from-pretraining [--to-pytorch] [--num-precomputed-examples 400]
+        [--fst-seed 0] [--fst-config configs/sip_pretrain.py:small]
 
-  sip_pretrain (fst_pretrain.py:179-189)          sip_finetune (embed_finetune.py:204, 212)
-    state_embeddings.weight      [num_states, S]    prefix_init_tensor  [num_precomputed_examples,
-    token_embeddings.weight      [vocab, T]                              prefix_max_init_length, d_model]
-    final_state_embedding.weight [3, F]             prefix_embedding    [1, prefix_length, d_model]
-    input_layer.weight/.bias     (no MLP), or
-    down_project.weight/.bias, output_layer.weight/.bias (mlp_hidden_dim set)
-
-The Flax models keep the T5 under `model/` too, so `model.X` <-> `model/Y` whenever T5's own table maps X <-> Y.
-
-    python -m sip_jax.convert --from-pretraining SRC DST [--pytorch] [--num-precomputed-examples 400] [--seed 0]
+(The rule tables between the original's PyTorch keys and the Flax paths are in sip_jax.rules.)
 """
-import dataclasses
 from typing import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from jaxport.convert import Alias, Entry, Ignore, Rule, linear_kernel
-from t5_jax.convert import t5_rules
-
-T5_PYTORCH_PREFIX = "model."
-T5_FLAX_PREFIX = "model/"
-
-
-def prefixed(entries: Sequence[Entry], pytorch_prefix: str, flax_prefix: str) -> list[Entry]:
-    """A rule table for the same weights held one module deeper on both sides."""
-    out: list[Entry] = []
-    for entry in entries:
-        if isinstance(entry, Rule):
-            out.append(dataclasses.replace(entry, pytorch=pytorch_prefix + entry.pytorch, flax=flax_prefix + entry.flax))
-        elif isinstance(entry, Alias):
-            out.append(dataclasses.replace(entry, pytorch=pytorch_prefix + entry.pytorch,
-                                           canonical=pytorch_prefix + entry.canonical))
-        elif isinstance(entry, Ignore):
-            out.append(dataclasses.replace(entry, pytorch=pytorch_prefix + entry.pytorch))
-        else:
-            raise TypeError(f"unknown rule table entry {entry!r}")
-    return out
-
-
-def _linear(pytorch: str, flax: str) -> list[Rule]:
-    return [Rule(f"{pytorch}.weight", f"{flax}/kernel", linear_kernel(input_axes=1)),
-            Rule(f"{pytorch}.bias", f"{flax}/bias")]
-
-
-def sip_pretrain_rules(config) -> list[Entry]:
-    rules = prefixed(t5_rules(config), T5_PYTORCH_PREFIX, T5_FLAX_PREFIX)
-    rules += [
-        Rule("state_embeddings.weight", "fst_encoder/state_embeddings/embedding"),
-        Rule("token_embeddings.weight", "fst_encoder/token_embeddings/embedding"),
-        Rule("final_state_embedding.weight", "fst_encoder/final_state_embedding/embedding"),
-    ]
-    if config.mlp_hidden_dim is None:
-        rules += _linear("input_layer", "fst_encoder/input_layer")
-    else:
-        rules += _linear("down_project", "fst_encoder/down_project") + _linear("output_layer", "fst_encoder/output_layer")
-    return rules
-
-
-def sip_finetune_rules(config) -> list[Entry]:
-    return prefixed(t5_rules(config), T5_PYTORCH_PREFIX, T5_FLAX_PREFIX) + [
-        Rule("prefix_embedding", "prefix_embedding"),
-        Rule("prefix_init_tensor", "prefix_init_tensor"),
-    ]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Pre-training model -> fine-tuning model
+from sip_jax.configuration import finetuning_config_from_pretraining
+from sip_jax.fst import FSTPretrainingSource, encode_transitions
+from sip_jax.fst_data import load_fst_tokenizer
+from sip_jax.modeling import SIPFinetuningModel, SIPPreTrainingModel, check_fst_rep_values
 
 
 def pad_fst_reps(fst_reps: Sequence, num_states: int, max_len: int | None = None) -> np.ndarray:
@@ -97,10 +45,6 @@ def pad_fst_reps(fst_reps: Sequence, num_states: int, max_len: int | None = None
 def compute_prefix_init_tensor(model, fst_reps: np.ndarray, batch_size: int = 50) -> np.ndarray:
     """Encode padded FSTs [N, L, 4 or 5] with a pre-training model's FST encoder (no dropout), as the original
     does to initialise the prefix (sip/embed_finetune.py:39-45): [N, L, d_model] float32."""
-    import jax
-
-    from sip_jax.modeling import check_fst_rep_values
-
     check_fst_rep_values(fst_reps, model.config)
     encode = jax.jit(lambda encoder, reps: encoder(reps))
     chunks = [np.asarray(encode(model.fst_encoder, fst_reps[start:start + batch_size]), np.float32)
@@ -113,9 +57,6 @@ def sample_fst_reps(num: int, *, num_states: int, seed: int = 0, fst_tokenizer_p
     """`num` random FSTs drawn by the FST generator (sip_jax.fst.FSTPretrainingSource; `sampler`: its
     SamplerConfig, default the original's), each as the id array [transitions, 5] of the original's
     `fst_to_vector` (through the FST tokenizer)."""
-    from sip_jax.fst import FSTPretrainingSource, encode_transitions
-    from sip_jax.fst_data import load_fst_tokenizer
-
     tokenizer = load_fst_tokenizer(fst_tokenizer_path)
     source = FSTPretrainingSource(seed=seed, **({"sampler": sampler} if sampler is not None else {}))
     return [encode_transitions(source[i]["FST"], tokenizer, num_states) for i in range(num)]
@@ -135,13 +76,6 @@ def finetuning_from_pretraining(model, fst_reps=None, *, num_examples: int = 32,
     left NaN, as on the Hub, so that from_pretrained initialises it (with the loader's selection settings);
     `initialize_prefix=True` sets it now instead.
     """
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from sip_jax.configuration import finetuning_config_from_pretraining
-    from sip_jax.modeling import SIPFinetuningModel
-
     pre_config = model.config
     config = finetuning_config_from_pretraining(
         pre_config, num_examples=num_examples, prefix_length=prefix_length, random_selection=random_selection,
@@ -176,10 +110,6 @@ def convert_pretraining_folder(src, dst, *, pytorch: bool = False, num_precomput
                                fst_tokenizer_path=None, sampler=None, max_shard_size=None):
     """Read a sip_pretrain folder (PyTorch or Flax weights), write a sip_finetune folder (Flax weights, or with
     `pytorch=True` the original's key names)."""
-    import jax.numpy as jnp
-
-    from sip_jax.modeling import SIPPreTrainingModel
-
     dtype = jnp.float32 if dtype is None else dtype
     model = SIPPreTrainingModel.from_pretrained(src, dtype=dtype, param_dtype=dtype)
     finetuning = finetuning_from_pretraining(

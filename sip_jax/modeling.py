@@ -13,14 +13,19 @@ Generation goes through `jaxport.generation.seq2seq_generate`: `encode` prepends
 encoder mask it is given by the prepended length, so the input's own mask is all a caller passes.
 """
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from jaxport.hf import PretrainedModel
+from jaxport.convert import ConversionError
+from jaxport.generation import seq2seq_generate
+from jaxport.hf import PretrainedModel, find_weights, resolve_folder, select_tensors
 from jaxport.layers import Embed, dropout, float32_matmuls, split_rng
 from sip_jax.configuration import SIPFinetuningConfig, SIPPreTrainingConfig
+from sip_jax.rules import T5_PYTORCH_PREFIX, sip_finetune_rules, sip_pretrain_rules
 from t5_jax.modeling import Seq2SeqLMOutput, T5ForConditionalGeneration
 
 FST_MLP_DROPOUT = 0.1  # fixed in the original (sip/fst_pretrain.py:186)
@@ -71,8 +76,6 @@ def check_fst_rep_shape(fst_rep, config: SIPPreTrainingConfig) -> None:
 
 def check_fst_rep_values(fst_rep, config: SIPPreTrainingConfig) -> None:
     """Host-side range checks on concrete ids (inside jit an out-of-range id would silently become NaN)."""
-    import numpy as np
-
     fst_rep = np.asarray(fst_rep)
     check_fst_rep_shape(fst_rep, config)
     limits = {0: ("from state", config.num_states), 1: ("input symbol", config.fst_tokenizer_vocab_size),
@@ -151,6 +154,8 @@ def extend_encoder_mask(encoder_attention_mask: jax.Array, encoder_length: int) 
 class _PrefixedT5(PretrainedModel):
     """What both SIP models share: `self.model` (the T5) and the decoder side."""
 
+    tied_head_keys = tuple(T5_PYTORCH_PREFIX + key for key in T5ForConditionalGeneration.tied_head_keys)
+
     @float32_matmuls
     def init_cache(self, encoder_hidden: jax.Array, max_length: int) -> dict:
         """T5's cache for decoding against `encode`'s states (prefix ++ input)."""
@@ -174,6 +179,7 @@ class SIPPreTrainingModel(_PrefixedT5):
     """T5 reading an FST encoding followed by the input string (model_type sip_pretrain)."""
 
     config_class = SIPPreTrainingConfig
+    conversion_rules = staticmethod(sip_pretrain_rules)
 
     def __init__(self, config: SIPPreTrainingConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
                  rngs: nnx.Rngs):
@@ -182,11 +188,6 @@ class SIPPreTrainingModel(_PrefixedT5):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.model = T5ForConditionalGeneration(config.t5_config(), **kw)
         self.fst_encoder = FSTEncoder(config, **kw)
-
-    @staticmethod
-    def conversion_rules(config: SIPPreTrainingConfig):
-        from sip_jax.convert import sip_pretrain_rules
-        return sip_pretrain_rules(config)
 
     @float32_matmuls
     def encode_fst(self, fst_rep: jax.Array, dropout_rng=None) -> jax.Array:
@@ -213,7 +214,6 @@ class SIPPreTrainingModel(_PrefixedT5):
 
     def generate(self, input_ids, attention_mask=None, *, fst_rep, **kwargs):
         """transformers-style generation (greedy, beam, sampling) conditioned on the FSTs in `fst_rep`."""
-        from jaxport.generation import seq2seq_generate
         return seq2seq_generate(FSTConditioned(self, fst_rep), input_ids, attention_mask, **kwargs)
 
 
@@ -253,6 +253,7 @@ class SIPFinetuningModel(_PrefixedT5):
     """
 
     config_class = SIPFinetuningConfig
+    conversion_rules = staticmethod(sip_finetune_rules)
 
     def __init__(self, config: SIPFinetuningConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
                  rngs: nnx.Rngs):
@@ -265,11 +266,6 @@ class SIPFinetuningModel(_PrefixedT5):
             logical_axes=(None, None, "embed"))
         self.prefix_embedding = nnx.Param(jnp.full((1, config.prefix_length, d), jnp.nan, param_dtype),
                                           logical_axes=(None, None, "embed"))
-
-    @staticmethod
-    def conversion_rules(config: SIPFinetuningConfig):
-        from sip_jax.convert import sip_finetune_rules
-        return sip_finetune_rules(config)
 
     # -- the prefix
 
@@ -290,8 +286,6 @@ class SIPFinetuningModel(_PrefixedT5):
         `prefix_init_rng` draws the random selection; by default jax.random.key(0), so loads are reproducible.
         `initialize_prefix=False` keeps a NaN prefix NaN (format conversion: the folder written then behaves
         like the one read, under this loader and the original's)."""
-        from jaxport.convert import ConversionError
-
         try:
             model = super().from_pretrained(path, strict=strict, **kwargs)
         except ConversionError as error:
@@ -299,8 +293,6 @@ class SIPFinetuningModel(_PrefixedT5):
             if error.unexpected or error.conflicting or offending != {"prefix_embedding"} \
                     or _stored_prefix_is_trained(path):
                 raise
-            import warnings
-
             with warnings.catch_warnings():  # only the prefix is missing or misshapen, and it was never trained
                 warnings.simplefilter("ignore")
                 model = super().from_pretrained(path, strict=False, **kwargs)
@@ -328,7 +320,6 @@ class SIPFinetuningModel(_PrefixedT5):
 
     def generate(self, input_ids, attention_mask=None, **kwargs):
         """transformers-style generation (greedy, beam, sampling); returns `.sequences`."""
-        from jaxport.generation import seq2seq_generate
         return seq2seq_generate(self, input_ids, attention_mask, **kwargs)
 
 
@@ -359,11 +350,6 @@ def prefix_from_init_tensor(init_tensor: jax.Array, config: SIPFinetuningConfig,
 def _stored_prefix_is_trained(path) -> bool:
     """Whether the checkpoint holds a prefix_embedding with a non-NaN value (flat Flax and PyTorch layouts
     both name it `prefix_embedding`)."""
-    import numpy as np
-
-    from jaxport.hf import find_weights, iter_tensors, resolve_folder
-
-    for key, array in iter_tensors(find_weights(resolve_folder(path)).files):
-        if key == "prefix_embedding":
-            return not bool(np.all(np.isnan(np.asarray(array, np.float32))))
-    return False
+    stored = dict(select_tensors(find_weights(resolve_folder(path)).files, ["prefix_embedding"]))
+    prefix = stored.get("prefix_embedding")
+    return prefix is not None and not bool(np.all(np.isnan(np.asarray(prefix, np.float32))))

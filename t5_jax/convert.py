@@ -3,7 +3,9 @@
 Checkpoints differ in which copies of the tied embedding they carry: transformers' safetensors hold
 only `shared.weight`, older pytorch_model.bin files also `encoder.embed_tokens.weight`,
 `decoder.embed_tokens.weight` and (tied models) `lm_head.weight`. All of them are accepted as
-aliases of `shared.weight`; export writes what transformers writes.
+aliases of `shared.weight`; export writes what transformers writes. An untied head (tie_word_embeddings False,
+which from_pretrained also sets for a checkpoint whose lm_head.weight differs from shared.weight, as transformers
+5 does) is a weight of its own.
 """
 from jaxport.convert import Alias, Entry, Ignore, Rule, linear_kernel
 

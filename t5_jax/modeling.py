@@ -1,6 +1,7 @@
 """T5 encoder-decoder in Flax NNX, numerically matching transformers' PyTorch T5ForConditionalGeneration.
 
-Covers T5 v1.0 (relu, tied and rescaled lm_head), v1.1 / LM-adapted / ByT5 (gated-gelu, own lm_head).
+Covers T5 v1.0 (relu, tied and rescaled lm_head), v1.1 / LM-adapted / ByT5 (gated-gelu, own lm_head), and what
+transformers 5 builds from a v1.1 config: a tied but unscaled lm_head.
 Attention keeps heads as a separate axis ([batch, length, heads, d_kv]) so it can be sharded.
 """
 import math
@@ -15,6 +16,7 @@ from jaxport.hf import PretrainedModel
 from jaxport.layers import (ACTIVATIONS, Dense, Embed, causal_bias, dropout, float32_matmuls, padding_bias,
                             split_rng)
 from t5_jax.configuration import T5Config
+from t5_jax.convert import t5_rules
 
 
 @flax.struct.dataclass
@@ -228,6 +230,8 @@ class T5Decoder(nnx.Module):
 
 class T5ForConditionalGeneration(PretrainedModel):
     config_class = T5Config
+    conversion_rules = staticmethod(t5_rules)
+    tied_head_keys = ("lm_head.weight", "shared.weight")
 
     def __init__(self, config: T5Config, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config
@@ -239,11 +243,6 @@ class T5ForConditionalGeneration(PretrainedModel):
         if not config.tie_word_embeddings:
             self.lm_head = Dense((config.d_model,), (config.vocab_size,), ("embed", "vocab"),
                                  config.initializer_factor, **kw)
-
-    @staticmethod
-    def conversion_rules(config: T5Config):
-        from t5_jax.convert import t5_rules
-        return t5_rules(config)
 
     @float32_matmuls
     def encode(self, input_ids=None, attention_mask=None, *, inputs_embeds=None, dropout_rng=None) -> jax.Array:

@@ -15,7 +15,8 @@ from safetensors import safe_open
 from jaxport import hf, tree
 from jaxport.convert import ConversionError, Rule, linear_kernel
 from jaxport.hf import (CorruptFileError, PretrainedModel, find_weights, iter_tensors, parse_size, read_bin,
-                        read_config, read_safetensors, resolve_folder, save_weights, write_safetensors)
+                        read_config, read_safetensors, resolve_folder, save_weights, select_tensors,
+                        write_safetensors)
 
 
 def sample_tensors() -> dict[str, np.ndarray]:
@@ -115,6 +116,13 @@ def test_sharded_save_writes_an_index_and_reads_back(tmp_path):
     # Saving again unsharded removes the shards and index, which would otherwise shadow the new file.
     save_weights(tmp_path, tensors)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model.safetensors"]
+
+
+def test_select_tensors_across_shards(tmp_path):
+    tensors = {f"layer.{i}": np.full((10, 10), i, np.float32) for i in range(5)}
+    files = save_weights(tmp_path, tensors, max_shard_size=900)
+    selected = dict(select_tensors(files, ["layer.4", "layer.0", "absent"]))
+    assert_same(selected, {"layer.0": tensors["layer.0"], "layer.4": tensors["layer.4"]})
 
 
 def test_find_weights_prefers_flax_then_safetensors_then_bin(tmp_path):

@@ -27,7 +27,7 @@ def _fst_rep():
 
 
 def _t5(dtype):
-    return T5ForConditionalGeneration(T5Config(**T5_TINY), dtype=dtype, rngs=nnx.Rngs(0)), {}
+    return T5ForConditionalGeneration(T5Config.create(**T5_TINY), dtype=dtype, rngs=nnx.Rngs(0)), {}
 
 
 def _lsg(dtype):
@@ -38,12 +38,12 @@ def _lsg(dtype):
 
 
 def _sip_pretrain(dtype):
-    model = SIPPreTrainingModel(SIPPreTrainingConfig(**T5_TINY), dtype=dtype, rngs=nnx.Rngs(0))
+    model = SIPPreTrainingModel(SIPPreTrainingConfig.create(**T5_TINY), dtype=dtype, rngs=nnx.Rngs(0))
     return model, {"fst_rep": _fst_rep()}
 
 
 def _sip_finetune(dtype):
-    model = SIPFinetuningModel(SIPFinetuningConfig(**T5_TINY, prefix_length=3), dtype=dtype, rngs=nnx.Rngs(0))
+    model = SIPFinetuningModel(SIPFinetuningConfig.create(**T5_TINY, prefix_length=3), dtype=dtype, rngs=nnx.Rngs(0))
     model.initialize_prefix(jax.random.key(0))
     return model, {}
 

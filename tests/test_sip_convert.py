@@ -1,6 +1,7 @@
 """SIP's rule tables and configs against folders in the original's Hub layout, both directions, and the
 pre-training -> fine-tuning conversion (prefix_init_tensor = the FST encoder's output on padded FSTs)."""
 import json
+import re
 from pathlib import Path
 
 import jax
@@ -10,6 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import convert  # noqa: E402
 from flax import nnx  # noqa: E402
 from jaxport import tree  # noqa: E402
 from jaxport.convert import ConversionError  # noqa: E402
@@ -99,7 +101,7 @@ def test_config_json_keeps_the_original_layout(tmp_path):
 
 
 def test_config_defaults_are_the_originals():
-    pre, fine = SIPPreTrainingConfig(), SIPFinetuningConfig()
+    pre, fine = SIPPreTrainingConfig.create(), SIPFinetuningConfig.create()
     assert (pre.num_states, pre.fst_tokenizer_vocab_size, pre.state_embedding_dim, pre.token_embedding_dim,
             pre.mlp_hidden_dim, pre.final_state_embedding_dim, pre.num_final_state_info) == (16, 308, 64, 256, None,
                                                                                             0, 3)
@@ -119,8 +121,12 @@ def test_nested_t5_config_is_read_and_written_flat():
 def test_the_wrong_model_type_is_named(tmp_path):
     reference, model_type, fields, _ = make_reference("linear")
     source = save_original_layout(reference, tmp_path, model_type, fields)
-    with pytest.raises(ValueError, match="model_type 'sip_finetune', got 'sip_pretrain'.*--from-pretraining"):
+    with pytest.raises(ValueError, match="model_type 'sip_finetune', got 'sip_pretrain'") as caught:
         SIPFinetuningModel.from_pretrained(source)
+    # The command it names exists: the convert CLI takes it.
+    command = re.search(r"`python -m convert ([^`]*)`", str(caught.value)).group(1).split()
+    args = convert.parse_args([str(source) if arg == "SRC" else arg for arg in command])
+    assert (args.family, args.from_pretraining) == ("sip_finetune", True)
 
 
 def test_a_missing_fst_encoder_weight_is_named(tmp_path):
@@ -186,13 +192,13 @@ def test_convert_command_samples_and_encodes_fsts(tmp_path):
     fst = dict(FST_KWARGS["linear"], num_states=15, fst_tokenizer_vocab_size=vocab_size)
     reference = TorchSIPPretraining(fst).eval()
     save_original_layout(reference, tmp_path / "pre", "sip_pretrain", fst)
-    import convert
     convert.main(["sip_finetune", str(tmp_path / "pre"), str(tmp_path / "ft"), "--from-pretraining", "--to-pytorch",
                   "--num-precomputed-examples", "3", "--prefix-max-init-length", "120", "--num-examples", "2",
                   "--prefix-length", "4", "--fst-tokenizer", str(tokenizer), "--fst-seed", "5"])
     tensors = read_folder(tmp_path / "ft")
     init = tensors["prefix_init_tensor"]
-    assert init.shape == (3, 120, 32)  # at most 4 states x 25 letters = 100 transitions and np.isfinite(init).all()
+    assert init.shape == (3, 120, 32)  # at most 4 states x 25 letters = 100 transitions
+    assert np.isfinite(init).all()
     assert np.isnan(tensors["prefix_embedding"]).all()
     # Every row is the encoder's output for some FST: rows past an FST's length are the padding transition's.
     pad = reference.encode_fst(torch.tensor([[[14, 0, 0, 14, 0]]])).detach().numpy()[0, 0]
@@ -211,7 +217,6 @@ def test_convert_command_draws_fsts_as_a_pretraining_config_does(tmp_path):
     fst = dict(FST_KWARGS["linear"], num_states=15, fst_tokenizer_vocab_size=vocab_size)
     reference = TorchSIPPretraining(fst).eval()
     save_original_layout(reference, tmp_path / "pre", "sip_pretrain", fst)
-    import convert
     convert.main(["sip_finetune", str(tmp_path / "pre"), str(tmp_path / "ft"), "--from-pretraining",
                   "--num-precomputed-examples", "6", "--prefix-max-init-length", "30", "--num-examples", "2",
                   "--prefix-length", "4", "--fst-config", str(Path(__file__).parents[1] / "configs" / "sip_pretrain.py")])

@@ -211,7 +211,7 @@ def test_pretraining_four_wide_transitions_and_encoder_output(tmp_path):
 
 @pytest.fixture(scope="module")
 def random_pretraining_model():
-    return SIPPreTrainingModel(SIPPreTrainingConfig(**T5_KWARGS, **FST_KWARGS["linear"]), rngs=jax_rngs())
+    return SIPPreTrainingModel(SIPPreTrainingConfig.create(**T5_KWARGS, **FST_KWARGS["linear"]), rngs=jax_rngs())
 
 
 @pytest.mark.parametrize("width", [3, 6])
@@ -233,7 +233,7 @@ def test_four_wide_transitions_need_a_model_without_flag_embeddings(random_pretr
 
 
 def test_out_of_range_ids_are_named():
-    config = SIPPreTrainingConfig(**T5_KWARGS, **FST_KWARGS["linear"])
+    config = SIPPreTrainingConfig.create(**T5_KWARGS, **FST_KWARGS["linear"])
     rep = np.zeros((2, 3, 5), np.int32)
     rep[..., 4] = 1
     check_fst_rep_values(rep, config)
@@ -274,6 +274,25 @@ def test_finetuning_logits_and_greedy_generation_match_pytorch(finetuning_pair):
     out = model(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(dec))
     assert rel_err(np.asarray(out.logits), expected) < 1e-4
     assert_same_greedy(generated, model.generate(jnp.asarray(ids), jnp.asarray(mask), max_new_tokens=7).sequences)
+
+
+def test_a_tied_unscaled_t5_as_transformers_5_builds_from_a_v1_1_config(tmp_path):
+    """SIP's configs read the T5 fields as T5Config does: tie_word_embeddings=True with scale_decoder_outputs=False
+    and no head apart in the checkpoint is a tied, unscaled head."""
+    torch.manual_seed(2)
+    reference = TorchSIPFinetuning(PREFIX_KWARGS).eval()
+    reference.model.lm_head.weight = reference.model.shared.weight
+    folder = save_original_layout(reference, tmp_path, "sip_finetune", PREFIX_KWARGS)
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["tie_word_embeddings"], config["scale_decoder_outputs"]) == (True, False)
+    model = SIPFinetuningModel.from_pretrained(folder)
+    assert model.config.tie_word_embeddings and not model.config.scale_decoder_outputs
+    ids, mask, dec = padded_inputs(np.random.default_rng(3))
+    with torch.no_grad():
+        embeds, full_mask = reference.prepend(torch.tensor(ids), torch.tensor(mask))
+        expected = reference.model(inputs_embeds=embeds, attention_mask=full_mask,
+                                   decoder_input_ids=torch.tensor(dec)).logits.numpy()
+    assert rel_err(np.asarray(model(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(dec)).logits), expected) < 1e-4
 
 
 def test_incremental_decoding_with_the_input_mask_equals_full_pass(finetuning_pair):
@@ -357,7 +376,7 @@ def test_prefix_longer_than_the_stored_encodings_is_an_error(tmp_path):
 
 
 def test_random_selection_needs_a_key():
-    config = SIPFinetuningConfig(**T5_KWARGS, **dict(PREFIX_KWARGS, random_selection=True))
+    config = SIPFinetuningConfig.create(**T5_KWARGS, **dict(PREFIX_KWARGS, random_selection=True))
     model = SIPFinetuningModel(config, rngs=jax_rngs())
     assert not model.prefix_is_initialized()  # NaN, as the original's constructor leaves it
     with pytest.raises(ValueError, match="explicit PRNG key"):

@@ -1,11 +1,14 @@
-"""T5 forward against transformers' PyTorch T5 on random tiny weights."""
+"""T5 forward against transformers' PyTorch T5 on random tiny weights, and T5Config."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
-import jax.numpy as jnp
 
-from t5_jax import T5ForConditionalGeneration
+from t5_jax import T5Config, T5ForConditionalGeneration
 
 VOCAB = 64
 
@@ -107,6 +110,30 @@ def test_labels_are_shifted_like_pytorch(tmp_path):
 
 
 def test_bad_feed_forward_proj_is_an_error():
-    from t5_jax import T5Config
     with pytest.raises(ValueError, match="feed_forward_proj"):
-        T5Config(feed_forward_proj="gated-swish-extra")
+        T5Config.create(feed_forward_proj="gated-swish-extra")
+
+
+def test_config_derives_the_fields_transformers_derives():
+    v1_0 = T5Config.from_dict({"num_layers": 3})
+    assert (v1_0.num_decoder_layers, v1_0.tie_word_embeddings, v1_0.scale_decoder_outputs) == (3, True, True)
+    v1_1 = T5Config.from_dict({"num_layers": 3, "num_decoder_layers": 1, "tie_word_embeddings": False})
+    assert (v1_1.num_decoder_layers, v1_1.tie_word_embeddings, v1_1.scale_decoder_outputs) == (1, False, False)
+    written_by_transformers_5 = T5Config.from_dict({"tie_word_embeddings": True, "scale_decoder_outputs": False})
+    assert written_by_transformers_5.tie_word_embeddings and not written_by_transformers_5.scale_decoder_outputs
+    assert T5Config.create(num_layers=3) == v1_0
+    with pytest.raises(TypeError, match="no field num_layer"):
+        T5Config.create(num_layer=3)
+    with pytest.raises(ValueError, match="num_decoder_layers=None.*create"):
+        T5Config(num_layers=3)
+
+
+def test_config_is_frozen_and_hashes():
+    config = T5Config.from_dict({"d_model": 8, "architectures": ["T5ForConditionalGeneration"]})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.d_model = 16
+    wider = dataclasses.replace(config, d_model=16)
+    assert (wider.d_model, config.d_model, wider.extra) == (16, 8, config.extra)
+    assert hash(config) == hash(T5Config.from_dict(config.to_dict())) and hash(wider) != hash(config)
+    width = jax.jit(lambda x, config: x * config.d_model, static_argnums=1)
+    assert int(width(1, config)) == 8 and int(width(1, wider)) == 16

@@ -56,7 +56,7 @@ def t5_folder(tmp_path_factory):
     model = transformers.T5ForConditionalGeneration(transformers.T5Config(**T5_SHAPE))
     model.lm_head.weight = torch.nn.Parameter(torch.empty(T5_SHAPE["vocab_size"], T5_SHAPE["d_model"]))
     scale_weights(model, 0.02, seed=0)
-    save_torch_folder(folder, model.state_dict(), T5Config(**T5_SHAPE))
+    save_torch_folder(folder, model.state_dict(), T5Config.create(**T5_SHAPE))
     return folder, model
 
 
@@ -95,7 +95,7 @@ def sip_reference(tmp_path_factory):
     """A random SIP pre-training model in PyTorch: transformers' T5 plus the FST encoder's weights (the original's
     key names), saved as a sip_pretrain folder."""
     folder = tmp_path_factory.mktemp("sip")
-    config = SIPPreTrainingConfig(**T5_SHAPE)
+    config = SIPPreTrainingConfig.create(**T5_SHAPE)
     t5 = transformers.T5ForConditionalGeneration(transformers.T5Config(**T5_SHAPE))
     t5.lm_head.weight = torch.nn.Parameter(torch.empty(T5_SHAPE["vocab_size"], T5_SHAPE["d_model"]))
     scale_weights(t5, 0.02, seed=1)
