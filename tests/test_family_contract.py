@@ -140,7 +140,8 @@ T5_RUN = ("model.dropout_rate=0.1",)  # dropout draws from the restored rng
 
 FAMILIES = [
     Family("t5", "configs/t5_reverse.py", t5_reference, T5_LAYOUTS, T5_WIDE, foreign="lsg",
-           refusal=r"(?s)missing.*\n  shared/embedding: from shared\.weight\n.*unexpected.*\n  model\.shared\.weight(\n|$)",
+           refusal=r"(?s)missing.*\n  shared/embedding: from shared\.weight\n"
+                   r".*unexpected.*\n  model\.shared\.weight(\n|$)",
            run=(*T5_RUN, "train.batch_size=16")),
     Family("sip_pretrain", "configs/sip_pretrain.py", sip_pretrain_reference,
            {f"model/{path}": spec for path, spec in T5_LAYOUTS.items()}, T5_WIDE, foreign="t5",
@@ -160,9 +161,10 @@ FAMILIES = [
            ("model.d_model=384", "model.encoder_attention_heads=8", "model.decoder_attention_heads=8",
             "model.encoder_ffn_dim=512", "model.decoder_ffn_dim=512"),
            foreign="t5",
-           refusal=r"(?s)missing.*\n  encoder/global_embeddings/embedding: from model\.encoder\.global_embeddings\.weight"
-                   r"\n.*unexpected.*\n  shared\.weight(\n|$)",
-           data=lsg_data, run=("train.batch_size=8", "train.grad_accum_steps=1")),
+           refusal=r"(?s)missing.*\n  encoder/global_embeddings/embedding: from "
+                   r"model\.encoder\.global_embeddings\.weight\n.*unexpected.*\n  shared\.weight(\n|$)",
+           data=lsg_data, run=("train.batch_size=8", "train.grad_accum_steps=1", "model.encoder_layers=1",
+                               "model.decoder_layers=1")),
 ]
 
 
