@@ -9,46 +9,16 @@ import numpy as np
 import pytest
 
 from jaxport import config as config_lib, registry, trainer
+from tests.helpers import sentence, write_summarization_files
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "lsg_arxiv.py")
-WORDS = ("the model reads long documents and writes short summaries of their content while sparse attention "
-         "keeps memory low for thousands of tokens in each block with global tokens").split()
-
-
-def sentence(rng, length):
-    return " ".join(rng.choice(WORDS) for _ in range(length)) + " ."
-
-
-def example(rng, num_sentences):
-    article = [sentence(rng, rng.randint(6, 14)) for _ in range(num_sentences)]
-    return {"article": "\n".join(article), "abstract": " ".join(article[:2])}
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """A tiny BART-like tokenizer (<s>=0 <pad>=1 </s>=2, texts as `<s> ... </s>`) and JSONL files: articles of 30
-    to 300 tokens (past the 2 x 32 tokens where LSG's sparse path starts, and one longer than the model's 256)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    folder = tmp_path_factory.mktemp("lsg_data")
-    rng = random.Random(0)
-    train = [example(rng, rng.randint(3, 20)) for _ in range(23)] + [example(rng, 40)]  # the last: > 256 tokens
-    rng.shuffle(train)
-    evaluation = [example(rng, rng.randint(3, 12)) for _ in range(11)]  # 2 batches of 8, the last one padded
-
-    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.train_from_iterator([e["article"] for e in train], trainers.WordLevelTrainer(
-        special_tokens=["<s>", "<pad>", "</s>", "<unk>"]))
-    tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A </s>",
-                                                             special_tokens=[("<s>", 0), ("</s>", 2)])
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", pad_token="<pad>", eos_token="</s>",
-                            unk_token="<unk>").save_pretrained(folder / "tokenizer")
-    for name, rows in (("train", train), ("eval", evaluation)):
-        (folder / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return folder
+    """A tiny BART-like tokenizer and JSONL files of articles (tests/helpers.py: write_summarization_files)."""
+    return write_summarization_files(tmp_path_factory.mktemp("lsg_data"))
 
 
 def tiny_args(files, *overrides):

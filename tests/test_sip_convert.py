@@ -1,6 +1,5 @@
 """SIP's rule tables and configs against folders in the original's Hub layout, both directions, and the
 pre-training -> fine-tuning conversion (prefix_init_tensor = the FST encoder's output on padded FSTs)."""
-import json
 import re
 from pathlib import Path
 
@@ -8,32 +7,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-import convert  # noqa: E402
-from flax import nnx  # noqa: E402
-from jaxport import tree  # noqa: E402
-from jaxport.convert import ConversionError  # noqa: E402
-from jaxport.hf import iter_tensors, read_config  # noqa: E402
-from sip_jax.configuration import SIPFinetuningConfig, SIPPreTrainingConfig  # noqa: E402
-from sip_jax.convert import finetuning_from_pretraining  # noqa: E402
-from sip_jax.modeling import SIPFinetuningModel, SIPPreTrainingModel  # noqa: E402
-from tests.test_sip_modeling import (FST_KWARGS, PREFIX_KWARGS, T5_KWARGS, TorchSIPFinetuning,  # noqa: E402
-                                     TorchSIPPretraining, original_prefix_init, random_fsts, save_original_layout)
-
-
-def read_folder(folder) -> dict[str, np.ndarray]:
-    files = sorted(folder.glob("*.safetensors"))
-    return {key: np.array(value) for key, value in iter_tensors(files)}
-
-
-def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
-
-
-def flat_params(model) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v) for k, v in tree.flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param))).items()}
+import convert
+from jaxport.convert import ConversionError
+from jaxport.hf import read_config
+from sip_jax.configuration import SIPFinetuningConfig, SIPPreTrainingConfig
+from sip_jax.convert import finetuning_from_pretraining
+from sip_jax.modeling import SIPFinetuningModel, SIPPreTrainingModel
+from tests.helpers import (FST_KWARGS, PREFIX_KWARGS, SIP_T5_KWARGS as T5_KWARGS, TorchSIPFinetuning,
+                           TorchSIPPretraining, flax_params, folder_tensors, original_prefix_init, random_fsts,
+                           same_bits, save_original_layout, stand_in_fst_tokenizer)
 
 
 def make_reference(kind: str, seed: int = 0):
@@ -49,21 +33,21 @@ def make_reference(kind: str, seed: int = 0):
 def test_round_trips_are_bit_identical(tmp_path, kind, drop_duplicates):
     reference, model_type, fields, model_class = make_reference(kind)
     source = save_original_layout(reference, tmp_path / "src", model_type, fields, drop_duplicates=drop_duplicates)
-    original = read_folder(source)
+    original = folder_tensors(source)
     model = model_class.from_pretrained(source)
 
     model.save_pretrained(tmp_path / "pt", pytorch=True)  # PyTorch -> Flax -> PyTorch
-    exported = read_folder(tmp_path / "pt")
+    exported = folder_tensors(tmp_path / "pt")
     duplicates = {"model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight"}  # tied copies
     assert set(exported) == set(original) - duplicates
     assert all(same_bits(exported[key], original[key]) for key in exported)
 
     model.save_pretrained(tmp_path / "flax")  # Flax -> Flax, and Flax -> PyTorch
     again = model_class.from_pretrained(tmp_path / "flax")
-    before, after = flat_params(model), flat_params(again)
+    before, after = flax_params(model), flax_params(again)
     assert before.keys() == after.keys() and all(same_bits(before[k], after[k]) for k in before)
     again.save_pretrained(tmp_path / "pt2", pytorch=True)
-    second = read_folder(tmp_path / "pt2")
+    second = folder_tensors(tmp_path / "pt2")
     assert second.keys() == exported.keys() and all(same_bits(second[k], exported[k]) for k in second)
 
     # The exported file loads into the PyTorch model (only the tied copies of the embedding are absent).
@@ -82,7 +66,7 @@ def test_format_conversion_keeps_an_untrained_prefix_nan(tmp_path):
         reference.prefix_embedding.fill_(float("nan"))
     source = save_original_layout(reference, tmp_path / "src", model_type, fields, drop_duplicates=True)
     SIPFinetuningModel.from_pretrained(source, initialize_prefix=False).save_pretrained(tmp_path / "pt", pytorch=True)
-    original, exported = read_folder(source), read_folder(tmp_path / "pt")
+    original, exported = folder_tensors(source), folder_tensors(tmp_path / "pt")
     assert exported.keys() == original.keys() and all(same_bits(exported[k], original[k]) for k in exported)
     assert SIPFinetuningModel.from_pretrained(tmp_path / "pt").prefix_is_initialized()
 
@@ -161,7 +145,7 @@ def test_pretraining_to_finetuning_conversion(tmp_path):
     assert stored.shape == (6, 7, T5_KWARGS["d_model"])
     np.testing.assert_allclose(stored, expected, rtol=1e-5, atol=1e-6)
     assert not finetuning.prefix_is_initialized()  # left NaN, as on the Hub: from_pretrained initialises it
-    pre_t5, fine_t5 = flat_params(pre.model), flat_params(finetuning.model)
+    pre_t5, fine_t5 = flax_params(pre.model), flax_params(finetuning.model)
     assert pre_t5.keys() == fine_t5.keys() and all(same_bits(pre_t5[k], fine_t5[k]) for k in pre_t5)
 
     finetuning.save_pretrained(tmp_path / "ft", pytorch=True)
@@ -171,18 +155,6 @@ def test_pretraining_to_finetuning_conversion(tmp_path):
     np.testing.assert_array_equal(
         np.asarray(loaded.prefix_embedding[...]),
         original_prefix_init(torch.as_tensor(stored.copy()), 3, 5).numpy())
-
-
-def stand_in_fst_tokenizer(path):
-    """A word-level tokenizer file in the original's format over the generator's symbols (the original file,
-    unicode_char_tokenizer_ipa.json, is the FST package's to provide)."""
-    from sip_jax.fst.settings import VOCAB
-    symbols = ["[PAD]", *VOCAB, *map(chr, (17, 18, 19, 20))]
-    spec = {"version": "1.0", "added_tokens": [{"id": 0, "content": "[PAD]", "special": True}],
-            "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "."}, "behavior": "Isolated"},
-            "model": {"type": "WordLevel", "vocab": {s: i for i, s in enumerate(symbols)}, "unk_token": "[PAD]"}}
-    path.write_text(json.dumps(spec))
-    return path, len(symbols)
 
 
 def test_convert_command_samples_and_encodes_fsts(tmp_path):
@@ -195,7 +167,7 @@ def test_convert_command_samples_and_encodes_fsts(tmp_path):
     convert.main(["sip_finetune", str(tmp_path / "pre"), str(tmp_path / "ft"), "--from-pretraining", "--to-pytorch",
                   "--num-precomputed-examples", "3", "--prefix-max-init-length", "120", "--num-examples", "2",
                   "--prefix-length", "4", "--fst-tokenizer", str(tokenizer), "--fst-seed", "5"])
-    tensors = read_folder(tmp_path / "ft")
+    tensors = folder_tensors(tmp_path / "ft")
     init = tensors["prefix_init_tensor"]
     assert init.shape == (3, 120, 32)  # at most 4 states x 25 letters = 100 transitions
     assert np.isfinite(init).all()
@@ -220,7 +192,7 @@ def test_convert_command_draws_fsts_as_a_pretraining_config_does(tmp_path):
     convert.main(["sip_finetune", str(tmp_path / "pre"), str(tmp_path / "ft"), "--from-pretraining",
                   "--num-precomputed-examples", "6", "--prefix-max-init-length", "30", "--num-examples", "2",
                   "--prefix-length", "4", "--fst-config", str(Path(__file__).parents[1] / "configs" / "sip_pretrain.py")])
-    init = read_folder(tmp_path / "ft")["prefix_init_tensor"]
+    init = folder_tensors(tmp_path / "ft")["prefix_init_tensor"]
     pad = reference.encode_fst(torch.tensor([[[14, 0, 0, 14, 0]]])).detach().numpy()[0, 0]
     # No FST of the tiny sampler has more than 24 transitions: rows 24.. are all the padding transition's.
     assert np.allclose(init[:, 24:], pad, atol=1e-5) and not np.allclose(init[:, 0], pad, atol=1e-5)

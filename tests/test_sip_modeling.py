@@ -2,10 +2,12 @@
 
 The reference is transformers' PyTorch T5 fed `inputs_embeds` = (FST encoding or prefix) ++ embedded input and an
 attention mask with ones in front, which is how the original (namednil/sip: sip/fst_pretrain.py:192-239,
-sip/embed_finetune.py:238-270) runs it; its FST encoder is written here in torch from the original's description
+sip/embed_finetune.py:238-270) runs it; its FST encoder is written in torch from the original's description
 (state, symbol and final-flag embeddings concatenated, then a linear layer or Linear-GELU-Dropout-Linear). Its
 state dict has the original's key names, and folders are written in the original's Hub layout (flat T5 config
 plus the SIP fields, model_type sip_pretrain / sip_finetune).
+(The reference models are in tests/helpers.py; logits, decoding and round trips are also checked by
+tests/test_family_contract.py.)
 """
 import json
 
@@ -13,140 +15,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-safetensors_torch = pytest.importorskip("safetensors.torch")
-
-from sip_jax.configuration import SIPFinetuningConfig, SIPPreTrainingConfig  # noqa: E402
-from sip_jax.convert import pad_fst_reps  # noqa: E402
-from sip_jax.modeling import (FSTInputError, SIPFinetuningModel, SIPPreTrainingModel,  # noqa: E402
-                              check_fst_rep_values)
-
-VOCAB = 64
-T5_KWARGS = dict(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=4,
-                 relative_attention_num_buckets=8, relative_attention_max_distance=20, dropout_rate=0.0,
-                 decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-FST_KWARGS = {
-    "linear": dict(num_states=7, fst_tokenizer_vocab_size=30, state_embedding_dim=6, token_embedding_dim=10,
-                   final_state_embedding_dim=4, num_final_state_info=3, mlp_hidden_dim=None),
-    "mlp": dict(num_states=7, fst_tokenizer_vocab_size=30, state_embedding_dim=6, token_embedding_dim=10,
-                final_state_embedding_dim=0, num_final_state_info=3, mlp_hidden_dim=24),
-}
-PREFIX_KWARGS = dict(num_examples=3, prefix_length=5, random_selection=False, prefix_max_init_length=7,
-                     num_precomputed_examples=6)
+from sip_jax.configuration import SIPFinetuningConfig, SIPPreTrainingConfig
+from sip_jax.convert import pad_fst_reps
+from sip_jax.modeling import FSTInputError, SIPFinetuningModel, SIPPreTrainingModel, check_fst_rep_values
+from tests.helpers import (FST_KWARGS, PREFIX_KWARGS, SIP_T5_KWARGS as T5_KWARGS, SIP_VOCAB as VOCAB,
+                           TorchSIPFinetuning, TorchSIPPretraining, original_prefix_init, padded_batch, random_fsts,
+                           rel_err, save_original_layout)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# The PyTorch reference
-
-
-def torch_t5(feed_forward_proj="gated-gelu", tied=False):
-    kwargs = dict(T5_KWARGS, feed_forward_proj=feed_forward_proj, tie_word_embeddings=tied)
-    model = transformers.T5ForConditionalGeneration(transformers.T5Config(**kwargs))
-    if not tied:  # transformers 5 ties the head whatever the config says: give it its own weights
-        model.lm_head.weight = torch.nn.Parameter(torch.randn(VOCAB, T5_KWARGS["d_model"]))
-    return model
-
-
-class TorchFSTEncoder(torch.nn.Module):
-    """The FST encoder, in torch, with the original's attribute (hence state-dict key) names."""
-
-    def __init__(self, fst, d_model):
-        super().__init__()
-        self.state_embeddings = torch.nn.Embedding(fst["num_states"], fst["state_embedding_dim"])
-        self.token_embeddings = torch.nn.Embedding(fst["fst_tokenizer_vocab_size"], fst["token_embedding_dim"])
-        self.final_state_embedding = torch.nn.Embedding(fst["num_final_state_info"], fst["final_state_embedding_dim"])
-        features = 2 * fst["state_embedding_dim"] + 2 * fst["token_embedding_dim"] + fst["final_state_embedding_dim"]
-        self.use_mlp = fst["mlp_hidden_dim"] is not None
-        if self.use_mlp:
-            self.down_project = torch.nn.Linear(features, fst["mlp_hidden_dim"])
-            self.dropout = torch.nn.Dropout(0.1)
-            self.output_layer = torch.nn.Linear(fst["mlp_hidden_dim"], d_model)
-        else:
-            self.input_layer = torch.nn.Linear(features, d_model)
-
-    def encode_fst(self, rep):
-        parts = [self.state_embeddings(rep[:, :, 0]), self.state_embeddings(rep[:, :, 3]),
-                 self.token_embeddings(rep[:, :, 1:3]).flatten(2)]
-        if rep.shape[-1] == 5:
-            parts.append(self.final_state_embedding(rep[:, :, 4]))
-        x = torch.cat(parts, dim=2)
-        if self.use_mlp:
-            return self.output_layer(self.dropout(torch.nn.functional.gelu(self.down_project(x))))
-        return self.input_layer(x)
-
-
-class TorchSIPPretraining(TorchFSTEncoder):
-    def __init__(self, fst):
-        super().__init__(fst, T5_KWARGS["d_model"])
-        self.model = torch_t5()
-
-    def prepend(self, input_ids, attention_mask, fst_rep):
-        fst = self.encode_fst(fst_rep)
-        embeds = torch.cat([fst, self.model.get_input_embeddings()(input_ids)], dim=1)
-        ones = torch.ones(fst.shape[:2], dtype=attention_mask.dtype)
-        return embeds, torch.cat([ones, attention_mask], dim=1)
-
-
-class TorchSIPFinetuning(torch.nn.Module):
-    def __init__(self, prefix):
-        super().__init__()
-        self.model = torch_t5()
-        d = T5_KWARGS["d_model"]
-        self.register_buffer("prefix_init_tensor", torch.randn(prefix["num_precomputed_examples"],
-                                                               prefix["prefix_max_init_length"], d))
-        self.prefix_embedding = torch.nn.Parameter(torch.randn(1, prefix["prefix_length"], d))
-
-    def prepend(self, input_ids, attention_mask):
-        embeds = self.model.get_input_embeddings()(input_ids)
-        prefix = self.prefix_embedding.repeat_interleave(input_ids.shape[0], 0)
-        ones = torch.ones(prefix.shape[:2], dtype=attention_mask.dtype)
-        return torch.cat([prefix, embeds], dim=1), torch.cat([ones, attention_mask], dim=1)
-
-
-def original_prefix_init(init_tensor, num_examples, prefix_length, permutation=None):
-    """The original's `_initialize_prefix` (sip/embed_finetune.py:215-223), in torch, on a given permutation."""
-    if permutation is not None:
-        init_tensor = init_tensor[torch.as_tensor(np.array(permutation)), :, :]
-    return init_tensor[:num_examples, :prefix_length, :].mean(dim=0, keepdim=True)
-
-
-def save_original_layout(reference, folder, model_type, sip_fields, drop_duplicates=False):
-    """config.json and model.safetensors as the original's Hub classes write them (T5 fields flat)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    config = {**reference.model.config.to_dict(), **sip_fields, "model_type": model_type,
-              "architectures": ["SIPFinetuningModel" if model_type == "sip_finetune" else "SIPPreTrainingModel"]}
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    state = {key: value.detach().clone().contiguous() for key, value in reference.state_dict().items()}
-    if drop_duplicates:  # what newer transformers write: the tied copies of model.shared.weight left out
-        state = {k: v for k, v in state.items() if not k.endswith("embed_tokens.weight")}
-    safetensors_torch.save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    return folder
-
-
-def random_fsts(rng, fst, lengths, width=5):
-    reps = []
-    for length in lengths:
-        rep = np.stack([rng.integers(0, fst["num_states"] - 1, length),
-                        rng.integers(1, fst["fst_tokenizer_vocab_size"], length),
-                        rng.integers(1, fst["fst_tokenizer_vocab_size"], length),
-                        rng.integers(0, fst["num_states"] - 1, length),
-                        rng.integers(1, 3, length)], axis=1)[:, :width]
-        reps.append(rep)
-    return pad_fst_reps(reps, fst["num_states"])
-
-
-def padded_inputs(rng, batch=3, length=9, dec_length=6):
-    ids = rng.integers(2, VOCAB, (batch, length))
-    mask = np.ones((batch, length), np.int64)
-    mask[1, 6:] = 0
-    mask[2, 3:] = 0
-    return ids, mask, rng.integers(2, VOCAB, (batch, dec_length))
-
-
-def rel_err(a, b):
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+def padded_inputs(rng):
+    return padded_batch(rng, VOCAB, lengths=(9, 6, 3), dec_length=6)
 
 
 def assert_same_greedy(torch_sequences, ours, pad_id=0):
@@ -293,22 +173,6 @@ def test_a_tied_unscaled_t5_as_transformers_5_builds_from_a_v1_1_config(tmp_path
         expected = reference.model(inputs_embeds=embeds, attention_mask=full_mask,
                                    decoder_input_ids=torch.tensor(dec)).logits.numpy()
     assert rel_err(np.asarray(model(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(dec)).logits), expected) < 1e-4
-
-
-def test_incremental_decoding_with_the_input_mask_equals_full_pass(finetuning_pair):
-    """decode() accepts the input's own mask (what seq2seq_generate passes) and extends it over the prefix."""
-    _, folder = finetuning_pair
-    model = SIPFinetuningModel.from_pretrained(folder)
-    ids, mask, dec = padded_inputs(np.random.default_rng(4))
-    full = model(jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(dec)).logits
-    hidden = model.encode(jnp.asarray(ids), jnp.asarray(mask))
-    assert hidden.shape[1] == PREFIX_KWARGS["prefix_length"] + ids.shape[1]
-    cache = model.init_cache(hidden, dec.shape[1])
-    steps = []
-    for t in range(dec.shape[1]):
-        logits, cache = model.decode(jnp.asarray(dec[:, t:t + 1]), hidden, jnp.asarray(mask), cache, t)
-        steps.append(np.asarray(logits))
-    np.testing.assert_allclose(np.concatenate(steps, axis=1), np.asarray(full), atol=1e-4, rtol=1e-4)
 
 
 def _nan_prefix_folder(tmp_path, init_tensor, drop_prefix=False, prefix=PREFIX_KWARGS):

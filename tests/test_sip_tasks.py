@@ -12,18 +12,13 @@ import pytest
 from jaxport import config as config_lib, data, tree, trainer
 from jaxport.base_config import base
 from sip_jax.tasks import decode_predictions, edit_distance, finetuning_source, get_task, string_scores
+from tests.helpers import stand_in_fst_tokenizer, write_tsv
 
 ROOT = Path(__file__).resolve().parents[1]
 FINETUNE = str(ROOT / "configs" / "sip_finetune.py")
 PRETRAIN = str(ROOT / "configs" / "sip_pretrain.py")
 
 WORDS = ["cat", "dog", "bird", "fish", "mouse", "horse", "lion", "tiger", "bear", "wolf", "fox", "deer"]
-
-
-def write_tsv(path, rows, header=True):
-    lines = (["input\toutput"] if header else []) + ["\t".join(row) for row in rows]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return str(path)
 
 
 def upper_rows(words=WORDS):
@@ -178,7 +173,6 @@ def test_finetuning_trains_evaluates_and_writes_predictions(tmp_path):
 @pytest.fixture
 def pretrain_overrides(tmp_path):
     pytest.importorskip("pynini")
-    from tests.test_sip_convert import stand_in_fst_tokenizer
     tokenizer, vocab_size = stand_in_fst_tokenizer(tmp_path / "fst_tokenizer.json")
     return [f"data.fst_tokenizer_path={tokenizer}", f"model.fst_tokenizer_vocab_size={vocab_size}",
             "data.sampler.max_input_length=4", "data.max_input_length=10", "data.max_target_length=10",

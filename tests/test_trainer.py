@@ -1,70 +1,21 @@
-"""The training loop's promises: exact resume after SIGKILL, NaN stops, wrong checkpoints refused."""
-import json
-import signal
+"""The training loop's promises: NaN stops, wrong checkpoints refused, exact accumulation, schedules, parameter
+groups, donated buffers. (Exact resume after SIGKILL is every family's promise: test_family_contract.py.)"""
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxport import checkpoint, config as config_lib, registry, trainer, tree
+from tests.helpers import CONFIGS, ROOT, finalized_steps, read_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = str(ROOT / "configs" / "t5_reverse.py")
-TIMING_KEYS = {"tokens_per_sec", "steps_per_sec", "input_wait_fraction"}
+CONFIG = str(CONFIGS / "t5_reverse.py")
 
 
 def small_config(*overrides):
     return config_lib.load_config(CONFIG, ["train.num_steps=20", "train.log_every=5", "train.eval_every=10",
                                            "train.checkpoint_every=5", "model.dropout_rate=0.1", *overrides])
-
-
-def run_train(workdir, *overrides):
-    """Start `python -m train`; its stderr goes to a file (a pipe nobody reads would block it)."""
-    Path(workdir).mkdir(parents=True, exist_ok=True)
-    log = open(Path(workdir) / f"stderr-{time.time_ns()}.txt", "w")
-    process = subprocess.Popen([sys.executable, "-m", "train", "--config", CONFIG, "--workdir", str(workdir),
-                                *overrides], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
-    process.log_path = log.name
-    return process
-
-
-def stderr_of(process):
-    return Path(process.log_path).read_text()
-
-
-def read_metrics(workdir):
-    records = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: {k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records}
-
-
-def finalized_steps(workdir):
-    folder = Path(workdir) / "checkpoints"
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.exists() else []
-
-
-def test_resume_after_sigkill_is_bit_identical(tmp_path):
-    args = ["--config.train.num_steps=80", "--config.train.checkpoint_every=10", "--config.train.log_every=5",
-            "--config.train.eval_every=20", "--config.model.dropout_rate=0.1"]
-    uninterrupted = run_train(tmp_path / "a", *args)
-    assert uninterrupted.wait(timeout=600) == 0, stderr_of(uninterrupted)[-3000:]
-
-    killed = run_train(tmp_path / "b", *args)
-    deadline = time.time() + 600
-    while not any(step >= 20 for step in finalized_steps(tmp_path / "b")):
-        assert killed.poll() is None and time.time() < deadline, "run ended before it could be killed"
-        time.sleep(0.02)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    assert 80 not in finalized_steps(tmp_path / "b"), "the run finished before the kill: nothing was tested"
-
-    resumed = run_train(tmp_path / "b", *args)
-    assert resumed.wait(timeout=600) == 0, stderr_of(resumed)[-3000:]
-    assert "resumed from step" in stderr_of(resumed)
-    assert read_metrics(tmp_path / "b") == read_metrics(tmp_path / "a")
 
 
 class PoisonedTask:

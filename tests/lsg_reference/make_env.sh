@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates the test-only virtualenv that runs the original PyTorch LSG-BART (lsg-converter 0.1.9), which
-# imports only with transformers 4.44.2. The LSG parity tests (tests/test_lsg_*.py) run the reference in a
-# subprocess under it, and skip when it is missing.
+# imports only with transformers 4.44.2. The LSG parity tests (tests/test_lsg_*.py, tests/test_family_contract.py)
+# run the reference in a subprocess under it, and skip when it is missing (fail when CI is set).
 #
 #   bash tests/lsg_reference/make_env.sh [VENV_DIR]     # default: .venv-lsg at the repository root
 set -euo pipefail
