@@ -75,8 +75,9 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh
 def param_shardings(abstract_state: nnx.State, mesh: Mesh, rules) -> dict:
     """Flat {path: NamedSharding} for a model's parameters, from their `logical_axes` metadata."""
     def sharding(variable):
-        axes = variable.get_metadata().get("logical_axes") or (None,) * variable.value.ndim
-        return NamedSharding(mesh, logical_to_spec(axes, variable.value.shape, mesh, rules))
+        shape = variable.get_value().shape
+        axes = variable.get_metadata().get("logical_axes") or (None,) * len(shape)
+        return NamedSharding(mesh, logical_to_spec(axes, shape, mesh, rules))
 
     shardings = jax.tree.map(sharding, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
     return tree.flatten(nnx.to_pure_dict(shardings))
