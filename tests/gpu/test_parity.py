@@ -148,7 +148,7 @@ LSG_FIELDS = dict(block_size=128, sparse_block_size=128, sparsity_factor=2, num_
 
 @pytest.fixture(scope="module")
 def lsg_reference(tmp_path_factory):
-    """The original (lsg-converter, PyTorch float32 on the CPU) on 3001 tokens with padding, per sparsity type.
+    """The original (lsg-converter, PyTorch float32 on the GPU) on 3001 tokens with padding, per sparsity type.
 
     "norm" keeps the keys of highest norm in each chunk: a top-k, discontinuous where two norms at the cut are within
     float32 rounding of each other, and then any two platforms (PyTorch's GPU against its CPU too) may keep different
@@ -166,7 +166,7 @@ def lsg_reference(tmp_path_factory):
         jobs += [{"action": "build", "folder": str(work / sparsity), "config": config, "lsg": True, "seed": 0,
                   "std": 0.05},
                  {"action": "run", "folder": str(work / sparsity), "lsg": True, "inputs": str(work / "inputs.npz"),
-                  "out": str(work / f"{sparsity}.npz")}]
+                  "device": "cuda" if torch.cuda.is_available() else "cpu", "out": str(work / f"{sparsity}.npz")}]
     run_reference(jobs, work, timeout=1800)
     return work, ids, mask, dec
 

@@ -8,7 +8,8 @@ JOBS.json holds a list of jobs, done in order in one process (torch starts once)
   {"action": "build", "folder", "config": {...}, "lsg": bool, "seed", "bin": bool, "tokenizer": bool}
       a random tiny (LSG-)BART saved as an HF folder; every weight random (layer norms near 1), so a
       mis-mapped tensor cannot hide behind an initialisation of zeros or ones.
-  {"action": "run", "folder", "lsg": bool, "inputs": npz with input_ids / attention_mask / decoder_input_ids,
+  {"action": "run", "folder", "lsg": bool, "device": optional torch device (default "cpu"),
+   "inputs": npz with input_ids / attention_mask / decoder_input_ids,
    "lsh": optional npz of projections proj_0, proj_1, ... (one encoder pass, in draw order),
    "generate": [kwargs, ...], "out": npz}
       forward logits and encoder states, then generate() for each kwargs -> gen_0, gen_1, ...
@@ -105,11 +106,11 @@ def run(job):
     from lsg_converter.bart.modeling_lsg_bart import LSGBartForConditionalGeneration
 
     cls = LSGBartForConditionalGeneration if job["lsg"] else transformers.BartForConditionalGeneration
-    model = cls.from_pretrained(job["folder"]).eval()
+    device = job.get("device", "cpu")
+    model = cls.from_pretrained(job["folder"]).to(device).eval()
     inputs = np.load(job["inputs"])
-    ids = torch.from_numpy(inputs["input_ids"]).long()
-    mask = torch.from_numpy(inputs["attention_mask"]).long()
-    dec = torch.from_numpy(inputs["decoder_input_ids"]).long()
+    ids, mask, dec = (torch.from_numpy(inputs[name]).long().to(device)
+                      for name in ("input_ids", "attention_mask", "decoder_input_ids"))
     if job.get("lsh"):
         stored = np.load(job["lsh"])
         projections = ProjectionQueue([stored[f"proj_{i}"] for i in range(len(stored.files))])
@@ -119,11 +120,12 @@ def run(job):
     with torch.no_grad():
         with projections:  # the encoder edits the mask in place (mask_first_token): give it a copy
             result = model(input_ids=ids, attention_mask=mask.clone(), decoder_input_ids=dec)
-        out["logits"] = result.logits.numpy()
-        out["encoder"] = result.encoder_last_hidden_state.numpy()
+        out["logits"] = result.logits.cpu().numpy()
+        out["encoder"] = result.encoder_last_hidden_state.cpu().numpy()
         for number, kwargs in enumerate(job.get("generate", [])):
             with projections:
-                out[f"gen_{number}"] = model.generate(input_ids=ids, attention_mask=mask.clone(), **kwargs).numpy()
+                generated = model.generate(input_ids=ids, attention_mask=mask.clone(), **kwargs)
+                out[f"gen_{number}"] = generated.cpu().numpy()
     np.savez(job["out"], **out)
 
 
