@@ -211,7 +211,7 @@ def torch_train(cfg: dict, reference, np_batch: dict, device, compiled: bool) ->
     forward = torch.compile(model) if compiled else model
     batch = {k: torch.from_numpy(v).long().to(device) for k, v in np_batch.items()}
 
-    def step():
+    def step(forward, batch, optimizer):  # arguments, not closures: the finally below frees them
         with torch.autocast(device.type, dtype=torch.bfloat16):
             loss = forward(**batch, use_cache=False).loss
         loss.backward()
@@ -225,7 +225,7 @@ def torch_train(cfg: dict, reference, np_batch: dict, device, compiled: bool) ->
         for i in range(warmup + cfg["steps"]):
             torch_sync(device)
             start = time.perf_counter()
-            loss = step()
+            loss = step(forward, batch, optimizer)
             torch_sync(device)
             elapsed = time.perf_counter() - start
             if i >= warmup:
