@@ -40,8 +40,8 @@ class Task(Protocol):
     def loss(self, model, batch: dict, dropout_rng) -> tuple[jax.Array, jax.Array]: ...
     def eval_metrics(self, model, batch: dict) -> dict[str, tuple[jax.Array, jax.Array]]: ...  # name -> (sum, count)
     def num_tokens(self, batch: dict) -> int: ...  # tokens processed, for tokens/s
-    # Optional: evaluation by generation, "generate, then score on the host" (seq2seq families; config.eval.generate,
-    # default True, turns it off). At each evaluation `predict` runs jitted on every eval batch like eval_metrics (on
+    # Optional: evaluation by generation, "generate, then score on the host" (seq2seq families), unless
+    # config.eval.generate is False. At each evaluation `predict` runs jitted on every eval batch like eval_metrics (on
     # every process); its outputs and the batch's rows are gathered, and process 0 scores the real rows, the padding
     # of the last batch left out: per-example scores (averaged into eval_NAME) and one JSON-able record per example,
     # written in eval order to WORKDIR/predictions_STEP.jsonl. `predict_dataset` runs the same two outside training.
@@ -450,7 +450,7 @@ def train(config, workdir: str | Path, task: Task) -> dict[str, float]:
     eval_step = jax.jit(make_eval_step(setup, task), in_shardings=(setup.state_shardings.params,
                                                                              setup.batch_sharding))
     predict_step = None
-    if callable(getattr(task, "predict", None)) and config.eval.get("generate", True):
+    if callable(getattr(task, "predict", None)) and config.eval.generate:
         predict_step = jax.jit(make_predict_step(setup, task),
                                in_shardings=(setup.state_shardings.params, setup.batch_sharding))
     writer = MetricsWriter(workdir, start)
