@@ -28,8 +28,9 @@ def one_hot_embed(self, ids):
 
 
 def fused_attend(implementation):
-    def attend(q, k, v, bias, dropout_rate, rng):
-        return jax.nn.dot_product_attention(q, k.astype(q.dtype), v, bias=bias.astype(q.dtype), scale=1.0,
+    def attend(q, k, v, bias, mask, dropout_rate, rng):
+        bias = None if bias is None else bias.astype(q.dtype)
+        return jax.nn.dot_product_attention(q, k.astype(q.dtype), v, bias=bias, mask=mask, scale=1.0,
                                             implementation=implementation)
     return attend
 

@@ -27,6 +27,7 @@ def base() -> ml_collections.ConfigDict:
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 32
+    c.eval.generate = True  # evaluation by generation too, where the task has one (jaxport.trainer.Task.predict)
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adamw"

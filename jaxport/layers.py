@@ -215,13 +215,20 @@ ACTIVATIONS = {
 NEG_INF = float(jnp.finfo(jnp.float32).min)
 
 
-def padding_bias(mask: jax.Array) -> jax.Array:
-    """[B, S] 1/0 mask -> additive float32 bias [B, 1, 1, S]."""
-    return jnp.where(mask[:, None, None, :] > 0, 0.0, NEG_INF).astype(jnp.float32)
+def padding_mask(mask: jax.Array) -> jax.Array:
+    """[B, S] 1/0 (or boolean) mask of the keys to attend to -> boolean [B, 1, 1, S]."""
+    return mask[:, None, None, :] > 0
 
 
-def causal_bias(query_positions: jax.Array, key_positions: jax.Array) -> jax.Array:
-    """Additive float32 bias [1, 1, T, S] that hides keys after each query."""
-    allowed = key_positions[None, :] <= query_positions[:, None]
-    return jnp.where(allowed, 0.0, NEG_INF)[None, None].astype(jnp.float32)
+def causal_mask(query_positions: jax.Array, key_positions: jax.Array) -> jax.Array:
+    """Boolean [1, 1, T, S]: each query sees the keys at or before its position."""
+    return (key_positions[None, :] <= query_positions[:, None])[None, None]
 
+
+def mask_bias(mask: jax.Array) -> jax.Array:
+    """Boolean mask (True: attend) -> the additive float32 bias attention puts on its scores: 0 or NEG_INF.
+
+    Masks stay boolean (combined with &) until the attention scores take them through this, so every masked score
+    is NEG_INF: softmax makes it exactly 0 beside any unmasked one, and a row with no key left attends evenly to all,
+    as PyTorch's masks do. As in jax.nn.dot_product_attention, a float bias (T5's relative positions) stays apart."""
+    return jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)

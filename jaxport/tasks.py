@@ -1,6 +1,8 @@
 """The encoder-decoder training task shared by every seq2seq family (T5, SIP, LSG-BART, FLIPPED):
-teacher-forced cross-entropy, token and sequence accuracy, data sources chosen by `config.data`."""
+teacher-forced cross-entropy, token and sequence accuracy, data sources chosen by `config.data`. Rows the batch
+iterator marks as padding (EXAMPLE_MASK: the last batch of an epoch or of an eval set) count for nothing."""
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -13,11 +15,26 @@ def token_cross_entropy(logits, labels, mask):
     return jnp.sum(losses * mask), jnp.sum(mask).astype(jnp.float32)
 
 
+def real_rows(batch) -> jnp.ndarray:
+    """float32 [B]: 1 for the batch's real examples, 0 for the rows padding it."""
+    return batch.get(data.EXAMPLE_MASK, jnp.ones(batch["labels"].shape[:1], jnp.int32)).astype(jnp.float32)
+
+
+def target_mask(batch) -> jnp.ndarray:
+    """float32 [B, T]: the target tokens of the real examples."""
+    return batch["decoder_attention_mask"] * real_rows(batch)[:, None]
+
+
+def teacher_forced_logits(model, batch, dropout_rng=None, **inputs):
+    """The logits [B, T, V] of the batch's targets under teacher forcing; `inputs`: a family's other model inputs."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                 decoder_input_ids=batch["decoder_input_ids"], decoder_attention_mask=batch["decoder_attention_mask"],
+                 dropout_rng=dropout_rng, **inputs).logits
+
+
 def teacher_forced_metrics(logits, batch) -> dict:
-    """Loss, token accuracy and sequence accuracy under teacher forcing, as (sum, count) pairs; rows the eval
-    iterator marks as padding (EXAMPLE_MASK) count for nothing."""
-    rows = batch.get(data.EXAMPLE_MASK, jnp.ones(logits.shape[:1], jnp.int32)).astype(jnp.float32)
-    mask = batch["decoder_attention_mask"] * rows[:, None]
+    """Loss, token accuracy and sequence accuracy under teacher forcing, as (sum, count) pairs."""
+    rows, mask = real_rows(batch), target_mask(batch)
     loss_sum, tokens = token_cross_entropy(logits, batch["labels"], mask)
     correct = (jnp.argmax(logits, -1) == batch["labels"]) * mask
     sequence_correct = jnp.all((correct > 0) | (mask == 0), axis=-1) * rows
@@ -85,16 +102,12 @@ class Seq2SeqTask:
 
     @staticmethod
     def num_tokens(batch) -> int:
-        return int(batch["attention_mask"].sum() + batch["decoder_attention_mask"].sum())
+        rows = batch.get(data.EXAMPLE_MASK, np.ones(len(batch["input_ids"]), bool))[:, None]
+        return int((batch["attention_mask"] * rows).sum() + (batch["decoder_attention_mask"] * rows).sum())
 
     def loss(self, model, batch, dropout_rng):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       decoder_input_ids=batch["decoder_input_ids"],
-                       decoder_attention_mask=batch["decoder_attention_mask"], dropout_rng=dropout_rng).logits
-        return token_cross_entropy(logits, batch["labels"], batch["decoder_attention_mask"])
+        return token_cross_entropy(teacher_forced_logits(model, batch, dropout_rng), batch["labels"],
+                                   target_mask(batch))
 
     def eval_metrics(self, model, batch):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       decoder_input_ids=batch["decoder_input_ids"],
-                       decoder_attention_mask=batch["decoder_attention_mask"]).logits
-        return teacher_forced_metrics(logits, batch)
+        return teacher_forced_metrics(teacher_forced_logits(model, batch), batch)

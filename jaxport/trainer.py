@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from jaxport import checkpoint, sharding, tree
 from jaxport.packing import SMALL_LEAF, ParamPacking
+from jaxport.records import write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +40,11 @@ class Task(Protocol):
     def loss(self, model, batch: dict, dropout_rng) -> tuple[jax.Array, jax.Array]: ...
     def eval_metrics(self, model, batch: dict) -> dict[str, tuple[jax.Array, jax.Array]]: ...  # name -> (sum, count)
     def num_tokens(self, batch: dict) -> int: ...  # tokens processed, for tokens/s
-    # Optional, for metrics on generated outputs (seq2seq families); a task without `predict`, or with
-    # predict = None, has none. At each evaluation `predict` runs jitted on every eval batch like eval_metrics
-    # (on every process), its outputs and the batch's rows are gathered, and process 0 scores the real rows:
-    # per-example scores (averaged into eval_NAME) and one JSON-able record per example, written in eval order
-    # to WORKDIR/predictions_STEP.jsonl.
+    # Optional: evaluation by generation, "generate, then score on the host" (seq2seq families), unless
+    # config.eval.generate is False. At each evaluation `predict` runs jitted on every eval batch like eval_metrics (on
+    # every process); its outputs and the batch's rows are gathered, and process 0 scores the real rows, the padding
+    # of the last batch left out: per-example scores (averaged into eval_NAME) and one JSON-able record per example,
+    # written in eval order to WORKDIR/predictions_STEP.jsonl. `predict_dataset` runs the same two outside training.
     def predict(self, model, batch: dict) -> jax.Array: ...  # [B, ...] outputs, e.g. generated sequences
     def score_predictions(self, batch: dict, predictions: np.ndarray
                           ) -> tuple[dict[str, np.ndarray], list[dict]]: ...  # ({name: [B] scores}, B records)
@@ -354,40 +355,65 @@ def all_rows(tree):
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
-def evaluate(eval_step, params, batches, batch_sharding, *, predict_step=None, task: Task | None = None,
-             predictions_path: Path | None = None) -> dict[str, float]:
-    """Mean eval metrics over `batches`. With `predict_step`, also the mean of the task's per-example scores of
-    the predictions (process 0 only) and, on process 0, one record per real example in `predictions_path`."""
+class Means:
+    """Running (sum, count) of each named metric."""
+
+    def __init__(self):
+        self.totals: dict[str, list[float]] = {}
+
+    def add(self, name: str, total, count) -> None:
+        acc = self.totals.setdefault(name, [0.0, 0.0])
+        acc[0] += float(total)
+        acc[1] += float(count)
+
+    def result(self, prefix: str = "") -> dict[str, float]:
+        return {f"{prefix}{name}": total / max(count, 1.0) for name, (total, count) in self.totals.items()}
+
+
+def score_real_rows(task: Task, rows: dict, predictions, means: Means, records: list) -> None:
+    """The host half of evaluation by generation: the task scores the real rows of a numpy batch (EXAMPLE_MASK:
+    the padding of a last batch is left out) with their predictions; scores go to `means`, records to `records`."""
     from jaxport.data import EXAMPLE_MASK
 
-    totals: dict[str, list[float]] = {}
-    scoring = predict_step is not None and jax.process_index() == 0
-    records = open(predictions_path, "w", encoding="utf-8") if scoring and predictions_path else None
-    try:
-        for batch in batches:
-            inputs = global_batch(batch, batch_sharding)
-            outputs = predict_step(params, inputs) if predict_step is not None else None
-            for name, (total, count) in jax.device_get(eval_step(params, inputs)).items():
-                acc = totals.setdefault(name, [0.0, 0.0])
-                acc[0] += float(total)
-                acc[1] += float(count)
-            if predict_step is None:
-                continue
-            rows, outputs = all_rows((batch, outputs))  # collective: every process takes part
-            if not scoring:
-                continue
-            real = np.asarray(rows.pop(EXAMPLE_MASK, np.ones(len(outputs), bool)), bool)
-            scores, batch_records = task.score_predictions({k: v[real] for k, v in rows.items()}, outputs[real])
-            for name, values in scores.items():
-                acc = totals.setdefault(name, [0.0, 0.0])
-                acc[0] += float(np.sum(values))
-                acc[1] += float(np.size(values))
-            if records is not None:
-                records.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in batch_records)
-    finally:
-        if records is not None:
-            records.close()
-    return {f"eval_{name}": total / max(count, 1.0) for name, (total, count) in totals.items()}
+    predictions = np.asarray(predictions)
+    real = np.asarray(rows.get(EXAMPLE_MASK, np.ones(len(predictions), bool)), bool)
+    scores, batch_records = task.score_predictions(
+        {k: np.asarray(v)[real] for k, v in rows.items() if k != EXAMPLE_MASK}, predictions[real])
+    for name, values in scores.items():
+        means.add(name, np.sum(values), np.size(values))
+    records.extend(batch_records)
+
+
+def evaluate(eval_step, params, batches, batch_sharding, *, predict_step=None, task: Task | None = None,
+             predictions_path: Path | None = None) -> dict[str, float]:
+    """Mean eval metrics over `batches`. With `predict_step` (the task's `predict`, jitted), also the mean of the
+    task's per-example scores of the predictions (process 0 only), and their records in `predictions_path`."""
+    means, records = Means(), []
+    for batch in batches:
+        inputs = global_batch(batch, batch_sharding)
+        predictions = predict_step(params, inputs) if predict_step is not None else None
+        for name, (total, count) in jax.device_get(eval_step(params, inputs)).items():
+            means.add(name, total, count)
+        if predict_step is not None:
+            rows, predictions = all_rows((batch, predictions))  # collective: every process takes part
+            if jax.process_index() == 0:
+                score_real_rows(task, rows, predictions, means, records)
+    if predict_step is not None and predictions_path is not None and jax.process_index() == 0:
+        write_jsonl(predictions_path, records)
+    return means.result("eval_")
+
+
+def predict_dataset(task: Task, model: nnx.Module, batches) -> tuple[dict[str, float], list[dict]]:
+    """Evaluation by generation outside training (test-set predictions, a saved model): the task's `predict`,
+    jitted, on each of `batches` (process-local numpy batches of the whole set), then its `score_predictions` of
+    the real rows. On this process alone, without collectives: after_training runs on process 0 only.
+    Returns the mean of each score and the records of the real examples, in order."""
+    graphdef, state = nnx.split(model)
+    predict = jax.jit(lambda state, batch: task.predict(nnx.merge(graphdef, state), batch))
+    means, records = Means(), []
+    for batch in batches:
+        score_real_rows(task, batch, jax.device_get(predict(state, batch)), means, records)
+    return means.result(), records
 
 
 def check_finite(state: TrainState, last_checkpoint: int | None) -> None:
@@ -424,7 +450,7 @@ def train(config, workdir: str | Path, task: Task) -> dict[str, float]:
     eval_step = jax.jit(make_eval_step(setup, task), in_shardings=(setup.state_shardings.params,
                                                                              setup.batch_sharding))
     predict_step = None
-    if callable(getattr(task, "predict", None)):
+    if callable(getattr(task, "predict", None)) and config.eval.generate:
         predict_step = jax.jit(make_predict_step(setup, task),
                                in_shardings=(setup.state_shardings.params, setup.batch_sharding))
     writer = MetricsWriter(workdir, start)

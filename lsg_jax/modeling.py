@@ -9,15 +9,15 @@ per forward pass by `lsg_jax.dispatch.resolve`; the decoder is BART's, with a ke
 """
 import math
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxport.generation import seq2seq_cache, seq2seq_generate
 from jaxport.hf import PretrainedModel
-from jaxport.layers import (ACTIVATIONS, NEG_INF, Dense, Embed, causal_bias, dropout, float32_matmuls, layer_drop,
-                            layer_norm, padding_bias, split_rng)
+from jaxport.layers import (ACTIVATIONS, Dense, Embed, causal_mask, dropout, float32_matmuls, layer_drop, layer_norm,
+                            mask_bias, padding_mask, split_rng)
+from jaxport.seq2seq import Seq2SeqLMOutput, Seq2SeqModelOutput, shift_right
 from lsg_jax.attention import draw_lsh_projections
 from lsg_jax.configuration import MAX_GLOBAL_TOKENS, POSITION_OFFSET, LSGBartConfig
 from lsg_jax.convert import lsg_bart_rules
@@ -26,18 +26,6 @@ from lsg_jax.hopper_gemm import dense_gelu
 from lsg_jax.pallas_attention import pallas_lsg_attention
 
 DEFAULT_LSH_SEED = 0  # LSH projections use jax.random.key(DEFAULT_LSH_SEED) when a call passes no key nor rng
-
-
-@flax.struct.dataclass
-class Seq2SeqLMOutput:
-    logits: jax.Array
-    encoder_last_hidden_state: jax.Array
-
-
-@flax.struct.dataclass
-class Seq2SeqModelOutput:
-    last_hidden_state: jax.Array
-    encoder_last_hidden_state: jax.Array
 
 
 class LayerNorm(nnx.Module):
@@ -74,10 +62,10 @@ class Attention(nnx.Module):
         """Keys and values [B, S, H, D] of `source`."""
         return {"key": self.key(source), "value": self.value(source)}
 
-    def attend(self, x, bias, *, context=None, context_key_value=None, cache=None, position=0, rng=None,
+    def attend(self, x, mask, *, context=None, context_key_value=None, cache=None, position=0, rng=None,
                key_valid=None, implementation: str = "einsum"):
-        """Full attention from x [B,T,E] to context (x when None); bias broadcastable to [B,H,T,S], or None with
-        `key_valid` [B, S] (the keys to attend to, then the only bias). `context_key_value`: the context's
+        """Full attention from x [B,T,E] to context (x when None) over the keys of the boolean `mask` (broadcastable
+        to [B,H,T,S]), or of `key_valid` [B, S] when mask is None. `context_key_value`: the context's
         `key_value`, precomputed (cross-attention while decoding: the encoder states do not change from step to
         step). With `cache`, new keys/values are written at `position` and the query attends over the whole cache.
         `implementation` other than "einsum" (dispatch.resolve's `cross`: teacher forcing, no attention dropout)
@@ -92,10 +80,11 @@ class Attention(nnx.Module):
             k = jax.lax.dynamic_update_slice_in_dim(cache["key"], k.astype(cache["key"].dtype), position, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache["value"], v.astype(cache["value"].dtype), position, axis=1)
             cache = {"key": k, "value": v}
-        if bias is None:
-            bias = padding_bias(key_valid)
+        if mask is None:
+            mask = padding_mask(key_valid)
         scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
-        probs = dropout(jax.nn.softmax(scores + bias, axis=-1).astype(self.dtype), self.dropout_rate, rng)
+        probs = jax.nn.softmax(scores + mask_bias(mask), axis=-1).astype(self.dtype)
+        probs = dropout(probs, self.dropout_rate, rng)
         return self.out(jnp.einsum("bhts,bshd->bthd", probs, v.astype(self.dtype))), cache
 
 
@@ -119,7 +108,7 @@ class EncoderLayer(nnx.Module):
         if cfg.lsg:
             h = self.lsg_self_attention(x, bias, implementation, lsh_projections, rngs[0])
         else:
-            h, _ = self.self_attn.attend(x, bias[:, None, None, :], rng=rngs[0])
+            h, _ = self.self_attn.attend(x, padding_mask(bias == 0), rng=rngs[0])  # bias: 0 on the keys to attend
         x = self.self_attn_layer_norm(x + dropout(h, cfg.dropout, rngs[1]))
         h = dropout(self.expand(x), cfg.activation_dropout, rngs[2])
         return self.final_layer_norm(x + dropout(self.fc2(h), cfg.dropout, rngs[3]))
@@ -163,15 +152,15 @@ class DecoderLayer(nnx.Module):
         self.config = config
         self.act = ACTIVATIONS[config.activation_function]
 
-    def __call__(self, x, self_bias, context, context_valid, cache=None, cross_key_value=None, position=0, rng=None,
+    def __call__(self, x, self_mask, context, context_valid, cache=None, cross_key_value=None, position=0, rng=None,
                  cross_implementation: str = "einsum"):
-        """context_valid [B, S]: the encoder states to attend to; cache: this layer's self-attention keys/values
-        (decoding); cross_key_value: the cross-attention's `key_value(context)`, precomputed by init_cache
-        (decoding), else computed here from context; cross_implementation: dispatch.resolve's `cross` (teacher
-        forcing)."""
+        """self_mask: boolean [B|1, 1, T, S], the decoder's keys to attend to; context_valid [B, S]: the encoder
+        states to attend to; cache: this layer's self-attention keys/values (decoding); cross_key_value: the
+        cross-attention's `key_value(context)`, precomputed by init_cache (decoding), else computed here from
+        context; cross_implementation: dispatch.resolve's `cross` (teacher forcing)."""
         cfg = self.config
         rngs = split_rng(rng, 7)
-        h, cache = self.self_attn.attend(x, self_bias, cache=cache, position=position, rng=rngs[0])
+        h, cache = self.self_attn.attend(x, self_mask, cache=cache, position=position, rng=rngs[0])
         x = self.self_attn_layer_norm(x + dropout(h, cfg.dropout, rngs[1]))
         h, _ = self.encoder_attn.attend(x, None, context=context, context_key_value=cross_key_value, rng=rngs[2],
                                         key_valid=context_valid, implementation=cross_implementation)
@@ -202,7 +191,7 @@ class Encoder(nnx.Module):
         cfg = self.config
         B, T, _ = embeds.shape
         x = embeds + self.embed_positions.embedding[POSITION_OFFSET:POSITION_OFFSET + T].astype(self.dtype)
-        bias = jnp.where(attention_mask > 0, 0.0, NEG_INF).astype(jnp.float32)
+        bias = mask_bias(attention_mask > 0)
         if cfg.lsg:
             G = cfg.num_global_tokens
             glob = self.global_embeddings.embedding[:G].astype(self.dtype)
@@ -248,9 +237,9 @@ class Decoder(nnx.Module):
                                                  num_queries, axis=0)
         x = embeds + positions.astype(self.dtype)
         num_keys = num_queries if cache is None else cache["layers"][0]["key"].shape[1]
-        self_bias = causal_bias(query_positions, jnp.arange(num_keys))
+        self_mask = causal_mask(query_positions, jnp.arange(num_keys))
         if decoder_attention_mask is not None:
-            self_bias = self_bias + padding_bias(decoder_attention_mask)
+            self_mask = self_mask & padding_mask(decoder_attention_mask)
         rngs = split_rng(rng, len(self.layers) + 1)
         x = dropout(self.layernorm_embedding(x), cfg.dropout, rngs[-1])
         cross = resolve(cfg, self.dtype, training=rng is not None).cross
@@ -258,10 +247,10 @@ class Decoder(nnx.Module):
         for i, (layer, layer_rng) in enumerate(zip(self.layers, rngs)):
             layer_cache, cross_key_value = (None, None) if cache is None else (cache["layers"][i], cache["cross"][i])
             if cache is None:  # teacher forcing (training, evaluation): LayerDrop applies
-                x = layer_drop(lambda x: layer(x, self_bias, encoder_hidden, encoder_valid, rng=layer_rng,
+                x = layer_drop(lambda x: layer(x, self_mask, encoder_hidden, encoder_valid, rng=layer_rng,
                                                cross_implementation=cross)[0], x, cfg.decoder_layerdrop, layer_rng)
             else:
-                x, layer_cache = layer(x, self_bias, encoder_hidden, encoder_valid, layer_cache, cross_key_value,
+                x, layer_cache = layer(x, self_mask, encoder_hidden, encoder_valid, layer_cache, cross_key_value,
                                        position, layer_rng)
             new_cache.append(layer_cache)
         return x, (None if cache is None else {"layers": new_cache, "cross": cache["cross"]})
@@ -408,8 +397,7 @@ class LSGBartModel(PretrainedModel):
     def __call__(self, input_ids=None, attention_mask=None, decoder_input_ids=None, decoder_attention_mask=None,
                  *, inputs_embeds=None, lsh_key=None, dropout_rng=None, truncation=False) -> Seq2SeqModelOutput:
         if decoder_input_ids is None:
-            decoder_input_ids = shift_tokens_right(input_ids, self.config.pad_token_id,
-                                                   self.config.decoder_start_token_id)
+            decoder_input_ids = shift_right(input_ids, self.config.decoder_start_token_id, self.config.pad_token_id)
         if inputs_embeds is None:
             had_mask = attention_mask is not None
             input_ids, attention_mask = self.prepare_inputs(input_ids, attention_mask, truncation=truncation)
@@ -460,12 +448,8 @@ class LSGBartForConditionalGeneration(LSGBartModel):
                  *, inputs_embeds=None, labels=None, lsh_key=None, dropout_rng=None,
                  truncation=False) -> Seq2SeqLMOutput:
         if decoder_input_ids is None:
-            if labels is not None:
-                decoder_input_ids = shift_tokens_right(labels, self.config.pad_token_id,
-                                                       self.config.decoder_start_token_id)
-            else:
-                decoder_input_ids = shift_tokens_right(input_ids, self.config.pad_token_id,
-                                                       self.config.decoder_start_token_id)
+            decoder_input_ids = shift_right(input_ids if labels is None else labels,
+                                            self.config.decoder_start_token_id, self.config.pad_token_id)
         out = super().__call__(input_ids, attention_mask, decoder_input_ids, decoder_attention_mask,
                                inputs_embeds=inputs_embeds, lsh_key=lsh_key, dropout_rng=dropout_rng,
                                truncation=truncation)
@@ -480,9 +464,3 @@ class LSGBartForConditionalGeneration(LSGBartModel):
         encode_kwargs = {} if lsh_key is None else {"lsh_key": _typed_key(lsh_key)}
         return seq2seq_generate(self, input_ids, attention_mask, encode_kwargs=encode_kwargs, **kwargs)
 
-
-def shift_tokens_right(ids, pad_token_id: int, decoder_start_token_id: int):
-    """BART's teacher-forcing inputs: start token, then ids without the last; -100 becomes pad."""
-    ids = jnp.asarray(ids, jnp.int32)
-    shifted = jnp.concatenate([jnp.full_like(ids[:, :1], decoder_start_token_id), ids[:, :-1]], axis=1)
-    return jnp.where(shifted == -100, pad_token_id, shifted)

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from jaxport import data
+from jaxport.seq2seq import cut_at_eos
 from jaxport.tasks import Seq2SeqTask, make_tokenizer
 from lsg_jax.configuration import LSGBartConfig
 from lsg_jax.modeling import LSGBartForConditionalGeneration
@@ -102,11 +103,6 @@ def input_limit(model_config: LSGBartConfig, length: int, truncate: bool) -> int
     return jax.eval_shape(lambda ids: model.prepare_inputs(ids, truncation=truncate)[0], ids).shape[1]
 
 
-def _cut_at_eos(ids, eos_id: int) -> list[int]:
-    ids = [int(i) for i in ids]
-    return ids[:ids.index(eos_id) + 1] if eos_id in ids else ids
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The task
 
@@ -128,8 +124,6 @@ class SummarizationTask(Seq2SeqTask):
                         cfg.max_input_length, limit)
             self.preprocess = dataclasses.replace(self.preprocess, max_input_length=limit)
         self.generation = config.eval.generation.to_dict() if "generation" in config.eval else {}
-        if not config.eval.get("generate", True):
-            self.predict = None  # no generation-based evaluation (see jaxport.trainer.Task)
 
     def pretrained_params(self, config):
         params = super().pretrained_params(config)
@@ -165,7 +159,7 @@ class SummarizationTask(Seq2SeqTask):
 
     def score_predictions(self, batch, predictions):
         eos = self.tokenizer.eos_id
-        generated = [_cut_at_eos(row[1:], eos) for row in np.asarray(predictions)]
+        generated = [cut_at_eos(row[1:], eos) for row in np.asarray(predictions)]
         texts = [self.tokenizer.decode(ids) for ids in generated]
         references = [self.tokenizer.decode(row[mask > 0])
                       for row, mask in zip(batch["labels"], batch["decoder_attention_mask"])]

@@ -24,9 +24,10 @@ from jaxport.convert import ConversionError
 from jaxport.generation import seq2seq_generate
 from jaxport.hf import PretrainedModel, find_weights, resolve_folder, select_tensors
 from jaxport.layers import Embed, dropout, float32_matmuls, split_rng
+from jaxport.seq2seq import Seq2SeqLMOutput
 from sip_jax.configuration import SIPFinetuningConfig, SIPPreTrainingConfig
 from sip_jax.rules import T5_PYTORCH_PREFIX, sip_finetune_rules, sip_pretrain_rules
-from t5_jax.modeling import Seq2SeqLMOutput, T5ForConditionalGeneration
+from t5_jax.modeling import T5ForConditionalGeneration
 
 FST_MLP_DROPOUT = 0.1  # fixed in the original (sip/fst_pretrain.py:186)
 

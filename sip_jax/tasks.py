@@ -3,7 +3,8 @@
 - `sip_finetune` (configs/sip_finetune.py): few-shot fine-tuning of a SIPFinetuningModel on a TSV of input/output
   pairs, as the original's sip/task_finetune.py:14-81; evaluated, like sip/eval_tools.py:31-45, by greedy
   generation scored on decoded strings: exact-match accuracy, character edit distance and edit distance divided
-  by the gold length ("per"). `predict_tsv` writes a test set's predictions to a file.
+  by the gold length ("per"), through the trainer's `predict` / `score_predictions` hook. `predict_tsv` writes a
+  test set's predictions to a file.
 - `sip_pretrain` (configs/sip_pretrain.py): FST-simulation pre-training of a SIPPreTrainingModel on examples
   drawn on the fly by the FST generator (sip_jax.fst), as sip/pretraining.py:97-200 on its fixed files.
 """
@@ -17,9 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxport import data, tree
-from jaxport.tasks import (Seq2SeqTask, check_params_fit, make_tokenizer, teacher_forced_metrics,
-                            token_cross_entropy)
+from jaxport import data, trainer, tree
+from jaxport.records import write_tsv
+from jaxport.seq2seq import cut_at_eos
+from jaxport.tasks import (Seq2SeqTask, check_params_fit, make_tokenizer, target_mask, teacher_forced_logits,
+                           teacher_forced_metrics, token_cross_entropy)
 from sip_jax.configuration import SIPFinetuningConfig, SIPPreTrainingConfig
 from sip_jax.modeling import SIPFinetuningModel, SIPPreTrainingModel
 
@@ -30,6 +33,7 @@ log = logging.getLogger(__name__)
 PREFIX_INIT_FIELDS = ("num_examples", "prefix_length", "random_selection")
 # The original generates up to (longest gold target in the batch, eos included) + 2 tokens (eval_tools.py:38).
 EXTRA_NEW_TOKENS = 2
+GENERATION_SCORES = ("accuracy", "edit_distance", "per")  # string_scores' three, as eval_accuracy etc.
 
 
 def get_task(config):
@@ -63,54 +67,24 @@ def string_scores(prediction: str, gold: str) -> tuple[float, float, float]:
     return float(prediction == gold), float(distance), distance / max(1, len(gold))
 
 
-def _cut_at_eos(ids, eos_id) -> list[int]:
-    ids = [int(i) for i in ids]
-    return ids[:ids.index(eos_id)] if eos_id is not None and eos_id in ids else ids
-
-
 def decode_predictions(tokenizer, sequences, labels, label_mask) -> tuple[list[str], list[str]]:
     """Generated rows (start token first) and gold labels -> strings. Each prediction keeps as many new
     tokens as the original's generation limit allows: the batch's longest gold (eos included) + 2."""
     sequences, labels, label_mask = np.asarray(sequences), np.asarray(labels), np.asarray(label_mask)
     limit = int(label_mask.sum(axis=1).max()) + EXTRA_NEW_TOKENS
-    predictions = [tokenizer.decode(_cut_at_eos(row[1:1 + limit], tokenizer.eos_id)) for row in sequences]
-    golds = [tokenizer.decode(_cut_at_eos(row[mask > 0], tokenizer.eos_id)) for row, mask in zip(labels, label_mask)]
+    predictions = [tokenizer.decode(cut_at_eos(row[1:1 + limit], tokenizer.eos_id)) for row in sequences]
+    golds = [tokenizer.decode(cut_at_eos(row[mask > 0], tokenizer.eos_id)) for row, mask in zip(labels, label_mask)]
     return predictions, golds
 
 
-def _replicated(x: jax.Array) -> jax.Array:
-    """Gather a batch-sharded array before a host callback (spares XLA an 'involuntary rematerialization')."""
-    mesh = jax.typeof(x).sharding.mesh
-    if mesh.empty:
-        return x
-    return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-
-
-def generation_metrics(tokenizer, sequences, batch) -> dict:
-    """Exact match, edit distance and per-gold-length edit distance of generated `sequences` against
-    batch["labels"], as (sum, count) pairs; strings are decoded on the host through a callback."""
-    labels, mask = batch["labels"], batch["decoder_attention_mask"]
-    rows = batch.get(data.EXAMPLE_MASK, jnp.ones(labels.shape[:1], jnp.int32)).astype(jnp.float32)
-
-    def score(sequences, labels, mask):
-        predictions, golds = decode_predictions(tokenizer, sequences, labels, mask)
-        scores = np.array([string_scores(p, g) for p, g in zip(predictions, golds)], np.float32)
-        return scores.reshape(len(golds), 3)
-
-    scores = jax.pure_callback(score, jax.ShapeDtypeStruct((labels.shape[0], 3), jnp.float32),
-                               _replicated(sequences), _replicated(labels), _replicated(mask),
-                               vmap_method="sequential")
-    total = jnp.sum(rows)
-    sums = jnp.sum(scores * rows[:, None], axis=0)
-    return {"accuracy": (sums[0], total), "edit_distance": (sums[1], total), "per": (sums[2], total)}
-
-
-def _masked_loss(logits, batch):
-    """Token cross-entropy; rows marked padding by the iterator (EXAMPLE_MASK) count for nothing."""
-    mask = batch["decoder_attention_mask"]
-    if data.EXAMPLE_MASK in batch:
-        mask = mask * batch[data.EXAMPLE_MASK].astype(mask.dtype)[:, None]
-    return token_cross_entropy(logits, batch["labels"], mask)
+def score_generations(tokenizer, sequences, batch) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Task.score_predictions of generated `sequences` against batch["labels"]: exact match, edit distance and edit
+    distance per gold character of each example, and its record (prediction, reference and those scores)."""
+    predictions, golds = decode_predictions(tokenizer, sequences, batch["labels"], batch["decoder_attention_mask"])
+    per_example = [dict(zip(GENERATION_SCORES, string_scores(p, g))) for p, g in zip(predictions, golds)]
+    scores = {name: np.array([s[name] for s in per_example]) for name in GENERATION_SCORES}
+    records = [{"prediction": p, "reference": g, **s} for p, g, s in zip(predictions, golds, per_example)]
+    return scores, records
 
 
 def _max_new_tokens(config) -> int:
@@ -190,7 +164,6 @@ class FinetuningTask(Seq2SeqTask):
     def __init__(self, config):
         super().__init__(config, SIPFinetuningModel, SIPFinetuningConfig)
         self.tokenizer = self.preprocess.tokenizer
-        self.eval_generate = bool(config.eval.get("generate", True))
         self.max_new_tokens = _max_new_tokens(config)
 
     def create_model(self, config, rngs: nnx.Rngs):
@@ -218,29 +191,15 @@ class FinetuningTask(Seq2SeqTask):
             return None
         return data.make_eval_iterator(source, self.preprocess, batch_size=config.eval.batch_size)
 
-    def loss(self, model, batch, dropout_rng):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       decoder_input_ids=batch["decoder_input_ids"],
-                       decoder_attention_mask=batch["decoder_attention_mask"], dropout_rng=dropout_rng).logits
-        return _masked_loss(logits, batch)
+    # --- evaluation by generation (jaxport.trainer.Task.predict / score_predictions) -------------------------------
 
-    @staticmethod
-    def num_tokens(batch) -> int:
-        rows = batch.get(data.EXAMPLE_MASK, np.ones(len(batch["input_ids"]), bool))[:, None]
-        return int((batch["attention_mask"] * rows).sum() + (batch["decoder_attention_mask"] * rows).sum())
+    def predict(self, model, batch):
+        """Greedy generations [B, 1 + max_new_tokens], the decoder start token first."""
+        return model.generate(batch["input_ids"], batch["attention_mask"],
+                              max_new_tokens=self.max_new_tokens).sequences
 
-    def generate(self, model, batch, max_new_tokens: int):
-        return model.generate(batch["input_ids"], batch["attention_mask"], max_new_tokens=max_new_tokens).sequences
-
-    def eval_metrics(self, model, batch):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       decoder_input_ids=batch["decoder_input_ids"],
-                       decoder_attention_mask=batch["decoder_attention_mask"]).logits
-        metrics = teacher_forced_metrics(logits, batch)
-        if self.eval_generate:
-            sequences = self.generate(model, batch, self.max_new_tokens)
-            metrics.update(generation_metrics(self.tokenizer, sequences, batch))
-        return metrics
+    def score_predictions(self, batch, predictions):
+        return score_generations(self.tokenizer, predictions, batch)
 
     def after_training(self, model, config, workdir) -> dict | None:
         """Predictions for the test examples, written to data.predictions_path (default
@@ -252,45 +211,21 @@ class FinetuningTask(Seq2SeqTask):
         return predict_tsv(self, model, config, source, out)
 
 
-def _one_field(text: str) -> str:
-    """A generated string as one TSV field: tabs and line breaks (a model may write any byte) escaped."""
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-
-
 def predict_tsv(task, model, config, source, out_path) -> dict:
-    """Greedy predictions for every example of `source`, written to `out_path` as TSV rows `input, output,
-    prediction` under that header (a prediction's tabs, line breaks and backslashes escaped with a backslash).
-    The scores (accuracy, edit_distance, per, num_examples) go to test_metrics.json beside it and are returned."""
+    """Greedy predictions for every example of `source` (jaxport.trainer.predict_dataset), written to `out_path`
+    as TSV rows `input, output, prediction` under that header (jaxport.records.write_tsv: any string round-trips
+    through read_tsv). The scores (accuracy, edit_distance, per, num_examples) go to test_metrics.json beside it
+    and are returned."""
     cfg = config.data
-    max_new_tokens = _max_new_tokens(config)
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def generate(state, batch):
-        return task.generate(nnx.merge(graphdef, state), batch, max_new_tokens)
-
+    batches = data.make_eval_iterator(source, task.preprocess, batch_size=config.eval.batch_size, prefetch=0,
+                                      process_index=0, process_count=1)
+    metrics, records = trainer.predict_dataset(task, model, batches)
+    examples = [source[index] for index in range(len(source))]
+    rows = [(e[cfg.input_key], e[cfg.target_key], r["prediction"]) for e, r in zip(examples, records, strict=True)]
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    totals = np.zeros(3)
-    count = 0
-    iterator = data.make_eval_iterator(source, task.preprocess, batch_size=config.eval.batch_size, prefetch=0,
-                                       process_index=0, process_count=1)
-    with open(out_path, "w", encoding="utf-8") as file:
-        file.write(f"{cfg.input_key}\t{cfg.target_key}\tprediction\n")
-        for batch in iterator:
-            real = batch.pop(data.EXAMPLE_MASK)
-            sequences = generate(state, {k: jnp.asarray(v) for k, v in batch.items()})
-            predictions, golds = decode_predictions(task.tokenizer, sequences, batch["labels"],
-                                                    batch["decoder_attention_mask"])
-            for prediction, gold, is_real in zip(predictions, golds, real):
-                if not is_real:  # padding of the last batch
-                    continue
-                example = source[count]
-                file.write(f"{example[cfg.input_key]}\t{example[cfg.target_key]}\t{_one_field(prediction)}\n")
-                totals += string_scores(prediction, gold)
-                count += 1
-    metrics = {"accuracy": totals[0] / max(count, 1), "edit_distance": totals[1] / max(count, 1),
-               "per": totals[2] / max(count, 1), "num_examples": count}
+    write_tsv(out_path, [(cfg.input_key, cfg.target_key, "prediction"), *rows])
+    metrics["num_examples"] = len(records)
     (out_path.parent / "test_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info("test: %s (predictions in %s)", metrics, out_path)
     return metrics
@@ -315,7 +250,6 @@ class PretrainingTask:
         if fst_vocab > self.model_config.fst_tokenizer_vocab_size:
             raise ValueError(f"the FST tokenizer has {fst_vocab} symbols, more than model.fst_tokenizer_vocab_size="
                              f"{self.model_config.fst_tokenizer_vocab_size}")
-        self.eval_generate = bool(config.eval.get("generate", True))
         self.max_new_tokens = _max_new_tokens(config)
 
     def create_model(self, config, rngs: nnx.Rngs):
@@ -360,22 +294,17 @@ class PretrainingTask:
     def num_tokens(batch) -> int:
         return int(batch["attention_mask"].sum() + batch["decoder_attention_mask"].sum())
 
-    def _logits(self, model, batch, dropout_rng=None):
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                     decoder_input_ids=batch["decoder_input_ids"],
-                     decoder_attention_mask=batch["decoder_attention_mask"], fst_rep=batch["fst_rep"],
-                     dropout_rng=dropout_rng).logits
-
     def loss(self, model, batch, dropout_rng):
-        return token_cross_entropy(self._logits(model, batch, dropout_rng), batch["labels"],
-                                   batch["decoder_attention_mask"])
-
-    def generate(self, model, batch, max_new_tokens: int):
-        return model.generate(batch["input_ids"], batch["attention_mask"], fst_rep=batch["fst_rep"],
-                              max_new_tokens=max_new_tokens).sequences
+        logits = teacher_forced_logits(model, batch, dropout_rng, fst_rep=batch["fst_rep"])
+        return token_cross_entropy(logits, batch["labels"], target_mask(batch))
 
     def eval_metrics(self, model, batch):
-        metrics = teacher_forced_metrics(self._logits(model, batch), batch)
-        if self.eval_generate:
-            metrics.update(generation_metrics(self.tokenizer, self.generate(model, batch, self.max_new_tokens), batch))
-        return metrics
+        return teacher_forced_metrics(teacher_forced_logits(model, batch, fst_rep=batch["fst_rep"]), batch)
+
+    def predict(self, model, batch):
+        """Greedy generations [B, 1 + max_new_tokens], the decoder start token first."""
+        return model.generate(batch["input_ids"], batch["attention_mask"], fst_rep=batch["fst_rep"],
+                              max_new_tokens=self.max_new_tokens).sequences
+
+    def score_predictions(self, batch, predictions):
+        return score_generations(self.tokenizer, predictions, batch)

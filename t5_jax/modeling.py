@@ -6,23 +6,17 @@ Attention keeps heads as a separate axis ([batch, length, heads, d_kv]) so it ca
 """
 import math
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxport.generation import seq2seq_cache, seq2seq_generate
 from jaxport.hf import PretrainedModel
-from jaxport.layers import (ACTIVATIONS, Dense, Embed, causal_bias, dropout, float32_matmuls, padding_bias,
+from jaxport.layers import (ACTIVATIONS, Dense, Embed, causal_mask, dropout, float32_matmuls, mask_bias, padding_mask,
                             split_rng)
+from jaxport.seq2seq import Seq2SeqLMOutput, shift_right
 from t5_jax.configuration import T5Config
 from t5_jax.convert import t5_rules
-
-
-@flax.struct.dataclass
-class Seq2SeqLMOutput:
-    logits: jax.Array
-    encoder_last_hidden_state: jax.Array
 
 
 class RMSNorm(nnx.Module):
@@ -58,11 +52,14 @@ def relative_position_bucket(relative_position: jax.Array, bidirectional: bool, 
     return buckets + jnp.where(is_small, relative_position, large)
 
 
-def attend(q, k, v, bias, dropout_rate: float, rng) -> jax.Array:
-    """Softmax attention [B, T, heads, d_kv] with an additive float32 bias; softmax in float32.
+def attend(q, k, v, bias, mask, dropout_rate: float, rng) -> jax.Array:
+    """Softmax attention [B, T, heads, d_kv]: scores plus `bias` (float32 position bias [1, heads, T, S], or None)
+    over the keys `mask` (boolean, broadcastable to [B, heads, T, S]) allows; softmax in float32.
     T5 folds the 1/sqrt(d_kv) scaling into its weight initialisation: no scaling here."""
-    scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) + bias
-    probs = dropout(jax.nn.softmax(scores, axis=-1).astype(v.dtype), dropout_rate, rng)
+    scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
+    if bias is not None:
+        scores = scores + bias
+    probs = dropout(jax.nn.softmax(scores + mask_bias(mask), axis=-1).astype(v.dtype), dropout_rate, rng)
     return jnp.einsum("bhts,bshd->bthd", probs, v)
 
 
@@ -98,14 +95,14 @@ class T5Attention(nnx.Module):
         """Keys and values [B, S, heads, d_kv] of `source`."""
         return {"key": self.key(source), "value": self.value(source)}
 
-    def __call__(self, x: jax.Array, bias: jax.Array, *, context: jax.Array | None = None,
-                 context_key_value: dict | None = None, cache: dict | None = None, position=0,
-                 rng=None) -> tuple[jax.Array, dict | None]:
-        """Attend from x [B, T, D] to context (x itself when None); `bias` [B|1, heads|1, T, S] holds
-        position bias and masks. `context_key_value`: the context's `key_value`, precomputed (cross-attention
-        while decoding: the encoder states do not change from step to step). With `cache` (self-attention
-        while decoding), the new keys/values are written at `position` and the query attends over the whole
-        cache."""
+    def __call__(self, x: jax.Array, mask: jax.Array, position_bias: jax.Array | None = None, *,
+                 context: jax.Array | None = None, context_key_value: dict | None = None, cache: dict | None = None,
+                 position=0, rng=None) -> tuple[jax.Array, dict | None]:
+        """Attend from x [B, T, D] to context (x itself when None), to the keys the boolean `mask` [B|1, 1, T|1, S]
+        allows, with `position_bias` [1, heads, T, S] (the first layer's `position_bias()`) added to the scores.
+        `context_key_value`: the context's `key_value`, precomputed (cross-attention while decoding: the encoder
+        states do not change from step to step). With `cache` (self-attention while decoding), the new keys/values
+        are written at `position` and the query attends over the whole cache."""
         q = self.query(x)
         if context_key_value is None:
             context_key_value = self.key_value(x if context is None else context)
@@ -114,7 +111,7 @@ class T5Attention(nnx.Module):
             k = jax.lax.dynamic_update_slice_in_dim(cache["key"], k.astype(cache["key"].dtype), position, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache["value"], v.astype(cache["value"].dtype), position, axis=1)
             cache = {"key": k, "value": v}
-        return self.out(attend(q, k, v.astype(self.dtype), bias, self.dropout_rate, rng)), cache
+        return self.out(attend(q, k, v.astype(self.dtype), position_bias, mask, self.dropout_rate, rng)), cache
 
 
 class T5MLP(nnx.Module):
@@ -145,9 +142,9 @@ class T5EncoderBlock(nnx.Module):
         self.mlp = T5MLP(config, **kw)
         self.dropout_rate = config.dropout_rate
 
-    def __call__(self, x, bias, rng=None):
+    def __call__(self, x, mask, position_bias, rng=None):
         rngs = split_rng(rng, 4)
-        h, _ = self.attention(self.attention_norm(x), bias, rng=rngs[0])
+        h, _ = self.attention(self.attention_norm(x), mask, position_bias, rng=rngs[0])
         x = x + dropout(h, self.dropout_rate, rngs[1])
         return x + dropout(self.mlp(self.mlp_norm(x), rngs[2]), self.dropout_rate, rngs[3])
 
@@ -164,14 +161,15 @@ class T5DecoderBlock(nnx.Module):
         self.mlp = T5MLP(config, **kw)
         self.dropout_rate = config.dropout_rate
 
-    def __call__(self, x, self_bias, context, cross_bias, cache=None, cross_key_value=None, position=0, rng=None):
+    def __call__(self, x, self_mask, position_bias, context, cross_mask, cache=None, cross_key_value=None, position=0,
+                 rng=None):
         """cache: this layer's self-attention keys/values (decoding); cross_key_value: the cross-attention's
         `key_value(context)`, precomputed by init_cache (decoding), else computed here from context."""
         rngs = split_rng(rng, 6)
-        h, cache = self.self_attention(self.self_attention_norm(x), self_bias, cache=cache, position=position,
-                                       rng=rngs[0])
+        h, cache = self.self_attention(self.self_attention_norm(x), self_mask, position_bias, cache=cache,
+                                       position=position, rng=rngs[0])
         x = x + dropout(h, self.dropout_rate, rngs[1])
-        h, _ = self.cross_attention(self.cross_attention_norm(x), cross_bias, context=context,
+        h, _ = self.cross_attention(self.cross_attention_norm(x), cross_mask, context=context,
                                     context_key_value=cross_key_value, rng=rngs[2])
         x = x + dropout(h, self.dropout_rate, rngs[3])
         x = x + dropout(self.mlp(self.mlp_norm(x), rngs[4]), self.dropout_rate, rngs[5])
@@ -189,11 +187,12 @@ class T5Encoder(nnx.Module):
 
     def __call__(self, embeds: jax.Array, attention_mask: jax.Array, rng=None) -> jax.Array:
         positions = jnp.arange(embeds.shape[1])
-        bias = self.layers[0].attention.position_bias(positions, positions) + padding_bias(attention_mask)
+        position_bias = self.layers[0].attention.position_bias(positions, positions)
+        mask = padding_mask(attention_mask)
         rngs = split_rng(rng, len(self.layers) + 2)
         x = dropout(embeds, self.dropout_rate, rngs[-2])
         for layer, layer_rng in zip(self.layers, rngs):
-            x = layer(x, bias, layer_rng)
+            x = layer(x, mask, position_bias, layer_rng)
         return dropout(self.final_norm(x), self.dropout_rate, rngs[-1])
 
 
@@ -211,18 +210,18 @@ class T5Decoder(nnx.Module):
         query_positions = position + jnp.arange(num_queries)
         num_keys = num_queries if cache is None else cache["layers"][0]["key"].shape[1]
         key_positions = jnp.arange(num_keys)
-        self_bias = (self.layers[0].self_attention.position_bias(query_positions, key_positions)
-                     + causal_bias(query_positions, key_positions))
+        position_bias = self.layers[0].self_attention.position_bias(query_positions, key_positions)
+        self_mask = causal_mask(query_positions, key_positions)
         if decoder_attention_mask is not None:
-            self_bias = self_bias + padding_bias(decoder_attention_mask)
-        cross_bias = padding_bias(encoder_attention_mask)
+            self_mask = self_mask & padding_mask(decoder_attention_mask)
+        cross_mask = padding_mask(encoder_attention_mask)
         rngs = split_rng(rng, len(self.layers) + 2)
         x = dropout(embeds, self.dropout_rate, rngs[-2])
         new_cache = []
         for i, (layer, layer_rng) in enumerate(zip(self.layers, rngs)):
             layer_cache, cross_key_value = (None, None) if cache is None else (cache["layers"][i], cache["cross"][i])
-            x, layer_cache = layer(x, self_bias, encoder_hidden, cross_bias, layer_cache, cross_key_value, position,
-                                   layer_rng)
+            x, layer_cache = layer(x, self_mask, position_bias, encoder_hidden, cross_mask, layer_cache,
+                                   cross_key_value, position, layer_rng)
             new_cache.append(layer_cache)
         x = dropout(self.final_norm(x), self.dropout_rate, rngs[-1])
         return x, (None if cache is None else {"layers": new_cache, "cross": cache["cross"]})
@@ -296,8 +295,3 @@ class T5ForConditionalGeneration(PretrainedModel):
         """Greedy, beam or sampled decoding with transformers' argument names; returns `.sequences`."""
         return seq2seq_generate(self, input_ids, attention_mask, **kwargs)
 
-
-def shift_right(labels: jax.Array, decoder_start_token_id: int, pad_token_id: int) -> jax.Array:
-    """Teacher-forcing decoder inputs: start token, then labels without the last; -100 ignore marks become pad."""
-    shifted = jnp.concatenate([jnp.full_like(labels[:, :1], decoder_start_token_id), labels[:, :-1]], axis=1)
-    return jnp.where(shifted == -100, pad_token_id, shifted)

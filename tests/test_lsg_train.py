@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxport import config as config_lib, registry, trainer
+from jaxport.records import read_jsonl
 from tests.helpers import sentence, write_summarization_files
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def test_fine_tuning_with_accumulation_reports_rouge_and_writes_predictions(file
     assert 1 <= final["eval_gen_len"] <= 23  # generation.max_length 24, the decoder start token not counted
     assert all(np.isfinite(r["loss"]) for r in records)
 
-    predictions = [json.loads(line) for line in (tmp_path / "predictions_4.jsonl").read_text().splitlines()]
+    predictions = read_jsonl(tmp_path / "predictions_4.jsonl")
     references = [json.loads(line)["abstract"] for line in (files / "eval.jsonl").read_text().splitlines()]
     assert len(predictions) == 11  # real examples only: the padding of the last batch is left out
     # References are the decoded labels (cut to max_target_length=32 tokens), in eval order.

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from jaxport.records import read_tsv
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
@@ -86,9 +88,8 @@ def test_sip_notebook_fine_tunes_and_scores_a_tiny_model(tmp_path):
     assert math.isfinite(summary["final_loss"]) and 0.0 <= summary["eval_accuracy"] <= 1.0
     records = [json.loads(line) for line in Path(summary["metrics_file"]).read_text().splitlines()]
     assert records[-1]["step"] == summary["num_steps"] and "eval_accuracy" in records[-1]
-    # "\n" only: a random model's predictions may hold other characters that splitlines() breaks at
-    rows = Path(summary["predictions_file"]).read_text(encoding="utf-8").rstrip("\n").split("\n")
-    assert rows[0] == "input\toutput\tprediction" and len(rows) == summary["num_test_examples"] + 1
+    rows = read_tsv(summary["predictions_file"])  # a random model's predictions may hold any character
+    assert rows[0] == ["input", "output", "prediction"] and len(rows) == summary["num_test_examples"] + 1
     scores = json.loads((Path(summary["predictions_file"]).parent / "test_metrics.json").read_text())
     assert scores["accuracy"] == pytest.approx(summary["exact_match"])
     assert (Path(summary["export_dir"]) / "config.json").is_file()

@@ -11,6 +11,7 @@ import pytest
 
 from jaxport import config as config_lib, data, tree, trainer
 from jaxport.base_config import base
+from jaxport.records import read_jsonl, read_tsv
 from sip_jax.tasks import decode_predictions, edit_distance, finetuning_source, get_task, string_scores
 from tests.helpers import stand_in_fst_tokenizer, write_tsv
 
@@ -152,7 +153,7 @@ def test_finetuning_trains_evaluates_and_writes_predictions(tmp_path):
 
     from sip_jax import predict
     metrics = predict.main(["--config", FINETUNE, "--workdir", str(workdir), *(f"--config.{o}" for o in overrides)])
-    rows = [line.split("\t") for line in (workdir / "predictions.tsv").read_text(encoding="utf-8").splitlines()]
+    rows = read_tsv(workdir / "predictions.tsv")
     assert rows[0] == ["input", "output", "prediction"]
     assert [row[:2] for row in rows[1:]] == [list(r) for r in upper_rows(WORDS[8:])]
     assert json.loads((workdir / "test_metrics.json").read_text())["num_examples"] == 4 == metrics["num_examples"]
@@ -160,10 +161,14 @@ def test_finetuning_trains_evaluates_and_writes_predictions(tmp_path):
     scores = [string_scores(row[2], row[1]) for row in rows[1:]]
     assert metrics["accuracy"] == pytest.approx(np.mean([s[0] for s in scores]))
     assert metrics["edit_distance"] == pytest.approx(np.mean([s[1] for s in scores]))
-    # The in-training evaluation (jitted, scored through a host callback) saw the same model and examples.
+    # The in-training evaluation (the trainer's generate-then-score mechanism) saw the same model and examples,
+    # and recorded each prediction in eval order.
     assert logged["eval_accuracy"] == pytest.approx(metrics["accuracy"])
     assert logged["eval_edit_distance"] == pytest.approx(metrics["edit_distance"])
     assert logged["eval_per"] == pytest.approx(metrics["per"])
+    records = read_jsonl(workdir / "predictions_6.jsonl")
+    assert [r["prediction"] for r in records] == [row[2] for row in rows[1:]]
+    assert [r["reference"] for r in records] == [row[1] for row in rows[1:]]
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -48,6 +48,22 @@ def test_logits_match_pytorch(tmp_path, feed_forward_proj, tied):
     np.testing.assert_allclose(np.asarray(alone.logits[0]), np.asarray(out.logits[2]), rtol=1e-5, atol=1e-4)
 
 
+def test_decoder_padding_masks_match_pytorch_even_a_fully_masked_row(tmp_path):
+    """A decoder mask is combined with the causal one as booleans: a row with no key left attends evenly to all, as
+    in transformers (summed additive biases hid the later keys twice and the earlier once, and differed there)."""
+    reference = torch_t5(tmp_path)
+    model = T5ForConditionalGeneration.from_pretrained(tmp_path)
+    ids, mask, dec = padded_batch(np.random.default_rng(5), dec_length=6)
+    dec_mask = np.ones_like(dec)
+    dec_mask[0], dec_mask[1, 4:] = 0, 0
+    with torch.no_grad():
+        expected = reference(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                             decoder_input_ids=torch.tensor(dec), decoder_attention_mask=torch.tensor(dec_mask)).logits
+    out = model(input_ids=jnp.asarray(ids), attention_mask=jnp.asarray(mask), decoder_input_ids=jnp.asarray(dec),
+                decoder_attention_mask=jnp.asarray(dec_mask))
+    assert rel_err(np.asarray(out.logits), expected.numpy()) < 1e-4
+
+
 def test_long_relative_distances_match_pytorch(tmp_path):
     """Lengths past max_distance exercise the logarithmic buckets."""
     reference = torch_t5(tmp_path, "gated-gelu", tied=False)

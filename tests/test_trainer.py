@@ -6,8 +6,11 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from jaxport import checkpoint, config as config_lib, registry, trainer, tree
+from jaxport.data import EXAMPLE_MASK
+from jaxport.records import read_jsonl
 from tests.helpers import CONFIGS, ROOT, finalized_steps, read_metrics
 
 CONFIG = str(CONFIGS / "t5_reverse.py")
@@ -55,6 +58,45 @@ def test_nan_loss_stops_training_naming_the_step(tmp_path):
     with pytest.raises(trainer.NonFiniteLossError, match=r"at step 7\b.*last good checkpoint is step 5"):
         trainer.train(config, tmp_path, PoisonedTask(config))
     assert finalized_steps(tmp_path) == [5]
+
+
+class FirstTokenTask:
+    """The T5 task, evaluated by a 'generation' that predicts each input's first token: the host-side scoring must
+    see every real eval example once, in order, and none of the rows that pad the last batch."""
+
+    def __init__(self, config):
+        self.inner = registry.task("t5", config)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def predict(self, model, batch):
+        return batch["input_ids"][:, 0]
+
+    def score_predictions(self, batch, predictions):
+        np.testing.assert_array_equal(predictions, batch["input_ids"][:, 0])  # each row beside its prediction
+        return {"first_token": predictions.astype(np.float64)}, [{"first_token": int(p)} for p in predictions]
+
+
+def test_evaluation_by_generation_scores_each_real_example_once_in_order(tmp_path):
+    steps = ["train.num_steps=2", "train.log_every=2", "train.eval_every=2", "train.checkpoint_every=2"]
+    config = small_config(*steps, "data.num_eval_examples=19", "eval.batch_size=8")  # batches of 8, 8, 3 + 5 pad
+    task = FirstTokenTask(config)
+    expected = np.concatenate([batch["input_ids"][batch[EXAMPLE_MASK], 0] for batch in task.eval_data(config)])
+    assert len(expected) == 19
+
+    logged = trainer.train(config, tmp_path / "run", task)
+    assert [r["first_token"] for r in read_jsonl(tmp_path / "run" / "predictions_2.jsonl")] == expected.tolist()
+    assert logged["eval_first_token"] == pytest.approx(expected.mean()) and "eval_loss" in logged
+    # The same outside training (test-set predictions, a saved model), on one process.
+    means, records = trainer.predict_dataset(task, task.create_model(config, nnx.Rngs(0)), task.eval_data(config))
+    assert means == {"first_token": pytest.approx(expected.mean())}
+    assert [r["first_token"] for r in records] == expected.tolist()
+
+    config = small_config(*steps, "eval.generate=False")
+    logged = trainer.train(config, tmp_path / "off", FirstTokenTask(config))
+    assert "eval_loss" in logged and "eval_first_token" not in logged
+    assert not (tmp_path / "off" / "predictions_2.jsonl").exists()
 
 
 def test_checkpoint_of_another_config_is_refused(tmp_path):

@@ -3,6 +3,8 @@ import dataclasses
 
 import numpy as np
 
+from jaxport.seq2seq import shift_right
+
 
 @dataclasses.dataclass(frozen=True)
 class Seq2SeqPreprocessor:
@@ -25,7 +27,7 @@ class Seq2SeqPreprocessor:
     def __call__(self, example: dict) -> dict[str, np.ndarray]:
         input_ids, input_length = self._encode(example, self.input_key, self.max_input_length)
         labels, target_length = self._encode(example, self.target_key, self.max_target_length)
-        decoder_input_ids = np.concatenate([[self.decoder_start_token_id], labels[:-1]]).astype(np.int32)
+        decoder_input_ids = shift_right(labels, self.decoder_start_token_id, self.tokenizer.pad_id)
         return {
             "input_ids": input_ids,
             "attention_mask": _length_mask(input_length, self.max_input_length),
