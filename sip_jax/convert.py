@@ -15,9 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxport.config import load_config
 from sip_jax.configuration import finetuning_config_from_pretraining
 from sip_jax.fst import FSTPretrainingSource, encode_transitions
-from sip_jax.fst_data import load_fst_tokenizer
+from sip_jax.fst_data import load_fst_tokenizer, sampler_config
 from sip_jax.modeling import SIPFinetuningModel, SIPPreTrainingModel, check_fst_rep_values
 
 
@@ -148,8 +149,6 @@ def run_convert_mode(args: argparse.Namespace) -> bool:
         return False
     sampler, fst_tokenizer = None, args.fst_tokenizer
     if args.fst_config:
-        from jaxport.config import load_config
-        from sip_jax.fst_data import sampler_config
         data = load_config(args.fst_config).data
         sampler = sampler_config(data)
         fst_tokenizer = fst_tokenizer or data.fst_tokenizer_path
