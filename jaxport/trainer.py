@@ -505,7 +505,9 @@ def format_metrics(metrics: dict) -> str:
 def format_duration(seconds: float) -> str:
     minutes, seconds = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+    if hours:
+        return f"{hours}h{minutes:02d}m{seconds:02d}s"
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
 def latest_of_each(names) -> list[str]:
@@ -538,13 +540,18 @@ def run_summary(workdir: Path, metrics: dict, after_metrics: dict | None, *, fir
               "eval": {k.removeprefix("eval_"): v for k, v in metrics.items() if k.startswith("eval_")},
               "after training": after_metrics or {}}
     lines += [f"  {label}: {format_metrics(values)}" for label, values in scores.items() if values]
-    export = Path(export_dir) if export_dir else None
-    names = [name for name in STANDARD_OUTPUTS if (workdir / name).exists()]
-    names += latest_of_each(path.name for path in workdir.iterdir()
-                            if path.name not in STANDARD_OUTPUTS and not (export and path.resolve() == export.resolve()))
-    notes = {"checkpoints": f"latest: step {last_checkpoint}" if last_checkpoint is not None else ""}
-    outputs = [(workdir / name, notes.get(name, "")) for name in names] + ([(export, "the final model")] if export else [])
-    lines.append("Outputs:")
-    for path, note in outputs:
-        lines.append(f"  {path}{'/' if path.is_dir() else ''}{f'  ({note})' if note else ''}")
+    lines += ["Outputs:"] + [f"  {output}" for output in run_outputs(workdir, last_checkpoint, export_dir)]
     return "\n".join(lines)
+
+
+def run_outputs(workdir: Path, last_checkpoint: int | None, export_dir: str | None) -> list[str]:
+    """The run's outputs: the trainer's, then whatever else is in the workdir (a task's predictions and scores),
+    then the exported model; folders end with a slash."""
+    export = Path(export_dir) if export_dir else None
+    others = [path.name for path in workdir.iterdir()
+              if path.name not in STANDARD_OUTPUTS and not (export and path.resolve() == export.resolve())]
+    names = [name for name in STANDARD_OUTPUTS if (workdir / name).exists()] + latest_of_each(others)
+    notes = {"checkpoints": f"latest: step {last_checkpoint}" if last_checkpoint is not None else ""}
+    outputs = [(workdir / name, notes.get(name, "")) for name in names]
+    outputs += [(export, "the final model")] if export else []
+    return [f"{path}{'/' if path.is_dir() else ''}{f'  ({note})' if note else ''}" for path, note in outputs]
