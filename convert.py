@@ -23,8 +23,9 @@ def family_option_parsers() -> list[tuple[argparse.ArgumentParser, tuple[str, ..
     the families those options belong to."""
     parsers = []
     for hooks, families in registry.convert_clis():
-        parsers.append((argparse.ArgumentParser(add_help=False), families))
-        hooks.add_convert_options(parsers[-1][0])
+        options = argparse.ArgumentParser(add_help=False)
+        hooks.add_convert_options(options)
+        parsers.append((options, families))
     return parsers
 
 
