@@ -3,7 +3,11 @@
     python -m train --config configs/sip_pretrain.py --workdir runs/sip_pt            # tiny, CPU, minutes
     python -m train --config configs/sip_pretrain.py:small --workdir runs/sip_small   # bench/sip_claim.py, H100
     python -m train --config configs/sip_pretrain.py:paper --workdir runs/sip_d4      # the paper's SIP-d4 run
-    python -m convert sip_finetune runs/sip_pt/export runs/sip_ft_init --from-pretraining  # then fine-tune it
+    # then fine-tune one: save its final model (rerunning a finished run only exports it), and initialise the
+    # fine-tuning prefix from FSTs drawn as its config draws them (its sampler and FST tokenizer)
+    python -m train --config configs/sip_pretrain.py --workdir runs/sip_pt --config.train.export_dir=runs/sip_pt/export
+    python -m convert sip_finetune runs/sip_pt/export runs/sip_ft_init --from-pretraining \
+        --fst-config configs/sip_pretrain.py
 
 Examples are drawn on the fly by the FST generator (sip_jax.fst.FSTPretrainingSource), in `data.num_workers`
 processes: random deterministic FSTs with at most 4 states, as the original's sip/data_gen/gen_pretrain.py samples

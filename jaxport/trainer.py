@@ -426,6 +426,7 @@ def check_finite(state: TrainState, last_checkpoint: int | None) -> None:
 
 def train(config, workdir: str | Path, task: Task) -> dict[str, float]:
     """Train (resuming from workdir's latest checkpoint if any); returns the last logged metrics."""
+    started = time.perf_counter()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = config.train
@@ -503,10 +504,80 @@ def train(config, workdir: str | Path, task: Task) -> dict[str, float]:
         ckpt.close()
         writer.close()
     after_training = getattr(task, "after_training", None) if jax.process_index() == 0 else None
+    after_metrics = None
     if cfg.get("export_dir") or callable(after_training):
         model = setup.model_on_host(state.params)
         if cfg.get("export_dir"):
             model.save_pretrained(cfg.export_dir)
         if callable(after_training):
-            after_training(model, config, workdir)
+            after_metrics = after_training(model, config, workdir)
+    if jax.process_index() == 0:
+        print(run_summary(workdir, logged, after_metrics, first_step=start, num_steps=cfg.num_steps,
+                          seconds=time.perf_counter() - started, last_checkpoint=last_checkpoint,
+                          export_dir=cfg.get("export_dir")))
     return logged
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# End-of-run summary
+
+STANDARD_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard")
+
+
+def format_metrics(metrics: dict) -> str:
+    return ", ".join(f"{name} {value:.4g}" for name, value in metrics.items())
+
+
+def format_duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m{seconds:02d}s"
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+
+
+def latest_of_each(names) -> list[str]:
+    """The names, of numbered ones (predictions_STEP.jsonl) only the highest-numbered, sorted."""
+    best: dict[str, tuple[int, str]] = {}
+    for name in names:
+        number = re.search(r"_(\d+)(?=\.[^.]*$|$)", name)
+        pattern = name[:number.start()] + "_STEP" + name[number.end():] if number else name
+        best[pattern] = max(best.get(pattern, (-1, "")), (int(number.group(1)) if number else 0, name))
+    return sorted(name for _, name in best.values())
+
+
+def run_summary(workdir: Path, metrics: dict, after_metrics: dict | None, *, first_step: int, num_steps: int,
+                seconds: float, last_checkpoint: int | None, export_dir: str | None) -> str:
+    """A few lines for the end of a run: the steps it ran, its final metrics, where its outputs are.
+
+    Args:
+      metrics: the last logged values of this run ({} if it logged none, e.g. it resumed at its last step).
+      after_metrics: what the task's after_training returned (e.g. test-set scores), or None.
+      first_step: the step the run started from (0, or the checkpoint it resumed).
+      last_checkpoint: the step of the newest checkpoint, or None.
+      export_dir: where the final model was saved, or "" / None.
+    """
+    if num_steps > first_step:
+        resumed = f" (resumed from step {first_step})" if first_step else ""
+        lines = [f"Trained steps {first_step + 1}-{num_steps}{resumed} in {format_duration(seconds)}."]
+    else:
+        lines = [f"Nothing to train: the checkpoint of step {first_step} ends the run ({num_steps} steps)."]
+    scores = {"train": {k: v for k, v in metrics.items() if k == "loss"},
+              "eval": {k.removeprefix("eval_"): v for k, v in metrics.items() if k.startswith("eval_")},
+              "after training": after_metrics or {}}
+    lines += [f"  {label}: {format_metrics(values)}" for label, values in scores.items() if values]
+    lines += ["Outputs:"] + [f"  {output}" for output in run_outputs(workdir, last_checkpoint, export_dir)]
+    return "\n".join(lines)
+
+
+def run_outputs(workdir: Path, last_checkpoint: int | None, export_dir: str | None) -> list[str]:
+    """The run's outputs: the trainer's, then whatever else is in the workdir (a task's predictions and scores),
+    then the exported model; folders end with a slash."""
+    export = Path(export_dir) if export_dir else None
+    others = [path.name for path in workdir.iterdir()
+              if path.name not in STANDARD_OUTPUTS and not (export and path.resolve() == export.resolve())]
+    names = [name for name in STANDARD_OUTPUTS if (workdir / name).exists()] + latest_of_each(others)
+    notes = {"checkpoints": f"latest: step {last_checkpoint}" if last_checkpoint is not None else ""}
+    outputs = [(workdir / name, notes.get(name, "")) for name in names]
+    outputs += [(export, "the final model")] if export else []
+    return [f"{path}{'/' if path.is_dir() else ''}{f'  ({note})' if note else ''}" for path, note in outputs]

@@ -1,9 +1,18 @@
-"""The rule-table conversion framework (jaxport.convert), on synthetic tensors."""
+"""The rule-table conversion framework (jaxport.convert), on synthetic tensors; the generic `python -m convert`
+driver with the options and modes that families add through jaxport/registry.py."""
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import jax
 import ml_dtypes
 import numpy as np
 import pytest
 
+import convert as convert_cli
+from jaxport import registry
 from jaxport.convert import (Alias, ConversionError, Ignore, Rule, flax_to_pytorch, linear_kernel,
                              pytorch_to_flax, select_flat)
 
@@ -166,3 +175,101 @@ def test_select_flat_checks_names_and_shapes():
         select_flat(flat.items(), target())
     assert (caught.value.missing, caught.value.unexpected, caught.value.mismatched) == (
         ["layers/0/norm/scale"], ["stray"], ["embed/embedding"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# python -m convert
+
+
+def test_help_lists_every_familys_options():
+    result = subprocess.run([sys.executable, "-m", "convert", "--help"], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).parents[1])
+    for flag in ("--to-pytorch", "--from-bart", "--resize", "--keep-first-global-token", "--from-pretraining",
+                 "--fst-config"):
+        assert flag in result.stdout
+    for options, _ in convert_cli.family_option_parsers():
+        assert all(f"--{dest.replace('_', '-')}" in result.stdout for dest in vars(options.parse_args([])))
+
+
+@pytest.mark.parametrize("family, flags, named", [
+    ("t5", ["--from-bart"], "--from-bart (lsg)"),
+    ("t5", ["--max-length", "4096"], "--max-length (lsg)"),  # given at its default value: still given
+    ("sip_pretrain", ["--from-pretraining"], "--from-pretraining (sip_finetune)"),
+    ("lsg", ["--resize", "--fst-seed", "1"], "--fst-seed (sip_finetune)"),
+])
+def test_an_option_of_another_family_is_an_error(family, flags, named, capsys):
+    with pytest.raises(SystemExit):
+        convert_cli.parse_args([family, "src", "dst", *flags])
+    assert f"not options of the {family} family: {named}" in capsys.readouterr().err
+
+
+def test_family_options_default_when_not_given():
+    args = convert_cli.parse_args(["lsg", "src", "dst", "--from-bart"])
+    assert (args.from_bart, args.max_length, args.block_size, args.from_pretraining) == (True, 4096, None, False)
+
+
+@pytest.fixture
+def toy_family(tmp_path, monkeypatch):
+    """A family that exists only in this test: its registry entry is all it adds."""
+    package = tmp_path / "toy_family"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "modeling.py").write_text(textwrap.dedent("""\
+        import json
+        from pathlib import Path
+
+
+        class ToyModel:
+            @classmethod
+            def from_pretrained(cls, src, **kwargs):
+                model = cls()
+                model.loaded = {"src": src, **{k: str(v) for k, v in kwargs.items()}}
+                return model
+
+            def save_pretrained(self, dst, pytorch, max_shard_size):
+                Path(dst).mkdir()
+                (Path(dst) / "plain.json").write_text(json.dumps({**self.loaded, "pytorch": pytorch}))
+        """))
+    (package / "convert.py").write_text(textwrap.dedent("""\
+        from pathlib import Path
+
+
+        def add_convert_options(parser):
+            group = parser.add_argument_group("toy --shout")
+            group.add_argument("--shout", action="store_true")
+            group.add_argument("--volume", type=int, default=3)
+
+
+        def check_convert_options(args):
+            if args.volume != 3 and not args.shout:
+                raise ValueError("--volume goes with --shout")
+
+
+        def run_convert_mode(args):
+            if not args.shout:
+                return False
+            Path(args.dst).mkdir()
+            (Path(args.dst) / "shouted").write_text(str(args.volume))
+            return True
+        """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(registry.FAMILIES, "toy", registry.Family(
+        "toy_family", "ToyModel", convert_cli="toy_family.convert", convert_load_kwargs={"answer": 42}))
+    yield
+    for module in ("toy_family", "toy_family.modeling", "toy_family.convert"):
+        sys.modules.pop(module, None)
+
+
+def test_a_new_family_brings_its_options_and_modes_through_its_registry_entry(toy_family, tmp_path, capsys):
+    assert convert_cli.main(["toy", "src", str(tmp_path / "loud"), "--shout", "--volume", "11"]) == 0
+    assert (tmp_path / "loud" / "shouted").read_text() == "11"
+    # No mode asked: the plain conversion, with the entry's from_pretrained arguments.
+    assert convert_cli.main(["toy", "src", str(tmp_path / "plain"), "--to-pytorch", "--dtype", "bfloat16"]) == 0
+    assert json.loads((tmp_path / "plain" / "plain.json").read_text()) == {
+        "src": "src", "dtype": "bfloat16", "param_dtype": "bfloat16", "answer": "42", "pytorch": True}
+    with pytest.raises(SystemExit):
+        convert_cli.parse_args(["toy", "src", "dst", "--volume", "4"])
+    assert "--volume goes with --shout" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        convert_cli.parse_args(["t5", "src", "dst", "--shout"])
+    assert "--shout (toy)" in capsys.readouterr().err
