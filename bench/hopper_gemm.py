@@ -12,9 +12,9 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+from lsg import time_jax  # bench/ on sys.path
 
 from lsg_jax import hopper_gemm
-from lsg import time_jax  # bench/ on sys.path
 
 
 def main():

@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT))  # lsg_jax / jaxport without installation
 
 import argparse
 import gc
+import itertools
 import json
 import platform
 import shutil
@@ -68,17 +69,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import project_train
 import torch
 import transformers
 from flax import nnx
+from project_train import FixedBatchTask, last_loss
+from rates import jax_matmul_peak
 
 from jaxport import runtime, trainer
 from jaxport.hf import read_config
 from lsg_jax import LSGBartConfig, LSGBartForConditionalGeneration
 from lsg_jax.configuration import ATTN_IMPLEMENTATIONS, REMAT_MODES
-import project_train
-from project_train import FixedBatchTask, last_loss
-from rates import jax_matmul_peak
 
 LSG_BART_BASE = dict(
     vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
@@ -656,17 +657,17 @@ def ratio(a, b):
 def growth_lines(name: str, lengths: list[int], ms: list, mem: list) -> list[str]:
     """Time and memory per 1k input tokens at each length and the factor per doubling (2.0 = linear)."""
     lines = []
-    points = [(n, t, b) for n, t, b in zip(lengths, ms, mem) if t is not None]
+    points = [(n, t, b) for n, t, b in zip(lengths, ms, mem, strict=True) if t is not None]
     if len(points) < 2:
         return lines
     per_k = ", ".join(f"{n}: {1e3 * t / n:.3f}" for n, t, _ in points)
     factors = ", ".join(f"{b_n // a_n}x len -> {b_t / a_t:.2f}x" for (a_n, a_t, _), (b_n, b_t, _)
-                        in zip(points, points[1:]))
+                        in itertools.pairwise(points))
     lines.append(f"  {name} time: ms per 1k tokens {per_k}; growth {factors}")
     mem_points = [(n, b) for n, _, b in points if b is not None]
     if len(mem_points) >= 2:
         increments = ", ".join(f"{a_n}->{b_n}: {(b_b - a_b) / (b_n - a_n) * 1e3 / 1e6:.2f} MB per 1k tokens"
-                               for (a_n, a_b), (b_n, b_b) in zip(mem_points, mem_points[1:]))
+                               for (a_n, a_b), (b_n, b_b) in itertools.pairwise(mem_points))
         lines.append(f"  {name} memory: {increments} (constant = linear)")
     return lines
 

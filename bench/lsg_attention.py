@@ -20,8 +20,8 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from lsg import LSG_BART_BASE, time_jax  # bench/ on sys.path
+
 from jaxport.layers import NEG_INF
 from lsg_jax import pallas_attention
 from lsg_jax.configuration import LSGBartConfig
@@ -46,7 +46,7 @@ def measure(title: str, make, inputs, names) -> dict:
     for name in names:
         forward, forward_backward = programs(name, jnp.bfloat16)
         errors = {}
-        for part, got, want in zip(("out", "dq", "dk", "dv"), forward_backward(*inputs), reference):
+        for part, got, want in zip(("out", "dq", "dk", "dv"), forward_backward(*inputs), reference, strict=True):
             diff = np.abs(np.asarray(got, np.float32) - want)
             errors[part] = {"max": float(diff.max()), "mean": float(diff.mean()), "scale": float(np.abs(want).mean())}
         times = {"forward": time_jax(lambda: forward(*inputs[:3]), 3, 20),
@@ -89,7 +89,8 @@ def main():
     if args.tiles:
         results = {}
         for setting in args.tiles.split(";"):
-            constants = dict(zip(("QUERY_TILE", "KEY_TILE", "NUM_WARPS", "NUM_STAGES"), map(int, setting.split(","))))
+            names = ("QUERY_TILE", "KEY_TILE", "NUM_WARPS", "NUM_STAGES")
+            constants = dict(zip(names, map(int, setting.split(",")), strict=True))
             for name, value in constants.items():
                 setattr(pallas_attention, name, value)
             results[setting] = measure(

@@ -27,9 +27,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from lsg import (  # bench/ on sys.path
+    LSG_BART_BASE,
+    chained_steps,
+    compiled_memory,
+    encoder_program,
+    time_jax,
+    train_batch,
+    train_setup,
+)
 
-from lsg import (LSG_BART_BASE, chained_steps, compiled_memory, encoder_program, time_jax,  # bench/ on sys.path
-                 train_batch, train_setup)
 from jaxport import runtime
 from lsg_jax.configuration import LSGBartConfig
 from lsg_jax.modeling import LSGBartForConditionalGeneration

@@ -268,9 +268,9 @@ def generate(spec, lengths, inputs, device, dtype, timer, cache):
 
 
 def versions(device):
-    import transformers
     from importlib.metadata import version
 
+    import transformers
     from lsg_converter.bart import modeling_lsg_bart
     assert modeling_lsg_bart.LSGBartForConditionalGeneration  # importable here, with this transformers
     return {"python": platform.python_version(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,

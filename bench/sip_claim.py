@@ -1,6 +1,6 @@
 """SIP's central claim at small scale: does FST-simulation pre-training make few-shot FST tasks easier?
 
-    python bench/sip_claim.py --workdir runs/claim all          # or one stage: tasks | pretrain | convert | finetune | report
+    python bench/sip_claim.py --workdir runs/claim all    # or one stage: tasks | pretrain | convert | finetune | report
 
 Stages (each a project command, printed as it runs; a stage skips work whose output exists, so reruns resume):
   tasks     `python -m sip_jax.fst.fewshot`: NUM_TASKS random FSTs of the pre-training distribution, from a seed

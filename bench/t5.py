@@ -39,11 +39,11 @@ import optax
 import torch
 import transformers
 from flax import nnx
+from project_train import FixedBatchTask, last_loss, train_setup
+from rates import jax_matmul_peak
 
 from jaxport import trainer
 from t5_jax import T5Config, T5ForConditionalGeneration
-from project_train import FixedBatchTask, last_loss, train_setup
-from rates import jax_matmul_peak
 
 BYT5_SMALL = dict(vocab_size=384, d_model=1472, d_kv=64, num_heads=6, d_ff=3584, num_layers=12,
                   num_decoder_layers=4, feed_forward_proj="gated-gelu", tie_word_embeddings=False,

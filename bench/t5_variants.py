@@ -14,8 +14,8 @@ import time
 
 import jax
 import jax.numpy as jnp
-
 import t5 as bench  # bench/t5.py: sets the memory fraction before jax allocates
+
 from jaxport import layers
 from t5_jax import T5Config, modeling
 

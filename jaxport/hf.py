@@ -275,9 +275,9 @@ def save_weights(folder: str | os.PathLike, tensors: Mapping[str, np.ndarray], p
     else:
         names = [f"{prefix}-{number:05d}-of-{len(shards):05d}.safetensors" for number in range(1, len(shards) + 1)]
         index = {"metadata": {"total_size": sum(array.nbytes for array in tensors.values())},
-                 "weight_map": {key: name for name, shard in zip(names, shards) for key in shard}}
+                 "weight_map": {key: name for name, shard in zip(names, shards, strict=True) for key in shard}}
         (folder / f"{prefix}.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    for name, shard in zip(names, shards):
+    for name, shard in zip(names, shards, strict=True):
         write_safetensors(folder / name, shard, metadata)
     return [folder / name for name in names]
 

@@ -50,7 +50,7 @@ class ParamPacking:
         for name, members in self.vectors.items():
             sizes = [int(np.prod(shape)) for _, shape, _ in members]
             pieces = jnp.split(packed["small"][name], np.cumsum(sizes)[:-1])
-            flat.update({path: piece.reshape(shape) for (path, shape, _), piece in zip(members, pieces)})
+            flat.update({path: piece.reshape(shape) for (path, shape, _), piece in zip(members, pieces, strict=True)})
         return tree.unflatten(flat)
 
     def pack_like(self, params_like: dict, small: Any) -> dict:

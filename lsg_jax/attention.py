@@ -158,7 +158,7 @@ def sparse_lsh(k, v, mask, projections, cfg):
     k = _chunk(k, chunk).astype(jnp.float32) * valid
     v = _chunk(v, chunk).astype(jnp.float32) * valid
     weight = jnp.broadcast_to(valid, (*k.shape[:-1], 1))  # [B,H,b,t,1]
-    for projection, bins in zip(projections, lsh_num_bins(cfg)):
+    for projection, bins in zip(projections, lsh_num_bins(cfg), strict=True):
         unit = k / jnp.maximum(jnp.linalg.norm(k, axis=-1, keepdims=True), 1e-12)
         proj = jnp.einsum("bhntd,hdr->bhntr", unit * jnp.clip(weight, 0, 1), projection.astype(jnp.float32),
                           precision=HIGHEST)
@@ -251,6 +251,6 @@ def einsum_lsg_attention(q, k, v, bias, cfg, dtype, lsh_projections=None, rng=No
     probs = dropout(jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1).astype(dtype), cfg.attention_dropout,
                     local_rng)
     out = 0
-    for (pattern, value), part in zip(values, jnp.split(probs, np.cumsum(sizes)[:-1], axis=-1)):
+    for (pattern, value), part in zip(values, jnp.split(probs, np.cumsum(sizes)[:-1], axis=-1), strict=True):
         out = out + jnp.einsum(pattern, part, value.astype(dtype))
     return jnp.concatenate([global_out, out.reshape(B, H, T, D).astype(global_out.dtype)], axis=2)

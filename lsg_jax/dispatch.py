@@ -13,8 +13,12 @@ import jax.numpy as jnp
 
 from lsg_jax.attention import einsum_lsg_attention
 from lsg_jax.fused_attention import HALF, fused_lsg_attention, fused_padded_attention
-from lsg_jax.pallas_attention import (pallas_head_dim_supported, pallas_lsg_attention, pallas_padded_attention,
-                                      pallas_supported)
+from lsg_jax.pallas_attention import (
+    pallas_head_dim_supported,
+    pallas_lsg_attention,
+    pallas_padded_attention,
+    pallas_supported,
+)
 
 
 class Implementations(NamedTuple):

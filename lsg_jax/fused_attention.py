@@ -124,11 +124,11 @@ def fused_lsg_attention(q, k, v, bias, cfg, dtype, implementation: str, lsh_proj
         sk, sv, sm = sparse  # mask [B, 1 | H, S]
         idx, window_valid = sparse_window_indices(sk.shape[2], nb, bs, cfg.sparse_block_size, cfg.sparsity_factor)
         if idx.shape[1]:
-            for parts, x in zip(key_parts, (sk, sv)):
+            for parts, x in zip(key_parts, (sk, sv), strict=True):
                 parts.append(jnp.moveaxis(jnp.take(x.astype(compute), jnp.asarray(idx), axis=2), 1, 3))
             sparse_valid = (jnp.take(sm, jnp.asarray(idx), axis=2) == 0) & window_valid  # [B, 1 | H, nb, n]
             valid_parts.append(jnp.moveaxis(sparse_valid, 1, 3) if sm.shape[1] > 1 else sparse_valid[:, 0])
-    for parts, x in zip(key_parts, (k, v)):
+    for parts, x in zip(key_parts, (k, v), strict=True):
         parts.append(_with_neighbours(blocks(x), 0))
     valid_parts.append(_with_neighbours(blocks(valid), False))
     if any(m.ndim == 4 for m in valid_parts):  # a per-head sparse mask makes every part per head

@@ -15,9 +15,9 @@ kernel in Pallas' Mosaic GPU interpreter (the tests).
 import functools
 
 import jax
-import jax.numpy as jnp
 import jax.experimental.pallas as pl
 import jax.experimental.pallas.mosaic_gpu as plgpu
+import jax.numpy as jnp
 from jax import lax
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec

@@ -82,7 +82,8 @@ def summarization_tokenizer(config, model_config: LSGBartConfig):
                          "tokenizer; `--from-bart` does)")
     tokenizer = make_tokenizer(name)
     problems = [f"{what} {ours} where the model has {theirs}" for what, ours, theirs in (
-        ("pad id", tokenizer.pad_id, model_config.pad_token_id), ("eos id", tokenizer.eos_id, model_config.eos_token_id))
+        ("pad id", tokenizer.pad_id, model_config.pad_token_id),
+        ("eos id", tokenizer.eos_id, model_config.eos_token_id))
         if ours != theirs]
     if tokenizer.vocab_size > model_config.vocab_size:
         problems.append(f"{tokenizer.vocab_size} tokens where the model has vocab_size={model_config.vocab_size}")
@@ -162,10 +163,10 @@ class SummarizationTask(Seq2SeqTask):
         generated = [cut_at_eos(row[1:], eos) for row in np.asarray(predictions)]
         texts = [self.tokenizer.decode(ids) for ids in generated]
         references = [self.tokenizer.decode(row[mask > 0])
-                      for row, mask in zip(batch["labels"], batch["decoder_attention_mask"])]
-        per_example = [rouge(text, reference) for text, reference in zip(texts, references)]
+                      for row, mask in zip(batch["labels"], batch["decoder_attention_mask"], strict=True)]
+        per_example = [rouge(text, reference) for text, reference in zip(texts, references, strict=True)]
         scores = {name: np.array([s[name] for s in per_example]) for name in ROUGE_TYPES}
         scores["gen_len"] = np.array([len(ids) for ids in generated], np.float64)
         records = [{"prediction": text, "reference": reference, **{k: round(v, 4) for k, v in s.items()}}
-                   for text, reference, s in zip(texts, references, per_example)]
+                   for text, reference, s in zip(texts, references, per_example, strict=True)]
         return scores, records

@@ -33,5 +33,6 @@ def get_optimizer(params, prefix_lr: float = 1.0, lr: float = 3e-4, **adam_kwarg
         return "stored" if path == "prefix_init_tensor" else "default"
 
     labels = tree.unflatten({path: group(path) for path in tree.flatten(params)})
-    return optax.multi_transform({"prefix": optax.adam(prefix_lr, **adam_kwargs), "default": optax.adam(lr, **adam_kwargs),
-                                  "stored": optax.set_to_zero()}, labels)
+    transforms = {"prefix": optax.adam(prefix_lr, **adam_kwargs), "default": optax.adam(lr, **adam_kwargs),
+                  "stored": optax.set_to_zero()}
+    return optax.multi_transform(transforms, labels)

@@ -21,8 +21,15 @@ from flax import nnx
 from jaxport import data, trainer, tree
 from jaxport.records import write_tsv
 from jaxport.seq2seq import cut_at_eos
-from jaxport.tasks import (Seq2SeqTask, check_params_fit, make_tokenizer, target_mask, teacher_forced_logits,
-                           teacher_forced_metrics, token_cross_entropy)
+from jaxport.tasks import (
+    Seq2SeqTask,
+    check_params_fit,
+    make_tokenizer,
+    target_mask,
+    teacher_forced_logits,
+    teacher_forced_metrics,
+    token_cross_entropy,
+)
 from sip_jax.configuration import SIPFinetuningConfig, SIPPreTrainingConfig
 from sip_jax.modeling import SIPFinetuningModel, SIPPreTrainingModel
 
@@ -73,7 +80,8 @@ def decode_predictions(tokenizer, sequences, labels, label_mask) -> tuple[list[s
     sequences, labels, label_mask = np.asarray(sequences), np.asarray(labels), np.asarray(label_mask)
     limit = int(label_mask.sum(axis=1).max()) + EXTRA_NEW_TOKENS
     predictions = [tokenizer.decode(cut_at_eos(row[1:1 + limit], tokenizer.eos_id)) for row in sequences]
-    golds = [tokenizer.decode(cut_at_eos(row[mask > 0], tokenizer.eos_id)) for row, mask in zip(labels, label_mask)]
+    golds = [tokenizer.decode(cut_at_eos(row[mask > 0], tokenizer.eos_id))
+             for row, mask in zip(labels, label_mask, strict=True)]
     return predictions, golds
 
 
@@ -81,9 +89,10 @@ def score_generations(tokenizer, sequences, batch) -> tuple[dict[str, np.ndarray
     """Task.score_predictions of generated `sequences` against batch["labels"]: exact match, edit distance and edit
     distance per gold character of each example, and its record (prediction, reference and those scores)."""
     predictions, golds = decode_predictions(tokenizer, sequences, batch["labels"], batch["decoder_attention_mask"])
-    per_example = [dict(zip(GENERATION_SCORES, string_scores(p, g))) for p, g in zip(predictions, golds)]
+    per_example = [dict(zip(GENERATION_SCORES, string_scores(p, g), strict=True))
+                   for p, g in zip(predictions, golds, strict=True)]
     scores = {name: np.array([s[name] for s in per_example]) for name in GENERATION_SCORES}
-    records = [{"prediction": p, "reference": g, **s} for p, g, s in zip(predictions, golds, per_example)]
+    records = [{"prediction": p, "reference": g, **s} for p, g, s in zip(predictions, golds, per_example, strict=True)]
     return scores, records
 
 

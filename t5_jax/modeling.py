@@ -12,8 +12,17 @@ from flax import nnx
 
 from jaxport.generation import seq2seq_cache, seq2seq_generate
 from jaxport.hf import PretrainedModel
-from jaxport.layers import (ACTIVATIONS, Dense, Embed, causal_mask, dropout, float32_matmuls, mask_bias, padding_mask,
-                            split_rng)
+from jaxport.layers import (
+    ACTIVATIONS,
+    Dense,
+    Embed,
+    causal_mask,
+    dropout,
+    float32_matmuls,
+    mask_bias,
+    padding_mask,
+    split_rng,
+)
 from jaxport.seq2seq import Seq2SeqLMOutput, shift_right
 from t5_jax.configuration import T5Config
 from t5_jax.convert import t5_rules
@@ -191,7 +200,7 @@ class T5Encoder(nnx.Module):
         mask = padding_mask(attention_mask)
         rngs = split_rng(rng, len(self.layers) + 2)
         x = dropout(embeds, self.dropout_rate, rngs[-2])
-        for layer, layer_rng in zip(self.layers, rngs):
+        for layer, layer_rng in zip(self.layers, rngs, strict=True):
             x = layer(x, mask, position_bias, layer_rng)
         return dropout(self.final_norm(x), self.dropout_rate, rngs[-1])
 
@@ -218,7 +227,7 @@ class T5Decoder(nnx.Module):
         rngs = split_rng(rng, len(self.layers) + 2)
         x = dropout(embeds, self.dropout_rate, rngs[-2])
         new_cache = []
-        for i, (layer, layer_rng) in enumerate(zip(self.layers, rngs)):
+        for i, (layer, layer_rng) in enumerate(zip(self.layers, rngs, strict=True)):
             layer_cache, cross_key_value = (None, None) if cache is None else (cache["layers"][i], cache["cross"][i])
             x, layer_cache = layer(x, self_mask, position_bias, encoder_hidden, cross_mask, layer_cache,
                                    cross_key_value, position, layer_rng)

@@ -1,6 +1,7 @@
 """What several test modules share: relative error, padded batches, bit-level comparisons, tiny PyTorch reference
 models (T5, SIP; LSG-BART's runs in its own environment, tests/lsg_reference), tiny data files, and running
 `python -m train` in a subprocess. Test modules import this, never each other."""
+import ast
 import json
 import os
 import random
@@ -296,3 +297,33 @@ def finalized_steps(workdir) -> list[int]:
     """The steps of the complete checkpoints in WORKDIR/checkpoints."""
     folder = Path(workdir) / "checkpoints"
     return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.exists() else []
+
+
+PROJECT_PACKAGES = ("jaxport", "t5_jax", "sip_jax", "lsg_jax", "backpack_jax", "perceiver_jax", "flipped_jax")
+
+
+def module_files() -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the project's packages and the two tools."""
+    modules = {"train": ROOT / "train.py", "convert": ROOT / "convert.py"}
+    for package in PROJECT_PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports anywhere in its source."""
+    modules = module_files()
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names if alias.name in modules}
+            elif isinstance(node, ast.ImportFrom) and node.module in modules:
+                # `from pkg import mod` imports pkg (its __init__) and, where it names a submodule, that module.
+                targets.add(node.module)
+                targets |= {f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules}
+        graph[name] = targets - {name}
+    return graph

@@ -12,10 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from jaxport.checkpoint import (CheckpointCorruptError, CheckpointMismatchError, Checkpointer,
-                                fingerprint)
+from jaxport.checkpoint import CheckpointCorruptError, Checkpointer, CheckpointMismatchError, fingerprint
 
 METADATA = {"family": "t5", "config": {"d_model": 64, "num_layers": 2}}
 
@@ -48,7 +48,7 @@ def host_copy(state):
 
 def assert_bit_identical(restored, expected):
     assert jax.tree.structure(restored) == jax.tree.structure(expected)
-    for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(expected)):
+    for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(expected), strict=True):
         got, want = np.asarray(_raw(got)), np.asarray(_raw(want))
         assert got.dtype == want.dtype and got.shape == want.shape
         assert got.tobytes() == want.tobytes()
@@ -78,7 +78,7 @@ def test_round_trip_sharded_is_bit_identical(tmp_path):
         step, restored, data_state = checkpointer.restore_latest(target)
     assert step == 7 and data_state == {"index": 123, "shard_order": [3, 1, 2]}
     assert_bit_identical(restored, state)
-    for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(target)):
+    for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(target), strict=True):
         assert got.sharding == want.sharding
 
 

@@ -33,7 +33,8 @@ import pytest
 from flax import nnx
 from jax.experimental.compilation_cache import compilation_cache
 
-from jaxport import config as config_lib, registry, trainer
+from jaxport import config as config_lib
+from jaxport import registry, trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SETUP = "sets up or changes the Python environment these tests run in"

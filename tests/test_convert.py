@@ -13,8 +13,16 @@ import pytest
 
 import convert as convert_cli
 from jaxport import registry
-from jaxport.convert import (Alias, ConversionError, Ignore, Rule, flax_to_pytorch, linear_kernel,
-                             pytorch_to_flax, select_flat)
+from jaxport.convert import (
+    Alias,
+    ConversionError,
+    Ignore,
+    Rule,
+    flax_to_pytorch,
+    linear_kernel,
+    pytorch_to_flax,
+    select_flat,
+)
 
 D_MODEL, HEADS, D_KV, VOCAB, LAYERS = 4, 2, 3, 7, 2
 

@@ -11,8 +11,21 @@ import pytest
 
 from jaxport import config as config_lib
 from jaxport.data import (
-    EXAMPLE_MASK, ByteTokenizer, HuggingFaceTokenizer, JsonlSource, Seq2SeqPreprocessor, SyntheticData, SyntheticTask,
-    TextLineSource, TfdsSource, TsvData, TsvSource, data_section, make_eval_iterator, make_iterator, make_source,
+    EXAMPLE_MASK,
+    ByteTokenizer,
+    HuggingFaceTokenizer,
+    JsonlSource,
+    Seq2SeqPreprocessor,
+    SyntheticData,
+    SyntheticTask,
+    TextLineSource,
+    TfdsSource,
+    TsvData,
+    TsvSource,
+    data_section,
+    make_eval_iterator,
+    make_iterator,
+    make_source,
 )
 
 BYTES = ByteTokenizer()
@@ -41,7 +54,7 @@ def decoded_inputs(batch):
 
 def assert_same_batches(first, second):
     assert len(first) == len(second)
-    for a, b in zip(first, second):
+    for a, b in zip(first, second, strict=True):
         assert a.keys() == b.keys()
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
@@ -122,7 +135,8 @@ def test_synthetic_task_targets(task, relation):
 
 def test_synthetic_task_is_a_function_of_seed_and_index():
     assert SyntheticTask("reverse", seed=1)[123] == SyntheticTask("reverse", seed=1)[123]
-    assert [SyntheticTask("reverse", seed=1)[i] for i in range(5)] != [SyntheticTask("reverse", seed=2)[i] for i in range(5)]
+    first_five = [[SyntheticTask("reverse", seed=seed)[i] for i in range(5)] for seed in (1, 2)]
+    assert first_five[0] != first_five[1]
 
 
 # Batch iterator
@@ -218,7 +232,8 @@ def test_eval_pads_the_last_batch_and_masks_it():
     assert len(batches) == 3
     assert all(batch["input_ids"].shape == (4, 8) for batch in batches)
     np.testing.assert_array_equal(batches[-1][EXAMPLE_MASK], [True, True, False, False])
-    real = [text for batch in batches for text, is_real in zip(decoded_inputs(batch), batch[EXAMPLE_MASK]) if is_real]
+    real = [text for batch in batches
+            for text, is_real in zip(decoded_inputs(batch), batch[EXAMPLE_MASK], strict=True) if is_real]
     assert real == [f"in{i}" for i in range(10)]
 
 
@@ -248,7 +263,8 @@ def test_tsv_source(tmp_path):
     path = write(tmp_path / "pairs.tsv", "a b\tA B\n\nc\tC\t3\n")
     with pytest.raises(ValueError, match=rf"{path}, line 3: expected 2 tab-separated fields"):
         TsvSource(path)
-    source = TsvSource(write(tmp_path / "scored.tsv", "a b\tA B\t1\n\nc\tC\t3\n"), fields=("inputs", "targets", "score"))
+    path = write(tmp_path / "scored.tsv", "a b\tA B\t1\n\nc\tC\t3\n")
+    source = TsvSource(path, fields=("inputs", "targets", "score"))
     assert len(source) == 2
     assert source[0] == {"inputs": "a b", "targets": "A B", "score": "1"}
     assert source[1] == {"inputs": "c", "targets": "C", "score": "3"}

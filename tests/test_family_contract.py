@@ -23,7 +23,8 @@ import pytest
 import torch
 from jax.sharding import PartitionSpec as P
 
-from jaxport import config as config_lib, registry, trainer, tree
+from jaxport import config as config_lib
+from jaxport import registry, trainer, tree
 from tests import helpers
 from tests.lsg_reference import harness
 

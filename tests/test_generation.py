@@ -16,9 +16,19 @@ from flax import nnx
 from transformers.generation import logits_process as hf
 from transformers.modeling_outputs import CausalLMOutput
 
-from jaxport.generation import (GenerationConfig, forced_bos_processor, forced_eos_processor, generate,
-                                min_length_processor, no_repeat_ngram_processor, seq2seq_config, seq2seq_generate,
-                                temperature_warper, top_k_warper, top_p_warper)
+from jaxport.generation import (
+    GenerationConfig,
+    forced_bos_processor,
+    forced_eos_processor,
+    generate,
+    min_length_processor,
+    no_repeat_ngram_processor,
+    seq2seq_config,
+    seq2seq_generate,
+    temperature_warper,
+    top_k_warper,
+    top_p_warper,
+)
 
 EOS, PAD = 1, 0
 
@@ -28,7 +38,7 @@ def hf_padded(sequences, prompt_len: int, max_length: int, eos_ids=(EOS,), pad=P
     (transformers' beam search fills with EOS instead when pad_token_id is 0, a tensor-truthiness quirk.)"""
     sequences = np.asarray(sequences)
     out = np.full((sequences.shape[0], max_length), pad, sequences.dtype)
-    for row, seq in zip(out, sequences):
+    for row, seq in zip(out, sequences, strict=True):
         ends = np.flatnonzero(np.isin(seq[prompt_len:], eos_ids))
         length = prompt_len + ends[0] + 1 if len(ends) else len(seq)
         row[:length] = seq[:length]

@@ -14,9 +14,20 @@ from safetensors import safe_open
 
 from jaxport import hf, tree
 from jaxport.convert import ConversionError, Rule, linear_kernel
-from jaxport.hf import (CorruptFileError, PretrainedModel, find_weights, iter_tensors, parse_size, read_bin,
-                        read_config, read_safetensors, resolve_folder, save_weights, select_tensors,
-                        write_safetensors)
+from jaxport.hf import (
+    CorruptFileError,
+    PretrainedModel,
+    find_weights,
+    iter_tensors,
+    parse_size,
+    read_bin,
+    read_config,
+    read_safetensors,
+    resolve_folder,
+    save_weights,
+    select_tensors,
+    write_safetensors,
+)
 
 
 def sample_tensors() -> dict[str, np.ndarray]:

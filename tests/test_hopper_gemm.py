@@ -86,7 +86,7 @@ def test_dense_gelu_off_hopper_is_the_exact_gelu_and_its_gradients():
     grads = jax.grad(lambda *a: hopper_gemm.dense_gelu(*a).sum(), argnums=(0, 1, 2))(x, kernel, bias)
     want_grads = (slope @ np.asarray(kernel, np.float64).T, np.tensordot(np.asarray(x, np.float64), slope,
                                                                           axes=((0, 1), (0, 1))), slope.sum((0, 1)))
-    for name, got, want in zip(("x", "kernel", "bias"), grads, want_grads):
+    for name, got, want in zip(("x", "kernel", "bias"), grads, want_grads, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=ATOL, err_msg=name)
 
 

@@ -81,7 +81,7 @@ def test_layer_norm_value_and_gradients_equal_autodiff(dtype):
                                rtol=1e-5, atol=1e-5)
     tolerance = 1e-5 if dtype == jnp.float32 else 1e-2  # bf16: the input gradient is rounded to bf16
     for got, want in zip(jax.grad(loss(custom), argnums=(0, 1, 2))(x, scale, bias),
-                         jax.grad(loss(plain), argnums=(0, 1, 2))(x, scale, bias)):
+                         jax.grad(loss(plain), argnums=(0, 1, 2))(x, scale, bias), strict=True):
         assert got.dtype == want.dtype
         np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=tolerance,
                                    atol=tolerance)

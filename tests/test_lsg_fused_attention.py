@@ -3,9 +3,7 @@ GPU; lsg_jax.pallas_attention, "pallas", in Pallas' interpreter) against the ein
 and gradients for block sizes, global-token counts, every sparsity type, lengths that are not a multiple of the
 block, padding at the end and in the middle, short inputs; the whole model; encoder rematerialisation (same loss
 and gradients); and which implementation lsg_jax.dispatch.resolve picks."""
-import ast
 import types
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +16,7 @@ from lsg_jax import LSGBartConfig, LSGBartForConditionalGeneration
 from lsg_jax.attention import draw_lsh_projections, full_attention
 from lsg_jax.dispatch import Implementations, lsg_attention, padded_attention, resolve
 from lsg_jax.pallas_attention import pallas_lsg_attention
+from tests.helpers import import_graph
 from tests.lsg_reference.harness import VOCAB, tiny_config
 
 HEADS, HEAD_DIM = 4, 8
@@ -87,7 +86,7 @@ def test_fused_attention_equals_einsum(case):
     expected, expected_grads = attention_and_grads(config, "einsum", qkv, bias, projections, cotangent)
     out, grads = attention_and_grads(config, "xla", qkv, bias, projections, cotangent)
     np.testing.assert_allclose(np.asarray(out), np.asarray(expected), atol=1e-5, rtol=1e-5)
-    for name, grad, expected_grad in zip("qkv", grads, expected_grads):
+    for name, grad, expected_grad in zip("qkv", grads, expected_grads, strict=True):
         np.testing.assert_allclose(np.asarray(grad), np.asarray(expected_grad), atol=1e-5, rtol=1e-5,
                                    err_msg=f"d{name}")
 
@@ -128,7 +127,7 @@ def test_padded_cross_attention(holes, implementation):
     fused = lambda q, k, v: padded_attention(q, k, v, jnp.asarray(valid), jnp.float32, implementation)
     run = lambda f: jax.tree.leaves(jax.jit(lambda *qkv: (lambda out, vjp: (out, vjp(cotangent)))(
         *jax.vjp(f, *qkv)))(q, k, v))
-    for got, want in zip(run(fused), run(plain)):
+    for got, want in zip(run(fused), run(plain), strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-5)
 
 
@@ -186,7 +185,7 @@ def assert_runs_close(out, expected, atol, rtol):
     for name in ("encoder states", "logits", "loss"):
         np.testing.assert_allclose(np.asarray(out[name]), np.asarray(expected[name]), atol=atol, rtol=rtol,
                                    err_msg=name)
-    for grad, expected_grad in zip(out["grads"], expected["grads"]):
+    for grad, expected_grad in zip(out["grads"], expected["grads"], strict=True):
         np.testing.assert_allclose(np.asarray(grad), np.asarray(expected_grad), atol=atol, rtol=10 * rtol)
 
 
@@ -246,42 +245,13 @@ def test_resolve_elsewhere_and_for_float32_models():
         resolve(sized_config(attn_implementation="cudnn"), jnp.bfloat16, training=False, platform="cpu")
 
 
-def lsg_imports() -> dict[str, set[str]]:
-    """lsg_jax module -> the lsg_jax modules it imports, at the top or inside functions."""
-    package = Path(__file__).resolve().parent.parent / "lsg_jax"
-    modules = {path.stem for path in package.glob("*.py")}
-    graph = {}
-    for name in modules:
-        imported = set()
-        for node in ast.walk(ast.parse((package / f"{name}.py").read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module == "lsg_jax":
-                imported |= {alias.name if alias.name in modules else "__init__" for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lsg_jax."):
-                imported.add(node.module.split(".")[1])
-            elif isinstance(node, ast.Import):
-                imported |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith("lsg_jax.")}
-        graph[name] = imported
-    return graph
-
-
-def test_kernel_modules_are_leaves_and_no_import_cycle():
-    graph = lsg_imports()
+def test_kernel_modules_are_leaves():
+    """The formulations decide nothing and import nothing above them (the cycle check: tests/test_imports.py)."""
+    graph = {name.split(".")[1]: {t.split(".")[1] for t in targets if t.startswith("lsg_jax.")}
+             for name, targets in import_graph().items() if name.startswith("lsg_jax.")}
     for kernels in ("attention", "pallas_attention", "hopper_gemm", "configuration"):
         assert graph[kernels] == set(), kernels
     assert graph["fused_attention"] == {"attention"}
-    done, path = set(), []
-
-    def visit(name):
-        assert name not in path, f"import cycle: {' -> '.join(path + [name])}"
-        if name not in done:
-            path.append(name)
-            for imported in graph[name]:
-                visit(imported)
-            path.pop()
-            done.add(name)
-
-    for name in graph:
-        visit(name)
 
 
 def test_runtime_settings():
@@ -321,7 +291,7 @@ def test_pallas_kernels_equal_einsum(globals_, tokens, block_size):
     assert "pallas_call" in str(jax.make_jaxpr(forward)(qkv))
     primal = jax.jit(forward)(qkv)
     expected, out = (attention_and_grads(config, name, qkv, bias, None, cotangent) for name in ("einsum", "pallas"))
-    for got, want in zip(jax.tree.leaves((primal, out)), jax.tree.leaves((expected[0], expected))):
+    for got, want in zip(jax.tree.leaves((primal, out)), jax.tree.leaves((expected[0], expected)), strict=True):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -350,7 +320,7 @@ def test_pallas_kernels_add_the_projection_biases(tokens):
             return out, vjp(np.swapaxes(cotangent, 1, 2))
         results.append(jax.jit(run)(packed, query_bias, value_bias))
     assert np.abs(np.asarray(results[0][1][2])).max() > 1  # the value bias's gradient is not trivially zero
-    for got, want in zip(jax.tree.leaves(results[1]), jax.tree.leaves(results[0])):
+    for got, want in zip(jax.tree.leaves(results[1]), jax.tree.leaves(results[0]), strict=True):
         np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
 
 
@@ -371,7 +341,7 @@ def test_pallas_kernels_partition_over_batch_and_heads():
     sharded = jax.jit(run, in_shardings=((per_head,) * 3, per_row, per_head))
     assert "all-gather" not in sharded.lower((q, k, v), bias, cotangent).compile().as_text()
     for got, want in zip(jax.tree.leaves(sharded((q, k, v), bias, cotangent)),
-                         jax.tree.leaves(jax.jit(run)((q, k, v), bias, cotangent))):
+                         jax.tree.leaves(jax.jit(run)((q, k, v), bias, cotangent)), strict=True):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6, rtol=1e-6)
 
 

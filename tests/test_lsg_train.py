@@ -8,7 +8,8 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from jaxport import config as config_lib, registry, trainer
+from jaxport import config as config_lib
+from jaxport import registry, trainer
 from jaxport.records import read_jsonl
 from tests.helpers import sentence, write_summarization_files
 
@@ -52,7 +53,7 @@ def test_fine_tuning_with_accumulation_reports_rouge_and_writes_predictions(file
     references = [json.loads(line)["abstract"] for line in (files / "eval.jsonl").read_text().splitlines()]
     assert len(predictions) == 11  # real examples only: the padding of the last batch is left out
     # References are the decoded labels (cut to max_target_length=32 tokens), in eval order.
-    assert all(r.startswith(p["reference"][:20]) for p, r in zip(predictions, references))
+    assert all(r.startswith(p["reference"][:20]) for p, r in zip(predictions, references, strict=True))
     assert np.mean([p["rouge1"] for p in predictions]) == pytest.approx(final["eval_rouge1"], rel=1e-4)
     assert all(isinstance(p["prediction"], str) for p in predictions)
 

@@ -8,7 +8,6 @@ import pytest
 from flax import nnx
 
 from jaxport import runtime
-
 from lsg_jax import LSGBartConfig, LSGBartForConditionalGeneration
 from sip_jax.configuration import SIPFinetuningConfig, SIPPreTrainingConfig
 from sip_jax.modeling import SIPFinetuningModel, SIPPreTrainingModel

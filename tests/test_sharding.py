@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxport import config as config_lib, registry, sharding, trainer
+from jaxport import config as config_lib
+from jaxport import registry, sharding, trainer
 from tests.helpers import CONFIGS, read_metrics
 
 CONFIG = str(CONFIGS / "t5_reverse.py")

@@ -15,9 +15,20 @@ from jaxport.hf import read_config
 from sip_jax.configuration import SIPFinetuningConfig, SIPPreTrainingConfig
 from sip_jax.convert import finetuning_from_pretraining
 from sip_jax.modeling import SIPFinetuningModel, SIPPreTrainingModel
-from tests.helpers import (FST_KWARGS, PREFIX_KWARGS, SIP_T5_KWARGS as T5_KWARGS, TorchSIPFinetuning,
-                           TorchSIPPretraining, flax_params, folder_tensors, original_prefix_init, random_fsts,
-                           same_bits, save_original_layout, stand_in_fst_tokenizer)
+from tests.helpers import (
+    FST_KWARGS,
+    PREFIX_KWARGS,
+    TorchSIPFinetuning,
+    TorchSIPPretraining,
+    flax_params,
+    folder_tensors,
+    original_prefix_init,
+    random_fsts,
+    same_bits,
+    save_original_layout,
+    stand_in_fst_tokenizer,
+)
+from tests.helpers import SIP_T5_KWARGS as T5_KWARGS
 
 
 def make_reference(kind: str, seed: int = 0):
@@ -191,7 +202,8 @@ def test_convert_command_draws_fsts_as_a_pretraining_config_does(tmp_path):
     save_original_layout(reference, tmp_path / "pre", "sip_pretrain", fst)
     convert.main(["sip_finetune", str(tmp_path / "pre"), str(tmp_path / "ft"), "--from-pretraining",
                   "--num-precomputed-examples", "6", "--prefix-max-init-length", "30", "--num-examples", "2",
-                  "--prefix-length", "4", "--fst-config", str(Path(__file__).parents[1] / "configs" / "sip_pretrain.py")])
+                  "--prefix-length", "4",
+                  "--fst-config", str(Path(__file__).parents[1] / "configs" / "sip_pretrain.py")])
     init = folder_tensors(tmp_path / "ft")["prefix_init_tensor"]
     pad = reference.encode_fst(torch.tensor([[[14, 0, 0, 14, 0]]])).detach().numpy()[0, 0]
     # No FST of the tiny sampler has more than 24 transitions: rows 24.. are all the padding transition's.

@@ -1,22 +1,39 @@
 """SIP's FST pre-training data (sip_jax.fst): generation, splits, simulator, encoding, on-the-fly source."""
 import hashlib
+import itertools
 import json
 import os
-from pathlib import Path
 import pickle
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sip_jax.fst import (SPLITS, VOCAB, FSTPretrainingSource, FSTSeq2SeqPreprocessor, FSTTokenizer, SamplerConfig,
-                         SplitConfig, canonical_form, canonical_forms, encode_transitions,
-                         final_states, generate_dataset, graph_hash, pad_transitions, read_jsonl, simulate)
+from sip_jax.fst import (
+    SPLITS,
+    VOCAB,
+    FSTPretrainingSource,
+    FSTSeq2SeqPreprocessor,
+    FSTTokenizer,
+    SamplerConfig,
+    SplitConfig,
+    canonical_form,
+    canonical_forms,
+    encode_transitions,
+    final_states,
+    generate_dataset,
+    graph_hash,
+    pad_transitions,
+    read_jsonl,
+    simulate,
+)
 from sip_jax.fst.transitions import EPSILON, ID, SPECIAL, TO_LOWER, TO_UPPER, num_states
 
 # The team's shared/ folder sits beside the checkout (here and in CI).
 SHARED_TOKENIZER = os.environ.get(
-    "SIP_FST_TOKENIZER", str(Path(__file__).resolve().parents[2] / "shared" / "sip" / "unicode_char_tokenizer_ipa.json"))
+    "SIP_FST_TOKENIZER",
+    str(Path(__file__).resolve().parents[2] / "shared" / "sip" / "unicode_char_tokenizer_ipa.json"))
 
 
 def _pynini():
@@ -292,7 +309,7 @@ def test_canonical_form_agrees_with_pywrapfst_isomorphic(data):
         renamed = [(permutation[s], i, o, permutation[t], f) for s, i, o, t, f in transitions]
         assert pynini.isomorphic(_fst_from_transitions(pynini, transitions), _fst_from_transitions(pynini, renamed))
         assert canonical_form(renamed) == canonical_form(transitions)
-    for (a, _), (b, _) in zip(tasks, tasks[1:]):
+    for (a, _), (b, _) in itertools.pairwise(tasks):
         same = pynini.isomorphic(_fst_from_transitions(pynini, a), _fst_from_transitions(pynini, b))
         assert same == (canonical_form(a) == canonical_form(b)) == False  # noqa: E712  (distinct FSTs)
 
@@ -418,7 +435,7 @@ def test_source_resumes_exactly_through_the_batch_iterator(fst_tokenizer):
     expected = [next(first) for _ in range(2)]
     resumed = iterator()
     resumed.set_state(json.loads(json.dumps(state)))
-    for batch, want in zip([next(resumed) for _ in range(2)], expected):
+    for batch, want in zip([next(resumed) for _ in range(2)], expected, strict=True):
         assert batch.keys() == want.keys() and all(np.array_equal(batch[k], want[k]) for k in batch)
     assert expected[0]["fst_rep"].shape == (4, 100, 5) and expected[0]["input_ids"].shape == (4, 71)
     example = source[8]  # the first row of the third batch

@@ -20,9 +20,19 @@ import torch
 from sip_jax.configuration import SIPFinetuningConfig, SIPPreTrainingConfig
 from sip_jax.convert import pad_fst_reps
 from sip_jax.modeling import FSTInputError, SIPFinetuningModel, SIPPreTrainingModel, check_fst_rep_values
-from tests.helpers import (FST_KWARGS, PREFIX_KWARGS, SIP_T5_KWARGS as T5_KWARGS, SIP_VOCAB as VOCAB,
-                           TorchSIPFinetuning, TorchSIPPretraining, original_prefix_init, padded_batch, random_fsts,
-                           rel_err, save_original_layout)
+from tests.helpers import (
+    FST_KWARGS,
+    PREFIX_KWARGS,
+    TorchSIPFinetuning,
+    TorchSIPPretraining,
+    original_prefix_init,
+    padded_batch,
+    random_fsts,
+    rel_err,
+    save_original_layout,
+)
+from tests.helpers import SIP_T5_KWARGS as T5_KWARGS
+from tests.helpers import SIP_VOCAB as VOCAB
 
 
 def padded_inputs(rng):

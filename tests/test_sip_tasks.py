@@ -9,7 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxport import config as config_lib, data, tree, trainer
+from jaxport import config as config_lib
+from jaxport import data, trainer, tree
 from jaxport.base_config import base
 from jaxport.records import read_jsonl, read_tsv
 from sip_jax.tasks import decode_predictions, edit_distance, finetuning_source, get_task, string_scores

@@ -14,11 +14,12 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from flax import nnx  # noqa: E402
+
 import convert as convert_cli  # noqa: E402
 from jaxport import tree  # noqa: E402
 from jaxport.convert import ConversionError, flax_to_pytorch, pytorch_to_flax  # noqa: E402
 from jaxport.hf import CorruptFileError, find_weights, iter_tensors, read_config  # noqa: E402
-from flax import nnx  # noqa: E402
 from t5_jax.configuration import T5Config  # noqa: E402
 from t5_jax.convert import t5_rules  # noqa: E402
 from t5_jax.modeling import T5ForConditionalGeneration  # noqa: E402

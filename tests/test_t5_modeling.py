@@ -1,5 +1,6 @@
 """T5 forward against transformers' PyTorch T5 on random tiny weights, for each feed-forward variant, tied or
-not, long relative distances, labels; T5Config. (Incremental decoding and round trips: tests/test_family_contract.py.)"""
+not, long relative distances, labels; T5Config. (Incremental decoding and round trips:
+tests/test_family_contract.py.)"""
 import dataclasses
 
 import jax

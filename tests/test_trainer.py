@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxport import checkpoint, config as config_lib, registry, trainer, tree
+from jaxport import checkpoint, registry, trainer, tree
+from jaxport import config as config_lib
 from jaxport.data import EXAMPLE_MASK
 from jaxport.records import read_jsonl
 from tests.helpers import CONFIGS, ROOT, finalized_steps, read_metrics
@@ -235,7 +236,8 @@ def test_train_step_writes_only_into_its_donated_state():
         for batch in batches:
             batch = trainer.global_batch(batch, setup.batch_sharding)
             if not sums[log_every]:
-                aliases = re.search(r"input_output_alias=\{(.*?)\}, entry", step.lower(state, batch).compile().as_text())
+                compiled = step.lower(state, batch).compile().as_text()
+                aliases = re.search(r"input_output_alias=\{(.*?)\}, entry", compiled)
                 assert len(re.findall(r"\{\d+\}: \(", aliases.group(1))) == len(jax.tree.leaves(state))
             state = step(state, batch)
             sums[log_every].append(jax.device_get(state.metric_sums))
@@ -262,7 +264,7 @@ def test_global_norm_and_clipping_match_optax_and_share_one_norm():
     for max_norm in (1.0, 1e4):  # clipped, untouched
         ours = trainer.clip_by_global_norm(max_norm).update(grads, None)[0]
         want = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())[0]
-        for got, expected in zip(jax.tree.leaves(ours), jax.tree.leaves(want)):
+        for got, expected in zip(jax.tree.leaves(ours), jax.tree.leaves(want), strict=True):
             assert got.dtype == expected.dtype
             np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(expected, np.float32), atol=1e-6)
 

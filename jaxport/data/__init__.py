@@ -10,7 +10,14 @@ A config's `data` section is typed by its source (jaxport.data.sections): `make_
 """
 from jaxport.data.iterator import EXAMPLE_MASK, BatchIterator, make_eval_iterator, make_iterator
 from jaxport.data.sections import (
-    JsonlData, Seq2SeqData, SyntheticData, TfdsData, TsvData, data_section, data_source, make_source,
+    JsonlData,
+    Seq2SeqData,
+    SyntheticData,
+    TfdsData,
+    TsvData,
+    data_section,
+    data_source,
+    make_source,
 )
 from jaxport.data.seq2seq import Seq2SeqPreprocessor
 from jaxport.data.sources import JsonlSource, Subset, TextLineSource, TfdsSource, TsvSource, first

@@ -13,8 +13,8 @@ import collections.abc
 import multiprocessing
 import queue
 import threading
-from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 

@@ -72,7 +72,7 @@ class TsvSource:
         return len(self._lines)
 
     def __getitem__(self, index: int) -> dict[str, str]:
-        return dict(zip(self.fields, self._lines[index].split("\t")))
+        return dict(zip(self.fields, self._lines[index].split("\t"), strict=True))
 
 
 class JsonlSource:

@@ -30,13 +30,19 @@ with the original's seed it writes byte-identical files to the original script (
 independent simulator, canonical forms and the tokenizer encoding are plain Python
 (`transitions`, `encoding`), so checks and training-side code run without it.
 """
-from sip_jax.fst.dataset import (SPLITS, FSTDataset, canonical_forms, canonical_forms_of_files, generate_dataset,
-                                 read_jsonl, write_jsonl)
+from sip_jax.fst.dataset import (
+    SPLITS,
+    FSTDataset,
+    canonical_forms,
+    canonical_forms_of_files,
+    generate_dataset,
+    read_jsonl,
+    write_jsonl,
+)
 from sip_jax.fst.encoding import FSTSeq2SeqPreprocessor, FSTTokenizer, encode_transitions, pad_transitions
 from sip_jax.fst.settings import NUM_STATES, VOCAB, SamplerConfig, SplitConfig
 from sip_jax.fst.source import FSTPretrainingSource
-from sip_jax.fst.transitions import (Transition, canonical_form, check_transitions, final_states, graph_hash,
-                                     simulate)
+from sip_jax.fst.transitions import Transition, canonical_form, check_transitions, final_states, graph_hash, simulate
 
 
 def __getattr__(name):  # pynini is imported when generation first needs it, not with the package

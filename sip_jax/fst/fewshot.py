@@ -11,8 +11,8 @@ import json
 import random
 from pathlib import Path
 
-from sip_jax.fst.source import FSTPretrainingSource, derive_seed
 from sip_jax.fst.settings import MAX_RANDGEN_SEED, SamplerConfig
+from sip_jax.fst.source import FSTPretrainingSource, derive_seed
 
 # Draws per wanted pair before an FST is given up as having too few distinct inputs.
 DRAWS_PER_PAIR = 20
@@ -84,7 +84,8 @@ def main(argv=None) -> dict:
     config = load_config(args.config)
     if args.seed in pretraining_seeds(config.data):
         parser.error(f"--seed {args.seed} is a seed pre-training draws FSTs from; choose another")
-    summary = write_tasks(make_tasks(sampler_config(config.data), args.num_tasks, args.num_train, args.num_test, args.seed), args.out)
+    tasks = make_tasks(sampler_config(config.data), args.num_tasks, args.num_train, args.num_test, args.seed)
+    summary = write_tasks(tasks, args.out)
     print(json.dumps(summary, indent=1, ensure_ascii=False))
     return summary
 

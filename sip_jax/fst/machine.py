@@ -10,9 +10,19 @@ import random
 
 import pynini
 
-from sip_jax.fst.settings import (FLAG_FINAL, FLAG_NOT_FINAL, MAX_RANDGEN_SEED, SPECIAL_CHOICE_ORDER,
-                                  SPECIAL_SYMBOLS, SYMBOL_EPSILON, SYMBOL_ID, SYMBOL_TO_LOWER,
-                                  SYMBOL_TO_UPPER, VOCAB, SamplerConfig)
+from sip_jax.fst.settings import (
+    FLAG_FINAL,
+    FLAG_NOT_FINAL,
+    MAX_RANDGEN_SEED,
+    SPECIAL_CHOICE_ORDER,
+    SPECIAL_SYMBOLS,
+    SYMBOL_EPSILON,
+    SYMBOL_ID,
+    SYMBOL_TO_LOWER,
+    SYMBOL_TO_UPPER,
+    VOCAB,
+    SamplerConfig,
+)
 from sip_jax.fst.transitions import Transition
 
 _NOT_FINAL = pynini.Weight.zero("tropical")

@@ -11,8 +11,7 @@ FSTs, so tests can check pynini's output against it.
 """
 from collections.abc import Iterable, Sequence
 
-from sip_jax.fst.settings import (FLAG_FINAL, FLAG_NOT_FINAL, SYMBOL_EPSILON, SYMBOL_ID, SYMBOL_TO_LOWER,
-                                  SYMBOL_TO_UPPER)
+from sip_jax.fst.settings import FLAG_FINAL, FLAG_NOT_FINAL, SYMBOL_EPSILON, SYMBOL_ID, SYMBOL_TO_LOWER, SYMBOL_TO_UPPER
 
 Transition = tuple[int, str, str, int, int]
 

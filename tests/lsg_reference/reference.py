@@ -50,6 +50,7 @@ def build(job):
 def save_tokenizer(folder, vocab_size):
     """A tiny byte-level BPE tokenizer: <s>=0, <pad>=1, </s>=2, <unk>=3, <mask> last."""
     import os
+
     import transformers
 
     vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
