@@ -30,7 +30,8 @@ setup(
         "sip": ["pynini>=2.1.6"],
         # ROUGE of generated summaries, the metric the LSG paper and arxiv summarization report.
         "lsg": ["rouge-score"],
-        "test": ["pytest>=8", "ruff>=0.6", "torch==2.13.0", "pynini>=2.1.6", "rouge-score", "nbformat", "nbclient", "ipykernel"],
+        "test": ["pytest>=8", "ruff>=0.6", "torch==2.13.0", "pynini>=2.1.6", "rouge-score", "nbformat", "nbclient",
+                 "ipykernel"],
         "gpu": ["jax[cuda13]"],
         "tpu": ["jax[tpu]"],
     },

@@ -432,20 +432,6 @@ def seq2seq_config(model_config, **kwargs) -> GenerationConfig:
     return config.resolve(prompt_len=1)
 
 
-class _StaticGraphDef:
-    """A GraphDef as a static jit argument. Its static attributes (e.g. a model's mutable dataclass config) need
-    not be hashable, so it hashes coarsely and compares in full."""
-
-    def __init__(self, graphdef):
-        self.graphdef = graphdef
-
-    def __eq__(self, other):
-        return isinstance(other, _StaticGraphDef) and self.graphdef == other.graphdef
-
-    def __hash__(self):
-        return hash(self.graphdef.num_leaves)
-
-
 def seq2seq_cache(encoder_hidden, max_length: int, num_heads: int, head_dim: int, dtype, cross_attentions) -> dict:
     """An encoder-decoder model's `init_cache`: per decoder layer an empty self-attention key/value buffer
     [B, max_length, num_heads, head_dim] ("layers", filled by decoding) and the cross-attention keys/values of
@@ -456,9 +442,8 @@ def seq2seq_cache(encoder_hidden, max_length: int, num_heads: int, head_dim: int
 
 
 @jax.jit(static_argnums=(0, 6))
-def _seq2seq_generate(static_graphdef: _StaticGraphDef, state, input_ids, attention_mask, encode_kwargs, rng,
+def _seq2seq_generate(graphdef, state, input_ids, attention_mask, encode_kwargs, rng,
                       config: GenerationConfig):
-    graphdef = static_graphdef.graphdef
     model = nnx.merge(graphdef, state)
     encoder_hidden = model.encode(input_ids, attention_mask, **encode_kwargs)
     # Each input becomes expand_size rows (beams or samples), copies of it: row b * expand_size + e. The cache is
@@ -493,10 +478,10 @@ def seq2seq_generate(model: nnx.Module, input_ids, attention_mask=None, *, rng=N
     holds what stays fixed while decoding (the cross-attention keys/values of encoder_hidden, computed once by
     init_cache); decode returns it as it came. encode_kwargs: extra keyword arrays for `encode` (e.g. LSG-BART's
     lsh_key), traced, not static. kwargs: GenerationConfig fields (transformers' names). Compiled once per model
-    structure, input shapes and settings. sequences[:, 0] is the decoder start token."""
+    structure, input shapes and settings: the model's graphdef is a static argument, so its config must hash
+    (frozen, as every model config here). sequences[:, 0] is the decoder start token."""
     config = seq2seq_config(model.config, **kwargs)
     input_ids = jnp.asarray(input_ids, jnp.int32)
     attention_mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
     graphdef, state = nnx.split(model)
-    return _seq2seq_generate(_StaticGraphDef(graphdef), state, input_ids, attention_mask, encode_kwargs or {}, rng,
-                             config)
+    return _seq2seq_generate(graphdef, state, input_ids, attention_mask, encode_kwargs or {}, rng, config)

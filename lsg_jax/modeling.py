@@ -221,7 +221,7 @@ class Encoder(nnx.Module):
         if cfg.remat != "none":
             policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable if cfg.remat == "dots" else None
             apply = nnx.remat(apply, policy=policy)
-        for i, (layer, layer_rng) in enumerate(zip(self.layers, rngs, strict=True)):
+        for i, (layer, layer_rng) in enumerate(zip(self.layers, rngs[:len(self.layers)], strict=True)):
             projections = None
             if cfg.lsg and cfg.sparsity_type == "lsh" and cfg.has_sparse:
                 projections = draw_lsh_projections(jax.random.fold_in(lsh_key, i), cfg, heads, head_dim)
@@ -255,7 +255,7 @@ class Decoder(nnx.Module):
         x = dropout(self.layernorm_embedding(x), cfg.dropout, rngs[-1])
         cross = resolve(cfg, self.dtype, training=rng is not None).cross
         new_cache = []
-        for i, (layer, layer_rng) in enumerate(zip(self.layers, rngs, strict=True)):
+        for i, (layer, layer_rng) in enumerate(zip(self.layers, rngs[:len(self.layers)], strict=True)):
             layer_cache, cross_key_value = (None, None) if cache is None else (cache["layers"][i], cache["cross"][i])
             if cache is None:  # teacher forcing (training, evaluation): LayerDrop applies
                 x = layer_drop(lambda x: layer(x, self_mask, encoder_hidden, encoder_valid, rng=layer_rng,

@@ -200,7 +200,7 @@ class T5Encoder(nnx.Module):
         mask = padding_mask(attention_mask)
         rngs = split_rng(rng, len(self.layers) + 2)
         x = dropout(embeds, self.dropout_rate, rngs[-2])
-        for layer, layer_rng in zip(self.layers, rngs, strict=True):
+        for layer, layer_rng in zip(self.layers, rngs[:len(self.layers)], strict=True):
             x = layer(x, mask, position_bias, layer_rng)
         return dropout(self.final_norm(x), self.dropout_rate, rngs[-1])
 
@@ -227,7 +227,7 @@ class T5Decoder(nnx.Module):
         rngs = split_rng(rng, len(self.layers) + 2)
         x = dropout(embeds, self.dropout_rate, rngs[-2])
         new_cache = []
-        for i, (layer, layer_rng) in enumerate(zip(self.layers, rngs, strict=True)):
+        for i, (layer, layer_rng) in enumerate(zip(self.layers, rngs[:len(self.layers)], strict=True)):
             layer_cache, cross_key_value = (None, None) if cache is None else (cache["layers"][i], cache["cross"][i])
             x, layer_cache = layer(x, self_mask, position_bias, encoder_hidden, cross_mask, layer_cache,
                                    cross_key_value, position, layer_rng)

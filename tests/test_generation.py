@@ -300,8 +300,8 @@ def test_beam_sampling_at_low_temperature_is_beam_search(torch_toy):
 # ----------------------------------------------------------------------------------------------------------------
 # seq2seq_generate with a toy nnx model: compilation is cached.
 
-@dataclasses.dataclass
-class ToySeq2SeqConfig:  # a mutable (unhashable) config, as the model families have
+@dataclasses.dataclass(frozen=True)
+class ToySeq2SeqConfig:  # frozen, hence hashable, as every model config: the graphdef is a static jit argument
     vocab_size: int = 8
     eos_token_id: int = 1
     pad_token_id: int = 0
