@@ -4,9 +4,9 @@ the logged learning rate is the config's schedule, and the optimizer applies it;
 loss and learns too.
 
 The runs are shrunk (fewer steps, one encoder and one decoder layer, short strings, easy tasks) to fit a CPU test.
-Thresholds are about half of what the runs measured (float32, 8 fake CPU devices; the runs are deterministic, so the
-margin is for platform drift), and far above what an untrained model scores: a train step that keeps the old
-parameters, or a loss whose labels are shifted by one, fails them.
+Thresholds are a half to two thirds of what the runs measured (float32, 8 fake CPU devices; the runs are
+deterministic, so the margin is for platform drift), and well above what a broken run scores: a train step that keeps
+the old parameters, or a loss whose labels are shifted by one, fails them.
 """
 import dataclasses
 import json
@@ -27,6 +27,8 @@ from t5_jax import T5ForConditionalGeneration
 ROOT = Path(__file__).resolve().parents[1]
 ONE_LAYER = ("model.num_layers=1", "model.num_decoder_layers=1")
 LOGGING = ("train.log_every=1", "train.checkpoint_every=1000")  # every step's loss and learning rate
+# bf16's first-step loss differed from float32's by at most 5.3e-4 (relative) in the four jobs.
+BF16_FIRST_LOSS_RTOL = 3e-3
 
 
 def uppercase_tsv(folder: Path) -> list[str]:
@@ -73,8 +75,7 @@ class Job:
     config: str  # configs/FILE[:preset]
     overrides: tuple[str, ...]  # --config.* overrides beside num_steps
     num_steps: int
-    metric: str  # an eval metric the config reports at the end of the run
-    threshold: float  # the least value of `metric`
+    thresholds: dict[str, float]  # eval metrics the config reports -> the least value each must reach at the end
     loss_factor: float  # the least ratio of the first step's loss to the mean loss of the last 10 steps
     bf16_steps: int  # steps of the bf16 run, whose loss must fall by bf16_loss_factor
     bf16_loss_factor: float
@@ -83,34 +84,37 @@ class Job:
     data: Callable[[Path], list[str]] | None = None
 
 
+# "Measured": float32 (bf16) runs. A train step that keeps the old parameters leaves every loss where it starts; a
+# loss with labels shifted by one (either way) scored at most the "shifted" values.
 JOBS = {
-    # Measured: sequence accuracy (teacher-forced) 0.84, loss 27.0 -> 0.13 (factor ~210); bf16 ...
+    # Strings of at most 8. Measured: teacher-forced sequence accuracy 0.84, loss factor 227 (bf16: 18); shifted: 0.
     "t5_reverse": Job(
         "t5_reverse.py", (*ONE_LAYER, "data.max_length=8", "data.max_input_length=9", "data.max_target_length=9"),
-        num_steps=300, metric="eval_sequence_accuracy", threshold=0.5, loss_factor=50,
-        bf16_steps=60, bf16_loss_factor=5),
-    # README's main job, on FSTs over 3-4 letters, strings of at most 4, batches of 64. Measured: exact match of
-    # generated strings 0.27, loss 26 -> 1.4 (factor ~19)
+        num_steps=300, thresholds={"eval_sequence_accuracy": 0.5}, loss_factor=50, bf16_steps=60,
+        bf16_loss_factor=5),
+    # The README's main job on FSTs over 3-4 letters, strings of at most 4, batches of 64. Measured: exact match of
+    # generated strings 0.25, token accuracy 0.58, loss factor 17.5 (bf16: 9.3); shifted: 0.10 and 0.18. 9% of the
+    # strings map to the empty string, which a model that stops at once gets right.
     "sip_pretrain": Job(
         "sip_pretrain.py", (*ONE_LAYER, "data.sampler.max_vocab_size=4", "data.sampler.max_input_length=4",
                             "data.max_input_length=5", "data.max_target_length=9", "data.num_eval_examples=128",
                             "train.batch_size=64"),
-        num_steps=300, metric="eval_accuracy", threshold=0.12, loss_factor=8,
+        num_steps=300, thresholds={"eval_accuracy": 0.16, "eval_token_accuracy": 0.4}, loss_factor=10,
         bf16_steps=60, bf16_loss_factor=5),
-    # From scratch (the config's rate is for fine-tuning a pre-trained model), with a short prefix. Measured: exact
-    # match of generated strings 0.75, loss 23.7 -> 0.17 (factor ~140)
+    # From scratch (the config's rate is for fine-tuning a pre-trained model) with a short prefix. Measured: exact
+    # match of generated strings 0.83, loss factor 104 (bf16: 20); shifted: 0.
     "sip_finetune": Job(
         "sip_finetune.py", (*ONE_LAYER, "model.prefix_length=4", "data.max_input_length=8",
                             "data.max_target_length=8", "train.batch_size=64", "optimizer.learning_rate=3e-3"),
-        num_steps=200, metric="eval_accuracy", threshold=0.4, loss_factor=30, bf16_steps=60,
-        bf16_loss_factor=5, data=uppercase_tsv),
-    # d_model 64 without dropout: the preset's d_model 32 with dropout 0.1 stays at the unigram loss for 300 steps.
-    # Measured: ROUGE-1 of beam-searched abstracts 100, loss 6.5 -> 0.1 (factor ~65)
+        num_steps=200, thresholds={"eval_accuracy": 0.4}, loss_factor=30, bf16_steps=60, bf16_loss_factor=5,
+        data=uppercase_tsv),
+    # d_model 64 without dropout: the preset's 32 with dropout 0.1 stays at the unigram loss for 300 steps.
+    # Measured: ROUGE-1 of beam-searched abstracts 100, loss factor 43 (bf16: 7.0); shifted: 1.6.
     "lsg_arxiv": Job(
         "lsg_arxiv.py:tiny", ("model.encoder_layers=1", "model.decoder_layers=1", "model.d_model=64",
                               "model.dropout=0.0", "data.max_input_length=64", "data.max_target_length=12",
                               "train.batch_size=32", "eval.generation.min_length=1"),
-        num_steps=150, metric="eval_rouge1", threshold=50, loss_factor=15, bf16_steps=60, bf16_loss_factor=3,
+        num_steps=150, thresholds={"eval_rouge1": 50.0}, loss_factor=15, bf16_steps=60, bf16_loss_factor=3.5,
         data=topic_articles),
 }
 
@@ -142,7 +146,7 @@ def expected_learning_rate(opt, num_steps: int, count: int) -> float:
     warmup = round(opt.warmup_fraction * num_steps) if opt.warmup_fraction > 0 else opt.warmup_steps
     if count < warmup:
         return opt.learning_rate * count / warmup
-    progress = min((count - warmup) / max(num_steps - warmup, 1), 1.0)
+    progress = (count - warmup) / max(num_steps - warmup, 1)
     end = opt.end_factor
     shape = {"constant": 1.0, "linear": 1.0 - (1.0 - end) * progress,
              "cosine": end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * progress))}[opt.decay]
@@ -162,7 +166,9 @@ def float32_run(request, tmp_path_factory):
 def test_loss_falls_and_the_eval_metric_passes_its_threshold(float32_run):
     job, _, records = float32_run
     assert loss_factor(records) >= job.loss_factor, [records[step]["loss"] for step in sorted(records)[::25]]
-    assert records[job.num_steps][job.metric] >= job.threshold, records[job.num_steps]
+    final = records[job.num_steps]
+    below = {name: final[name] for name, least in job.thresholds.items() if final[name] < least}
+    assert not below, (below, job.thresholds)
 
 
 def test_logged_learning_rate_is_the_configs_schedule(float32_run):
@@ -178,7 +184,7 @@ def test_bfloat16_compute_starts_at_float32s_loss_and_learns(float32_run, tmp_pa
     job, overrides, float32 = float32_run
     bf16 = run(tmp_path, job, [*overrides, "train.compute_dtype=bfloat16", f"train.num_steps={job.bf16_steps}",
                                "train.eval_every=0"])
-    assert bf16[1]["loss"] == pytest.approx(float32[1]["loss"], rel=1e-2)
+    assert bf16[1]["loss"] == pytest.approx(float32[1]["loss"], rel=BF16_FIRST_LOSS_RTOL)
     assert loss_factor(bf16) >= job.bf16_loss_factor, [bf16[step]["loss"] for step in sorted(bf16)[::10]]
 
 
