@@ -21,7 +21,8 @@ import pytest
 from flax import nnx
 
 import train
-from jaxport import config as config_lib, registry, tree
+from jaxport import config as config_lib
+from jaxport import registry, tree
 from t5_jax import T5ForConditionalGeneration
 
 ROOT = Path(__file__).resolve().parents[1]
