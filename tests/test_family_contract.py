@@ -162,8 +162,8 @@ FAMILIES = [
            ("model.d_model=384", "model.encoder_attention_heads=8", "model.decoder_attention_heads=8",
             "model.encoder_ffn_dim=512", "model.decoder_ffn_dim=512"),
            foreign="t5",
-           refusal=r"(?s)missing.*\n  encoder/global_embeddings/embedding: from "
-                   r"model\.encoder\.global_embeddings\.weight\n.*unexpected.*\n  shared\.weight(\n|$)",
+           refusal=r"(?s)missing.*\n  encoder/layers/0/self_attn/query/kernel: from .*unexpected.*\n"
+                   r"  encoder\.block\.0\.layer\.0\.SelfAttention\.k\.weight\n",
            data=lsg_data, run=("train.batch_size=8", "train.grad_accum_steps=1", "model.encoder_layers=1",
                                "model.decoder_layers=1")),
 ]
