@@ -47,6 +47,7 @@ NOT_RUN = {
     "pip install -e '.[gpu]'": SETUP,
     "bash tests/lsg_reference/make_env.sh": "downloads the LSG-BART reference environment (.venv-lsg)",
     "python -m pytest -q tests": "the whole test suite, this file included",
+    'python -m pytest -q -m "slow or not slow" tests': "the whole test suite with the slow tests, as CI runs it",
     "python -m train --config configs/lsg_arxiv.py --workdir runs/lsg_arxiv --config.init_from=path/to/lsg-bart-folder":
         "reads TFDS scientific_papers/arxiv (array_record), which `tfds build` downloads: no local substitute",
 }
