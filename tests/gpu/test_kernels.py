@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from lsg_jax import LSGBartConfig, LSGBartForConditionalGeneration, dispatch, hopper_gemm
-from tests.gpu.test_parity import rel_err
+from tests.helpers import rel_err
 
 SHAPE = dict(vocab_size=1024, d_model=768, encoder_layers=1, decoder_layers=1, encoder_attention_heads=12,
              decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, max_position_embeddings=4096,

@@ -14,6 +14,7 @@ from lsg_jax import LSGBartForConditionalGeneration
 from sip_jax.configuration import SIPPreTrainingConfig
 from sip_jax.modeling import SIPPreTrainingModel
 from t5_jax import T5Config, T5ForConditionalGeneration
+from tests.helpers import rel_err
 from tests.lsg_reference.harness import run_reference, tiny_config
 
 FLOAT32_TOLERANCE = 1e-4  # relative error of the logits, ||ours - ref|| / ||ref||
@@ -22,11 +23,6 @@ FLOAT32_TOLERANCE = 1e-4  # relative error of the logits, ||ours - ref|| / ||ref
 BF16_TOLERANCE = {"t5": 0.08, "sip": 0.06, "lsg": 0.015}
 T5_SHAPE = dict(vocab_size=4096, d_model=768, d_kv=64, d_ff=2048, num_layers=2, num_decoder_layers=2, num_heads=12,
                 feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0)
-
-
-def rel_err(ours, ref) -> float:
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    return float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
 
 
 def report(name, ours, ref, mask) -> float:
