@@ -51,6 +51,9 @@ class Family:
     refusal: str  # ...with an error matching this
     data: Callable[[Path], list[str]] = lambda folder: []  # config overrides naming tiny data files written there
     run: tuple[str, ...] = ()  # config overrides of the kill-and-resume runs
+    # (model, reference) -> the logits of decoding reference.inputs one token at a time with the cache, to equal
+    # the full pass; None for a family without a decoder (Perceiver IO)
+    incremental: Callable | None = None
 
 
 def torch_logits(model, **inputs) -> np.ndarray:
@@ -127,6 +130,27 @@ def lsg_data(folder: Path) -> list[str]:
             f"data.eval_path={folder / 'eval.jsonl'}"]
 
 
+def family_inputs(inputs: dict) -> dict:
+    """What the encoder needs besides input_ids and attention_mask (SIP pre-training's FSTs)."""
+    return {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "decoder_input_ids")}
+
+
+def seq2seq_incremental(model, reference: Reference) -> np.ndarray:
+    """Encode once, then run the decoder one token at a time on its cache."""
+    inputs = {k: jnp.asarray(v) for k, v in reference.inputs.items()}
+    ids, mask, dec = inputs["input_ids"], inputs["attention_mask"], inputs["decoder_input_ids"]
+    hidden = model.encode(ids, mask, **family_inputs(inputs))
+    cache = model.init_cache(hidden, dec.shape[1])
+    # The cache holds the cross-attention keys/values: a decoding step must not project the encoder states again
+    # (it would turn these NaN states into NaN logits).
+    unused = jnp.full_like(hidden, jnp.nan)
+    steps = []
+    for t in range(dec.shape[1]):
+        logits, cache = model.decode(dec[:, t:t + 1], unused, mask, cache, t)
+        steps.append(np.asarray(logits))
+    return np.concatenate(steps, axis=1)
+
+
 # T5's layouts under DEFAULT_RULES (embed -> fsdp; heads, mlp, vocab -> tensor); SIP's T5 sits under model/.
 T5_LAYOUTS = {
     "shared/embedding": P("tensor", "fsdp"),  # (vocab, embed)
@@ -143,15 +167,17 @@ FAMILIES = [
     Family("t5", "configs/t5_reverse.py", t5_reference, T5_LAYOUTS, T5_WIDE, foreign="lsg",
            refusal=r"(?s)missing.*\n  shared/embedding: from shared\.weight\n"
                    r".*unexpected.*\n  model\.shared\.weight(\n|$)",
-           run=(*T5_RUN, "train.batch_size=16")),
+           run=(*T5_RUN, "train.batch_size=16"), incremental=seq2seq_incremental),
     Family("sip_pretrain", "configs/sip_pretrain.py", sip_pretrain_reference,
            {f"model/{path}": spec for path, spec in T5_LAYOUTS.items()}, T5_WIDE, foreign="t5",
-           refusal="model_type 'sip_pretrain', got 't5'", run=(*T5_RUN, "train.batch_size=8")),
+           refusal="model_type 'sip_pretrain', got 't5'", run=(*T5_RUN, "train.batch_size=8"),
+           incremental=seq2seq_incremental),
     Family("sip_finetune", "configs/sip_finetune.py", sip_finetune_reference,
            {**{f"model/{path}": spec for path, spec in T5_LAYOUTS.items()},
             "prefix_init_tensor": P(None, None, "fsdp")},  # (examples, length, embed)
            T5_WIDE, foreign="sip_pretrain", refusal="model_type 'sip_finetune', got 'sip_pretrain'",
-           data=sip_finetune_data, run=(*T5_RUN, "train.batch_size=8", "eval.batch_size=8")),
+           data=sip_finetune_data, run=(*T5_RUN, "train.batch_size=8", "eval.batch_size=8"),
+           incremental=seq2seq_incremental),
     Family("lsg", "configs/lsg_arxiv.py:tiny", lsg_reference,
            {"shared/embedding": P("tensor", "fsdp"),  # (vocab, embed)
             "encoder/embed_positions/embedding": P(None, "fsdp"),  # (positions, embed)
@@ -165,7 +191,8 @@ FAMILIES = [
            refusal=r"(?s)missing.*\n  encoder/layers/0/self_attn/query/kernel: from .*unexpected.*\n"
                    r"  encoder\.block\.0\.layer\.0\.SelfAttention\.k\.weight\n",
            data=lsg_data, run=("train.batch_size=8", "train.grad_accum_steps=1", "model.encoder_layers=1",
-                               "model.decoder_layers=1")),
+                               "model.decoder_layers=1"),
+           incremental=seq2seq_incremental),
 ]
 
 
@@ -197,11 +224,6 @@ def model(family, reference):
     return registry.model_class(family.name).from_pretrained(reference.folder)
 
 
-def family_inputs(inputs: dict) -> dict:
-    """What the encoder needs besides input_ids and attention_mask (SIP pre-training's FSTs)."""
-    return {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask", "decoder_input_ids")}
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # The contract
 
@@ -212,20 +234,10 @@ def test_logits_match_the_pytorch_reference(model, reference):
     assert helpers.rel_err(logits, reference.logits) < 1e-4
 
 
-def test_incremental_decoding_equals_the_full_pass(model, reference):
-    inputs = {k: jnp.asarray(v) for k, v in reference.inputs.items()}
-    ids, mask, dec = inputs["input_ids"], inputs["attention_mask"], inputs["decoder_input_ids"]
-    full = model(**inputs).logits
-    hidden = model.encode(ids, mask, **family_inputs(inputs))
-    cache = model.init_cache(hidden, dec.shape[1])
-    # The cache holds the cross-attention keys/values: a decoding step must not project the encoder states again
-    # (it would turn these NaN states into NaN logits).
-    unused = jnp.full_like(hidden, jnp.nan)
-    steps = []
-    for t in range(dec.shape[1]):
-        logits, cache = model.decode(dec[:, t:t + 1], unused, mask, cache, t)
-        steps.append(np.asarray(logits))
-    np.testing.assert_allclose(np.concatenate(steps, axis=1), np.asarray(full), atol=1e-4, rtol=1e-4)
+@pytest.mark.parametrize("family", [pytest.param(f, id=f.name) for f in FAMILIES if f.incremental], indirect=True)
+def test_incremental_decoding_equals_the_full_pass(family, model, reference):
+    full = model(**{k: jnp.asarray(v) for k, v in reference.inputs.items()}).logits
+    np.testing.assert_allclose(family.incremental(model, reference), np.asarray(full), atol=1e-4, rtol=1e-4)
 
 
 def test_pytorch_to_flax_to_pytorch_is_bit_identical(model, reference, tmp_path):
