@@ -70,11 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def convert_plain(args: argparse.Namespace) -> None:
-    """The family's model class reads SRC and writes DST."""
-    dtype = jnp.dtype(args.dtype)
-    model = registry.model_class(args.family).from_pretrained(
-        args.src, dtype=dtype, param_dtype=dtype, **registry.family(args.family).convert_load_kwargs)
-    model.save_pretrained(args.dst, pytorch=args.to_pytorch, max_shard_size=args.max_shard_size)
+    """The family's model class converts SRC into DST (jaxport.hf.PretrainedModel.convert: a tensor at a time)."""
+    registry.model_class(args.family).convert(args.src, args.dst, dtype=jnp.dtype(args.dtype), pytorch=args.to_pytorch,
+                                              max_shard_size=args.max_shard_size)
 
 
 def main(argv: list[str] | None = None) -> int:
