@@ -25,6 +25,7 @@ class Family:
 
 FAMILIES = {
     "t5": Family("t5_jax", "T5ForConditionalGeneration"),
+    "flipped": Family("flipped_jax", "FlippedModel"),
     "lsg": Family("lsg_jax", "LSGBartForConditionalGeneration", convert_cli="lsg_jax.convert"),
     "sip_pretrain": Family("sip_jax", "SIPPreTrainingModel"),
     # A converted sip_finetune checkpoint keeps its NaN (not yet initialised) prefix: the loader initialises it on use.
