@@ -1,6 +1,7 @@
 """FLIPPED's loss and option scores against the authors' formulation (T0/T5.py `_step` with channel and ul_loss,
 T0/evaluation.py `evaluate_instruct`), restated below in PyTorch on transformers' T5 with random tiny weights."""
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 
 from flipped_jax import FlippedModel, flipped_loss, score_options
 from flipped_jax.losses import PADDED_CONSTANT
+from flipped_jax.scoring import option_log_likelihoods
 from jaxport.seq2seq import shift_right
 from tests import helpers
 
@@ -211,3 +213,22 @@ def test_mismatched_shapes_are_errors(models):
         score_options(model, input_ids, attention_mask, instruction_ids[:2], instruction_mask[:2])
     with pytest.raises(ValueError, match="option_mask must be"):
         score_options(model, input_ids, attention_mask, instruction_ids, instruction_mask, option_mask[:, :2])
+
+
+def _dot_precisions(jaxpr) -> set:
+    found = set()
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.add(eqn.params["precision"])
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            found |= _dot_precisions(sub)
+    return found
+
+
+def test_option_scoring_of_a_float32_model_multiplies_in_float32(models):
+    _, model = models
+    input_ids, attention_mask, instruction_ids, instruction_mask, _ = option_batch(np.random.default_rng(9),
+                                                                                   per_option=True)
+    jaxpr = jax.make_jaxpr(lambda: option_log_likelihoods(model, input_ids, attention_mask, instruction_ids,
+                                                          instruction_mask))().jaxpr
+    assert _dot_precisions(jaxpr) == {(jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)}
