@@ -41,6 +41,13 @@ def _norm(pytorch: str, flax: str) -> list[Rule]:
     return [Rule(f"{pytorch}.weight", f"{flax}/scale"), Rule(f"{pytorch}.bias", f"{flax}/bias")]
 
 
+def _token_embeddings(prefix: str, config) -> list[Entry]:
+    if config.separate_token_embeddings:
+        return [Rule(f"{prefix}{side}.embed_tokens.weight", f"{side}/embed_tokens/embedding")
+                for side in ("encoder", "decoder")]
+    return [Alias(f"{prefix}{side}.embed_tokens.weight", f"{prefix}shared.weight") for side in ("encoder", "decoder")]
+
+
 def _body(prefix: str, config) -> list[Entry]:
     enc, dec = f"{prefix}encoder.layers.{{i}}", f"{prefix}decoder.layers.{{i}}"
     rules: list[Entry] = [
@@ -61,8 +68,7 @@ def _body(prefix: str, config) -> list[Entry]:
         *_linear(f"{dec}.fc1", "decoder/layers/{i}/fc1"),
         *_linear(f"{dec}.fc2", "decoder/layers/{i}/fc2"),
         *_norm(f"{dec}.final_layer_norm", "decoder/layers/{i}/final_layer_norm"),
-        Alias(f"{prefix}encoder.embed_tokens.weight", f"{prefix}shared.weight"),
-        Alias(f"{prefix}decoder.embed_tokens.weight", f"{prefix}shared.weight"),
+        *_token_embeddings(prefix, config),
         Ignore(f"{prefix}encoder.version"),
         Ignore(f"{prefix}decoder.version"),
     ]
