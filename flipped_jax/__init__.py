@@ -8,6 +8,8 @@ Learners"): a T5 trained to generate the task instruction from the input and its
 
 Exports are imported on first use, so `import flipped_jax.templates` does not load the model.
 """
+from jaxport import lazy
+
 _EXPORTS = {
     "FlippedModel": "flipped_jax.modeling",
     "flipped_loss": "flipped_jax.losses",
@@ -15,11 +17,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'flipped_jax' has no attribute {name!r}")
+__getattr__ = lazy.exports(__name__, _EXPORTS)
