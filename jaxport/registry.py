@@ -8,7 +8,8 @@ module (`convert_cli`) that defines `python -m convert`'s hooks for it:
     run_convert_mode(args) -> bool  runs the conversion the options ask for; False when they ask for none, so
                                   that the plain conversion (the model class's `convert`) runs
 
-Its options are errors on the command line of another family.
+Its options are errors on the command line of another family. The module is imported to build the command line
+(`--help` included), so it imports no JAX at the top: its conversions import what they need when they run.
 """
 import dataclasses
 import importlib
@@ -24,9 +25,10 @@ class Family:
 
 FAMILIES = {
     "t5": Family("t5_jax", "T5ForConditionalGeneration"),
-    "lsg": Family("lsg_jax", "LSGBartForConditionalGeneration", convert_cli="lsg_jax.convert"),
+    "flipped": Family("flipped_jax", "FlippedModel"),
+    "lsg": Family("lsg_jax", "LSGBartForConditionalGeneration", convert_cli="lsg_jax.convert_cli"),
     "sip_pretrain": Family("sip_jax", "SIPPreTrainingModel"),
-    "sip_finetune": Family("sip_jax", "SIPFinetuningModel", convert_cli="sip_jax.convert"),
+    "sip_finetune": Family("sip_jax", "SIPFinetuningModel", convert_cli="sip_jax.convert_cli"),
 }
 
 
