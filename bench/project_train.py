@@ -18,9 +18,11 @@ class FixedBatchTask(Seq2SeqTask):
         self.model_config = model_config
 
 
-def train_setup(task: Seq2SeqTask, init_from: str | Path | None, learning_rate: float, weight_decay: float):
+def train_setup(task: Seq2SeqTask, init_from: str | Path | None, learning_rate: float, weight_decay: float,
+                optimizer: dict | None = None):
     """(initial TrainState, jitted donating step(state, batch) -> state, the batch sharding). With log_every 1 the
-    state's metric_sums hold the last step's loss and gradient norm (`last_loss`)."""
+    state's metric_sums hold the last step's loss and gradient norm (`last_loss`). optimizer: config.optimizer
+    fields to set besides (e.g. name="adafactor")."""
     config = base_config.base()
     config.init_from = str(init_from or "")
     config.train.compute_dtype = "bfloat16"
@@ -29,6 +31,7 @@ def train_setup(task: Seq2SeqTask, init_from: str | Path | None, learning_rate: 
     config.optimizer.decay = "constant"
     config.optimizer.weight_decay = weight_decay
     config.optimizer.clip_norm = 0.0
+    config.optimizer.update(optimizer or {})
     runtime.configure()  # the settings python -m train applies
     setup = trainer.build(config, task)
     step = jax.jit(trainer.make_train_step(setup, task, accumulation=1, log_every=1),
