@@ -112,18 +112,30 @@ def write_bin_shards(folder: Path, tensors, shard_bytes: int) -> list[int]:
 
 
 CHILD = textwrap.dedent("""\
-    import json, resource, sys
+    import json, resource, sys, threading, time
     sys.path.insert(0, {root!r})
     import jax, jax.numpy as jnp, numpy as np, torch
     import convert
     from jaxport import hf, sharding
     from t5_jax import T5ForConditionalGeneration
 
-    def rss():
+    def status():
         with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) * 1024
+            return {{line.split(":")[0]: int(line.split()[1]) * 1024 for line in f
+                    if line.startswith(("VmRSS", "RssAnon", "RssFile"))}}
 
-    start = rss()
+    highest = status()
+
+    def sample():  # what the peak is made of: anonymous memory or mapped file pages (every 20 ms)
+        global highest
+        while True:
+            now = status()
+            if now["VmRSS"] > highest["VmRSS"]:
+                highest = now
+            time.sleep(0.02)
+
+    threading.Thread(target=sample, daemon=True).start()
+    start = status()["VmRSS"]
     mode, src, dst = {mode!r}, {src!r}, {dst!r}
     extra = 0
     if mode == "convert":
@@ -148,7 +160,7 @@ CHILD = textwrap.dedent("""\
                                        "shard_shape": list(embedding.addressable_shards[0].data.shape),
                                        "devices": len(embedding.sharding.device_set)}}))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print("MEMORY", json.dumps({{"start": start, "peak": peak, "params_bytes": extra}}))
+    print("MEMORY", json.dumps({{"start": start, "peak": peak, "params_bytes": extra, "sampled_peak": highest}}))
     """)
 
 
