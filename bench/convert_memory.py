@@ -4,8 +4,9 @@
 
 Writes a synthetic sharded PyTorch checkpoint (random float32 weights under transformers' T5 keys, as
 `model-0000k-of-0000n.safetensors` or `pytorch_model-0000k-of-0000n.bin` shards plus their index), then, each in a
-fresh process whose peak resident memory (ru_maxrss) is read against its resident memory just before the work
-(after the imports):
+fresh process whose peak resident memory (VmHWM: the high-water mark of its own memory map; ru_maxrss would also
+count the spawning process's, which a child takes over through exec) is read against its resident memory just
+before the work (after the imports):
 
 - convert: `python -m convert t5 SRC DST --dtype bfloat16` (Flax weights, written shard by shard), and back to
   PyTorch names with `--to-pytorch` from the converted folder;
@@ -112,7 +113,7 @@ def write_bin_shards(folder: Path, tensors, shard_bytes: int) -> list[int]:
 
 
 CHILD = textwrap.dedent("""\
-    import json, resource, sys, threading, time
+    import json, sys, threading, time
     sys.path.insert(0, {root!r})
     import jax, jax.numpy as jnp, numpy as np, torch
     import convert
@@ -122,7 +123,7 @@ CHILD = textwrap.dedent("""\
     def status():
         with open("/proc/self/status") as f:
             return {{line.split(":")[0]: int(line.split()[1]) * 1024 for line in f
-                    if line.startswith(("VmRSS", "RssAnon", "RssFile"))}}
+                    if line.startswith(("VmRSS", "VmHWM", "RssAnon", "RssFile"))}}
 
     highest = status()
 
@@ -159,7 +160,7 @@ CHILD = textwrap.dedent("""\
         print("SHARDING", json.dumps({{"spec": str(embedding.sharding.spec),
                                        "shard_shape": list(embedding.addressable_shards[0].data.shape),
                                        "devices": len(embedding.sharding.device_set)}}))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = status()["VmHWM"]
     print("MEMORY", json.dumps({{"start": start, "peak": peak, "params_bytes": extra, "sampled_peak": highest}}))
     """)
 

@@ -257,9 +257,6 @@ def iter_pytorch_to_flax(tensors: Iterable[tuple[str, np.ndarray]], target: Mapp
                 waiting.setdefault(canonical, []).append((key, np.array(array)))
         elif entry is None:
             problems.unexpected.append((key, ""))
-        # Let go of the source tensor before the next is read: a view keeps its whole file's mapping alive, which
-        # would otherwise overlap the reading of the next shard (torch.load reads a .bin shard through once).
-        del array
 
     # The checkpoint keeps only duplicates of these: the first stands in, the others must equal it.
     for canonical, duplicates in waiting.items():
@@ -333,6 +330,5 @@ def iter_select_flat(tensors: Iterable[tuple[str, np.ndarray]], target: Mapping[
                 (path, f"checkpoint {tuple(array.shape)}, model expects {tuple(target[path].shape)}"))
         else:
             yield path, _to_target(array, target[path])
-        del array  # see iter_pytorch_to_flax
     problems.missing.extend(sorted((path, "") for path in target.keys() - seen))
     problems.settle(strict)
