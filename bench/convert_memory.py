@@ -45,7 +45,8 @@ from t5_jax.convert import t5_rules  # noqa: E402
 
 MB = 2**20
 # What the interpreter, JAX's tracing, the allocator and the tensor being converted add besides the file being read:
-# 27 MB (safetensors) and 51 MB (.bin) measured with the test preset's 63 MB shards (bench/RESULTS.md).
+# 4 to 6 MB measured with the test preset's 63 MB shards, 75 MB with the large preset's 1015 MB shards (its 126 MB
+# embeddings converted one at a time), bench/RESULTS.md.
 OVERHEAD = 96 * MB
 SHARD_FACTOR = 1.3
 T5_V1_1 = dict(feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0, num_heads=8, d_kv=64)

@@ -578,5 +578,7 @@ class PretrainedModel(nnx.Module):
         model.safetensors under the PyTorch key names, loadable by transformers' from_pretrained. Parameters come to
         the host one at a time."""
         params = _param_paths(self)
-        on_host = ((name, np.asarray(value)) for name, value in params.items())
+        # Widest dtypes first, as write_safetensors orders them (a conversion's tensors all have one dtype).
+        widest_first = sorted(params, key=lambda name: -jnp.dtype(params[name].dtype).itemsize)
+        on_host = ((name, np.asarray(params[name])) for name in widest_first)
         type(self)._write_params(path, self.config, params, on_host, pytorch, max_shard_size)

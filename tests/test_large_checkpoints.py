@@ -41,7 +41,7 @@ def test_conversion_holds_about_one_shard(measured, kind):
     assert checkpoint["shards"] >= 5 and checkpoint["bytes"] > 3.5 * checkpoint["largest_shard_bytes"]
     grown = runs["convert"]["grown_bytes"]
     bound = 1.3 * checkpoint["largest_shard_bytes"] + measured["overhead_bytes"]
-    # Well under the model (loading it, then saving it, took 240 MB here with bfloat16 output).
+    # Well under the model (loading it, then saving it, as the conversion did before, peaked 237 MB above the start).
     assert bound < checkpoint["bytes"] / 1.5
     assert grown <= bound
     assert runs["tensors_checked"] == 282  # the converted folder equals the source, tensor by tensor
