@@ -58,6 +58,21 @@ def linear_kernel(input_axes: int = 1) -> Transform:
                      to_pytorch=to_pytorch, pytorch_shape=pytorch_shape)
 
 
+def reshaped(input_axes: int | None = None) -> Transform:
+    """PyTorch holds the same elements in the same order with axes merged: input_axes None, a vector (a bias
+    [heads * head_dim] <-> (heads, head_dim)); else a matrix whose rows are the first `input_axes` Flax axes and
+    whose columns are the rest (transformers' Conv1D weight [in, out], already input-first, <-> a kernel (embed,
+    heads, kv))."""
+
+    def pytorch_shape(shape: Shape) -> Shape:
+        if input_axes is None:
+            return (math.prod(shape),)
+        return (math.prod(shape[:input_axes]), math.prod(shape[input_axes:]))
+
+    return Transform(to_flax=lambda array, shape: array.reshape(shape),
+                     to_pytorch=lambda array: array.reshape(pytorch_shape(array.shape)), pytorch_shape=pytorch_shape)
+
+
 @dataclass(frozen=True)
 class Rule:
     pytorch: str

@@ -205,6 +205,18 @@ def _layer_norm_bwd(eps, dtype, residuals, g):
 layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
+class LayerNorm(nnx.Module):
+    """torch.nn.LayerNorm: scale and bias over the last axis (`layer_norm`)."""
+
+    def __init__(self, size: int, eps: float = 1e-5, *, dtype, param_dtype, rngs: nnx.Rngs):
+        self.eps, self.dtype = eps, dtype
+        self.scale = nnx.Param(jnp.ones((size,), param_dtype), logical_axes=("embed",))
+        self.bias = nnx.Param(jnp.zeros((size,), param_dtype), logical_axes=("embed",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return layer_norm(x, self.scale[...], self.bias[...], self.eps, self.dtype)
+
+
 ACTIVATIONS = {
     "relu": jax.nn.relu,
     "gelu": gelu,

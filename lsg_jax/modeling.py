@@ -19,11 +19,11 @@ from jaxport.layers import (
     ACTIVATIONS,
     Dense,
     Embed,
+    LayerNorm,
     causal_mask,
     dropout,
     float32_matmuls,
     layer_drop,
-    layer_norm,
     mask_bias,
     padding_mask,
     split_rng,
@@ -37,16 +37,6 @@ from lsg_jax.hopper_gemm import dense_gelu
 from lsg_jax.pallas_attention import pallas_lsg_attention
 
 DEFAULT_LSH_SEED = 0  # LSH projections use jax.random.key(DEFAULT_LSH_SEED) when a call passes no key nor rng
-
-
-class LayerNorm(nnx.Module):
-    def __init__(self, size: int, eps: float = 1e-5, *, dtype, param_dtype, rngs: nnx.Rngs):
-        self.eps, self.dtype = eps, dtype
-        self.scale = nnx.Param(jnp.ones((size,), param_dtype), logical_axes=("embed",))
-        self.bias = nnx.Param(jnp.zeros((size,), param_dtype), logical_axes=("embed",))
-
-    def __call__(self, x):
-        return layer_norm(x, self.scale[...], self.bias[...], self.eps, self.dtype)
 
 
 class Attention(nnx.Module):
