@@ -145,11 +145,14 @@ def test_heat_map_draws_each_senses_weights(model, tokenizer, tmp_path):
 
 
 def test_command_prints_tables_heat_map_and_intervention(model_folder, tmp_path, capsys):
-    result = S.main([str(model_folder), "cat", "harbour", "--top-k", "3", "--sentence", "the dog ran",
+    result = S.main([str(model_folder), "the", "harbour", "--top-k", "3", "--sentence", "the dog ran",
                      "--heatmap", str(tmp_path / "weights.png"), "--prompt", "the ship left the",
                      "--scale", "ship:1:0", "--scale", "left:0:2.5"])
     printed = capsys.readouterr().out
-    assert set(result["senses"]) == {"cat", "harbour"} and "senses of ' cat'" in printed
+    assert set(result["senses"]) == {"the", "harbour"} and "senses of ' the'" in printed
+    tokenizer = load_tokenizer(str(model_folder))
+    assert len(result["senses"]["harbour"]) == len(S.word_ids(tokenizer, "harbour")) > 1  # a table per token
+    assert printed.count("  sense  2  top:") == len(S.word_ids(tokenizer, "harbour")) + 1
     assert (tmp_path / "weights.png").exists() and result["heatmap"]["tokens"][0] == "the"
     assert result["intervention"]["scalings"] == [{"word": "ship", "sense": 1, "factor": 0.0},
                                                   {"word": "left", "sense": 0, "factor": 2.5}]
