@@ -29,6 +29,8 @@ class CausalLMTask:
         if not isinstance(config_lib.section_object("data", config.data), data.LanguageModelData):
             raise ValueError(f"data.source={config.data.source!r} is not a language-model corpus (lm_tfds, lm_jsonl, "
                              "lm_text)")
+        if not config.data.tokenizer:
+            raise ValueError("data.tokenizer is not set: 'bytes', or a tokenizer folder or hub id")
         self.model_class = model_class
         self.model_config = config_class.create(**config.model.to_dict())
         self.tokenizer = tokenizer if tokenizer is not None else data.load_tokenizer(config.data.tokenizer)
