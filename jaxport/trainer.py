@@ -48,6 +48,8 @@ class Task(Protocol):
     def predict(self, model, batch: dict) -> jax.Array: ...  # [B, ...] outputs, e.g. generated sequences
     def score_predictions(self, batch: dict, predictions: np.ndarray
                           ) -> tuple[dict[str, np.ndarray], list[dict]]: ...  # ({name: [B] scores}, B records)
+    # Optional: metrics that are functions of the eval means rather than means themselves (perplexity = exp(loss)).
+    def derived_eval_metrics(self, means: dict[str, float]) -> dict[str, float]: ...  # eval_NAME -> value
     # Optional: run on process 0 with the final model once training has finished (e.g. test-set predictions).
     def after_training(self, model, config, workdir: Path) -> dict | None: ...
 
@@ -400,7 +402,10 @@ def evaluate(eval_step, params, batches, batch_sharding, *, predict_step=None, t
                 score_real_rows(task, rows, predictions, means, records)
     if predict_step is not None and predictions_path is not None and jax.process_index() == 0:
         write_jsonl(predictions_path, records)
-    return means.result("eval_")
+    result = means.result("eval_")
+    if hasattr(task, "derived_eval_metrics"):
+        result.update(task.derived_eval_metrics(result))
+    return result
 
 
 def predict_dataset(task: Task, model: nnx.Module, batches) -> tuple[dict[str, float], list[dict]]:
