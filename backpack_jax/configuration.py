@@ -3,12 +3,13 @@ both ways.
 
 Backpack's config is GPT-2's plus `num_senses` and `sense_intermediate_scale` (the authors' BackpackGPT2Config
 subclasses transformers' GPT2Config); its folders say model_type "backpack-gpt2" or, as the authors' class writes
-it, "gpt2": both are read, and written back as found. Keys neither class uses (GPT-2's summary_* fields,
+it, "gpt2": model_type is written back as found, and not checked: what tells a checkpoint of one model from another
+is its keys (from_pretrained names every one that does not fit). Keys neither class uses (GPT-2's summary_* fields,
 architectures, auto_map, ...) are kept in `extra` and written back unchanged. Frozen, hence hashable (a static jit
 argument); change a field with dataclasses.replace.
 """
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any
 
 from jaxport.hf_config import HFConfig
 
@@ -46,12 +47,7 @@ class GPT2Config(HFConfig):
     model_type: str = "gpt2"
     extra: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
 
-    model_types: ClassVar[tuple[str, ...]] = ("gpt2",)  # what config.json's model_type may say
-
     def __post_init__(self):
-        if self.model_type not in self.model_types:
-            raise ValueError(f"{type(self).__name__} reads config.json files with model_type in {self.model_types}, "
-                             f"got {self.model_type!r}")
         for name in ("bos_token_id", "eos_token_id"):
             object.__setattr__(self, name, _token_ids(getattr(self, name)))
         if self.activation_function not in ACTIVATIONS:
@@ -80,9 +76,7 @@ class BackpackGPT2Config(GPT2Config):
     scale_attn_by_inverse_layer_idx: bool = True
     num_senses: int = 16
     sense_intermediate_scale: int = 4  # the sense network's last MLP is n_embd -> scale * n_embd -> num_senses * n_embd
-    model_type: str = "backpack-gpt2"
-
-    model_types: ClassVar[tuple[str, ...]] = ("backpack-gpt2", "gpt2")
+    model_type: str = "backpack-gpt2"  # as found in config.json: "backpack-gpt2" or, from the authors' class, "gpt2"
 
     def __post_init__(self):
         super().__post_init__()
