@@ -2,7 +2,7 @@
 
     python -m backpack_jax.senses MODEL WORD [WORD...] [--top-k 5]            # the paper's sense tables
     python -m backpack_jax.senses MODEL --sentence "The bank by the river" --heatmap weights.png
-    python -m backpack_jax.senses MODEL --prompt "The nurse said that" --scale nurse:10:0   # an intervention
+    python -m backpack_jax.senses MODEL --prompt "The nurse said that" --scale nurse:3:0    # an intervention
 
 A Backpack predicts the next token from a weighted sum of the sense vectors of the tokens so far (logits = E @ sum
 over senses l and positions j of alpha[l, i, j] * sense_l(x_j)); each sense vector lies in the output space, so

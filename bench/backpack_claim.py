@@ -116,7 +116,7 @@ def prepare(out: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # run (GPU)
 
-def train(name: str, data: Path, out: Path, steps: int | None) -> dict:
+def train(name: str, data: Path, out: Path, steps: int | None, extra: list[str]) -> dict:
     preset = "small_gpt2" if name == "gpt2" else "small"
     workdir = out / name
     overrides = [f"--config.data.train_path={data / 'train.jsonl'}", f"--config.data.eval_path={data / 'eval.jsonl'}",
@@ -124,6 +124,7 @@ def train(name: str, data: Path, out: Path, steps: int | None) -> dict:
                  f"--config.train.export_dir={workdir / 'export'}"]
     if steps:
         overrides += [f"--config.train.num_steps={steps}", f"--config.train.eval_every={steps}"]
+    overrides += [f"--config.{setting}" for setting in extra]
     subprocess.run([sys.executable, "-m", "train", "--config", f"configs/backpack_owt.py:{preset}", "--workdir",
                     str(workdir), *overrides], cwd=ROOT, check=True)
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -198,9 +199,9 @@ def similarity(data: Path, exports: dict) -> dict:
     return results
 
 
-def run(data: Path, out: Path, steps: int | None) -> None:
+def run(data: Path, out: Path, steps: int | None, extra: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    models = {name: train(name, data, out, steps) for name in ("backpack", "gpt2")}
+    models = {name: train(name, data, out, steps, extra) for name in ("backpack", "gpt2")}
     report = {"models": models, "similarity": similarity(data, {k: v["export"] for k, v in models.items()})}
     (out / "claim.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = ["| model | step | held-out loss | held-out perplexity |", "|---|---|---|---|"]
@@ -226,11 +227,13 @@ def main(argv=None) -> None:
     run_parser.add_argument("--data", type=Path, required=True)
     run_parser.add_argument("--out", type=Path, required=True)
     run_parser.add_argument("--steps", type=int, help="training steps of each model (default: the config's)")
+    run_parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                            help="a config override for both runs, e.g. train.batch_size=32 (repeatable)")
     args = parser.parse_args(argv)
     if args.command == "prepare":
         prepare(args.out)
     else:
-        run(args.data, args.out, args.steps)
+        run(args.data, args.out, args.steps, args.set)
 
 
 if __name__ == "__main__":
