@@ -123,11 +123,11 @@ def save_tiny_model(folder: Path, config, **model_overrides) -> None:
 
 def write_examples(path: Path, data) -> None:
     """40 short input/target pairs under the config's data keys: TSV with a header line, or JSONL; for a
-    language-model corpus, 40 JSONL documents under its text key."""
+    language-model corpus, 40 JSONL documents of about 20 words under its text key."""
     rows = [(" ".join(WORDS[(i + k) % len(WORDS)] for k in range(3)), WORDS[i % len(WORDS)]) for i in range(40)]
     path.parent.mkdir(parents=True, exist_ok=True)
     if "text_key" in data:
-        path.write_text("".join(json.dumps({data.text_key: f"{a} {b} ."}) + "\n" for a, b in rows))
+        path.write_text("".join(json.dumps({data.text_key: f"{a} {' '.join(WORDS)} {b} ."}) + "\n" for a, b in rows))
     elif path.suffix == ".tsv":
         path.write_text("".join(f"{a}\t{b}\n" for a, b in [(data.input_key, data.target_key), *rows]))
     elif path.suffix == ".jsonl":
