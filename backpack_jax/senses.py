@@ -19,7 +19,6 @@ leading space, --no-space to leave it out); a word of several tokens gets one ta
 import argparse
 import dataclasses
 import struct
-import sys
 import zlib
 from pathlib import Path
 
@@ -248,4 +247,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    main()

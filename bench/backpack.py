@@ -32,7 +32,7 @@ plus causal attention counted in full (12 x layers x d x T per token, as PaLM's 
 weighted sum of senses (6 x senses x T x d per token) and sense-weight scores (6 x T x d per token). Embedding
 lookups, norms, softmax and the optimizer are not counted. The formula and terms are printed.
 
---tiny: a tiny shape and batch, a CPU smoke test of every path (about five minutes on 2 cores, torch.compile most of it).
+--tiny: a tiny shape and batch, a CPU smoke test of every path (five minutes on 2 cores, mostly torch.compile).
 """
 import os
 
