@@ -1,6 +1,15 @@
-"""Backpack-GPT2 (Hewitt et al., ACL 2023) and plain GPT-2, its contextualization network, in Flax NNX."""
-from backpack_jax.configuration import BackpackGPT2Config, GPT2Config
-from backpack_jax.modeling import BackpackGPT2LMHeadModel, BackpackGPT2Model, GPT2LMHeadModel, GPT2Model
+"""Backpack-GPT2 (Hewitt et al., ACL 2023) and plain GPT-2, its contextualization network, in Flax NNX.
 
-__all__ = ["BackpackGPT2Config", "BackpackGPT2LMHeadModel", "BackpackGPT2Model", "GPT2Config", "GPT2LMHeadModel",
-           "GPT2Model"]
+Exports are imported on first use (jaxport.lazy), as the other families' are."""
+from jaxport import lazy
+
+_EXPORTS = {
+    "BackpackGPT2Config": "backpack_jax.configuration",
+    "GPT2Config": "backpack_jax.configuration",
+    "BackpackGPT2LMHeadModel": "backpack_jax.modeling",
+    "BackpackGPT2Model": "backpack_jax.modeling",
+    "GPT2LMHeadModel": "backpack_jax.modeling",
+    "GPT2Model": "backpack_jax.modeling",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy.exports(__name__, _EXPORTS)

@@ -220,9 +220,12 @@ class GPT2LMHeadModel(CausalLM):
         return self.transformer.init_cache(batch_size, max_length)
 
     @float32_matmuls
-    def decode(self, input_ids, cache=None, position=0, *, position_ids=None, dropout_rng=None):
-        """(logits [B, T, V], cache): GPT2Model.hidden, then the output layer."""
+    def decode(self, input_ids, cache=None, position=0, *, position_ids=None, logits_to_keep: int = 0,
+               dropout_rng=None):
+        """(logits [B, T, V], cache): GPT2Model.hidden, then the output layer; logits_to_keep > 0: of the last that
+        many tokens only (generation's prompt step needs one row of logits, not T x V)."""
         hidden, cache = self.transformer.hidden(input_ids, position_ids, cache, position, dropout_rng)
+        hidden = hidden[:, -logits_to_keep:]
         head = self.transformer.wte.attend if self.config.tie_word_embeddings else self.lm_head
         return head(hidden).astype(jnp.float32), cache
 
@@ -320,9 +323,11 @@ class BackpackGPT2Model(PretrainedModel):
         """Senses [B, T, num_senses, D]."""
         return self.sense_network(self.gpt2_model.wte(input_ids), rng)
 
-    def hidden(self, input_ids, position_ids=None, cache=None, position=0, rng=None):
+    def hidden(self, input_ids, position_ids=None, cache=None, position=0, rng=None, keep: int = 0):
         """(weighted sums of senses [B, T, D], contextualization float32 [B, senses, T, S], cache); with `cache`
-        (`init_cache`) as GPT2Model.hidden, the senses and sense-weight keys of the tokens fed are cached too."""
+        (`init_cache`) as GPT2Model.hidden, the senses and sense-weight keys of the tokens fed are cached too
+        (each token's senses depend on it alone: caching them spares the sense network, the widest part of the
+        model, every earlier token at every step). keep > 0: outputs of the last `keep` tokens only."""
         sense_rng, gpt2_rng = split_rng(rng, 2)
         senses = self.token_senses(input_ids, sense_rng)
         states, gpt2_cache = self.gpt2_model.hidden(input_ids, position_ids, None if cache is None else cache["gpt2"],
@@ -332,7 +337,9 @@ class BackpackGPT2Model(PretrainedModel):
             senses = write_cache(cache["senses"], senses, position)
             key = write_cache(cache["sense_keys"], key, position)
             cache = {"gpt2": gpt2_cache, "senses": senses, "sense_keys": key}
-        mask = causal_mask(position + jnp.arange(input_ids.shape[1]), jnp.arange(key.shape[1]))
+        places = (position + jnp.arange(input_ids.shape[1]))[-keep:]
+        mask = causal_mask(places, jnp.arange(key.shape[1]))
+        query = query[:, -keep:]
         contextualization = self.sense_weight_net(query, key, mask)
         return weighted_senses(contextualization, senses, self.dtype), contextualization, cache
 
@@ -387,9 +394,12 @@ class BackpackGPT2LMHeadModel(CausalLM):
         return self.backpack.init_cache(batch_size, max_length)
 
     @float32_matmuls
-    def decode(self, input_ids, cache=None, position=0, *, position_ids=None, dropout_rng=None):
-        """(logits [B, T, V], cache); see BackpackGPT2Model.hidden."""
-        hidden, _, cache = self.backpack.hidden(input_ids, position_ids, cache, position, dropout_rng)
+    def decode(self, input_ids, cache=None, position=0, *, position_ids=None, logits_to_keep: int = 0,
+               dropout_rng=None):
+        """(logits [B, T, V], cache); see BackpackGPT2Model.hidden. logits_to_keep > 0: of the last that many tokens
+        only (their contextualization weights and sums of senses only, too)."""
+        hidden, _, cache = self.backpack.hidden(input_ids, position_ids, cache, position, dropout_rng,
+                                                logits_to_keep)
         return self.lm_logits(hidden), cache
 
     @float32_matmuls

@@ -506,7 +506,7 @@ def _causal_lm_generate(graphdef, state, input_ids, rng, config: GenerationConfi
 
     def step_fn(tokens, cache, position):
         model = nnx.merge(graphdef, state)  # merged afresh in the loop's own trace, as in _seq2seq_generate
-        logits, cache = model.decode(tokens, cache, position)
+        logits, cache = model.decode(tokens, cache, position, logits_to_keep=1)
         return logits[:, -1], cache
 
     return generate(step_fn, cache, input_ids, config, rng)
@@ -515,8 +515,9 @@ def _causal_lm_generate(graphdef, state, input_ids, rng, config: GenerationConfi
 def causal_lm_generate(model: nnx.Module, input_ids, *, rng=None, max_positions: int | None = None,
                        **kwargs) -> GenerateOutput:
     """transformers-style `generate` for a decoder-only nnx.Module with `config`, `init_cache(batch_size,
-    max_length) -> cache` and `decode(tokens, cache, position) -> (logits [B, T, V], cache)`, which writes the
-    tokens' keys/values (and whatever else the model caches per token) at `position`. input_ids [B, P]: the prompt,
+    max_length) -> cache` and `decode(tokens, cache, position, logits_to_keep=1) -> (logits [B, 1, V] of the last
+    token, cache)`, which writes the tokens' keys/values (and whatever else the model caches per token) at
+    `position`. input_ids [B, P]: the prompt,
     the same length in every row (no padding). kwargs: GenerationConfig fields (transformers' names). max_positions:
     the positions the model has (learned position embeddings): a max_length that would feed more tokens is refused.
     Returns sequences [B * num_return_sequences, max_length], the prompt first. Compiled once per model structure,

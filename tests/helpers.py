@@ -243,15 +243,18 @@ def randomize(model: torch.nn.Module, seed: int, std: float = 0.3) -> torch.nn.M
     return model.eval()
 
 
-def random_backpack(seed: int = 0, **config):
-    """The authors' BackpackGPT2LMHeadModel with random weights, GPT2_TINY shaped unless `config` says otherwise."""
+def random_backpack(seed: int = 0, std: float = 0.3, **config):
+    """The authors' BackpackGPT2LMHeadModel with random weights (`randomize`), GPT2_TINY shaped unless `config` says
+    otherwise."""
     module = backpack_reference()
-    return randomize(module.BackpackGPT2LMHeadModel(module.BackpackGPT2Config(**{**GPT2_TINY, **config})), seed)
+    model = module.BackpackGPT2LMHeadModel(module.BackpackGPT2Config(**{**GPT2_TINY, **config}))
+    return randomize(model, seed, std)
 
 
-def random_gpt2(seed: int = 0, **config) -> transformers.GPT2LMHeadModel:
-    """transformers' GPT2LMHeadModel with random weights, GPT2_TINY shaped unless `config` says otherwise."""
-    return randomize(transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**GPT2_TINY, **config})), seed)
+def random_gpt2(seed: int = 0, std: float = 0.3, **config) -> transformers.GPT2LMHeadModel:
+    """transformers' GPT2LMHeadModel with random weights (`randomize`), GPT2_TINY shaped unless `config` says
+    otherwise."""
+    return randomize(transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**GPT2_TINY, **config})), seed, std)
 
 
 def save_backpack(model, folder: Path, *, model_type: str = "backpack-gpt2", aliases: bool = True,
