@@ -3,7 +3,7 @@
 - family "perceiver" (PerceiverForMaskedLM, configs/perceiver_mlm.py): documents concatenated into one stream of
   Perceiver byte ids, each ended by [SEP], cut into windows of data.sequence_length, whole words masked
   (perceiver_jax.masking); cross-entropy over the chosen bytes, masked-byte accuracy.
-- family "perceiver_classification" (PerceiverForSequenceClassification, configs/perceiver_glue.py): a GLUE task's
+- family "perceiver_cls" (PerceiverForSequenceClassification, configs/perceiver_glue.py): a GLUE task's
   texts as `[CLS] A [SEP] (B [SEP])`; cross-entropy, or squared error for STS-B's scores; the task's own metrics on
   the whole eval set (Matthews correlation, F1, Pearson/Spearman, accuracy; each of MNLI's eval sets apart).
   `init_from` a masked-LM (or classification) checkpoint takes its encoder; the classifier starts fresh.
@@ -17,8 +17,8 @@ from jaxport import config as config_lib
 from jaxport import data, tree
 from jaxport.hf import read_config
 from jaxport.tasks import check_params_fit
-from perceiver_jax import data as perceiver_data
 from perceiver_jax.configuration import PerceiverConfig
+from perceiver_jax.corpus import CorpusTokenizer
 from perceiver_jax.masking import MaskedBytes
 from perceiver_jax.modeling import PerceiverForMaskedLM, PerceiverForSequenceClassification
 from perceiver_jax.tokenization import PerceiverTokenizer
@@ -80,7 +80,7 @@ class MaskedLanguageModelTask(_PerceiverTask):
     @staticmethod
     def windows(config, split: str):
         """The corpus' windows of `split` in Perceiver's byte ids, or None (no eval data)."""
-        return data_section(config).make(split, tokenizer=perceiver_data.CorpusTokenizer())
+        return data_section(config).make(split, tokenizer=CorpusTokenizer())
 
     def train_data(self, config):
         return data.make_iterator(self.windows(config, "train"), self.mask, batch_size=config.train.batch_size,
@@ -275,7 +275,7 @@ class ClassificationTask(_PerceiverTask):
 
 
 def get_task(config):
-    tasks = {"perceiver": MaskedLanguageModelTask, "perceiver_classification": ClassificationTask}
+    tasks = {"perceiver": MaskedLanguageModelTask, "perceiver_cls": ClassificationTask}
     if config.family not in tasks:
         raise ValueError(f"family {config.family!r} is not one of Perceiver IO's: {sorted(tasks)}")
     return tasks[config.family](config)
