@@ -61,11 +61,7 @@ def check_params_fit(task, config, params: dict, include=lambda path: True) -> d
     return params
 
 
-def make_tokenizer(name: str):
-    if name == "bytes":
-        return data.ByteTokenizer()
-    from transformers import AutoTokenizer
-    return data.HuggingFaceTokenizer(AutoTokenizer.from_pretrained(name))
+make_tokenizer = data.load_tokenizer  # "bytes", or a transformers tokenizer's folder or hub id
 
 
 class Seq2SeqTask:
