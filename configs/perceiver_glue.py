@@ -1,8 +1,8 @@
-"""Perceiver IO fine-tuned on a GLUE task: the encoder of a masked-LM checkpoint, a fresh classifier (one decoded query).
+"""Perceiver IO fine-tuned on a GLUE task: a masked-LM checkpoint's encoder, a fresh classifier (one decoded query).
 
     python -m train --config configs/perceiver_glue.py --workdir runs/perceiver_glue      # tiny, synthetic, CPU
-    python -m convert perceiver deepmind/language-perceiver runs/language_perceiver
-    python -m train --config configs/perceiver_glue.py:cola --workdir runs/glue_cola --config.init_from=runs/language_perceiver
+    python -m convert perceiver deepmind/language-perceiver runs/lang_perceiver
+    python -m train --config configs/perceiver_glue.py:cola --workdir runs/cola --config.init_from=runs/lang_perceiver
 
 A preset named after a GLUE task (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli) reads TFDS `glue/<task>`
 (`tfds build glue/cola --file_format=array_record` first) and follows the paper's fine-tuning recipe: 10 epochs,
@@ -52,7 +52,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.optimizer.decay = "cosine"
     c.optimizer.clip_norm = 0.0
     if arg == "tiny":
-        c.data = data_section(SyntheticSentimentData, max_length=64)
+        c.data = data_section(SyntheticSentimentData, max_length=128)
         c.train.num_steps = 200
         c.train.batch_size = 32
         c.train.log_every = 20

@@ -127,9 +127,9 @@ class GlueExample:
     def __call__(self, example: dict) -> dict[str, np.ndarray]:
         ids = self.tokenizer.encode(*example["texts"], truncation=self.truncate, max_length=self.max_length)
         if len(ids) > self.max_length:
-            raise ValueError(f"the text{'s' if len(example['texts']) > 1 else ''} take {len(ids)} bytes with [CLS] "
-                             f"and [SEP], more than data.max_length={self.max_length} (raise it, or set "
-                             "data.truncate=True)")
+            texts = "the texts take" if len(example["texts"]) > 1 else "the text takes"
+            raise ValueError(f"{texts} {len(ids)} bytes with [CLS] and [SEP], more than data.max_length="
+                             f"{self.max_length} (raise it, or set data.truncate=True)")
         inputs = np.full(self.max_length, self.tokenizer.pad_token_id, np.int32)
         inputs[:len(ids)] = ids
         label = np.float32(example["label"]) if self.regression else np.int32(example["label"])
