@@ -154,36 +154,24 @@ def f1(labels: np.ndarray, predictions: np.ndarray) -> float:
     return float(2 * tp / (2 * tp + wrong)) if tp or wrong else 0.0
 
 
-def pearson(x: np.ndarray, y: np.ndarray) -> float:
-    x, y = x - x.mean(), y - y.mean()
-    denominator = np.sqrt(np.sum(x * x) * np.sum(y * y))
-    return float(np.sum(x * y) / denominator) if denominator else 0.0
+def correlation(kind: str):
+    """Pearson or Spearman correlation of predicted and true scores (scipy's, a dependency of jax); 0 for a constant
+    prediction."""
+    def compute(labels: np.ndarray, predictions: np.ndarray) -> float:
+        import scipy.stats
 
-
-def ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties sharing their mean rank (as Spearman's correlation ranks them)."""
-    order = np.argsort(x, kind="stable")
-    sorted_x = x[order]
-    first = np.concatenate([[True], sorted_x[1:] != sorted_x[:-1]])
-    group = np.cumsum(first) - 1
-    starts = np.flatnonzero(first)
-    sizes = np.diff(np.append(starts, len(x)))
-    mean_rank = starts + (sizes + 1) / 2.0
-    result = np.empty(len(x))
-    result[order] = mean_rank[group]
-    return result
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    return pearson(ranks(x), ranks(y))
+        if np.ptp(predictions) == 0 or np.ptp(labels) == 0:
+            return 0.0
+        return float(getattr(scipy.stats, f"{kind}r")(labels, predictions)[0])
+    return compute
 
 
 METRICS = {
     "accuracy": lambda labels, predictions: float(np.mean(labels == predictions)),
     "matthews_correlation": matthews_correlation,
     "f1": f1,
-    "pearson": pearson,
-    "spearman": spearman,
+    "pearson": correlation("pearson"),
+    "spearman": correlation("spearman"),
 }
 
 
