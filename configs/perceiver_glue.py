@@ -53,13 +53,13 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     c.optimizer.clip_norm = 0.0
     if arg == "tiny":
         c.data = data_section(SyntheticSentimentData, max_length=128)
-        c.train.num_steps = 200
+        c.train.num_steps = 300
         c.train.batch_size = 32
-        c.train.log_every = 20
-        c.train.eval_every = 200
-        c.train.checkpoint_every = 200
+        c.train.log_every = 25
+        c.train.eval_every = 300
+        c.train.checkpoint_every = 300
         c.eval.batch_size = 64
-        c.optimizer.learning_rate = 1e-2
+        c.optimizer.learning_rate = 2e-2
         c.optimizer.warmup_steps = 20
         return c
     c.data = data_section(GlueTfdsData, task=arg, max_length=2048)

@@ -71,6 +71,6 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         c.train.eval_every = 300
         c.train.checkpoint_every = 300
         c.eval.batch_size = 16
-        c.optimizer.learning_rate = 4e-3
+        c.optimizer.learning_rate = 1e-2
         c.optimizer.warmup_steps = 30
     return c

@@ -15,7 +15,7 @@ from flax import nnx
 
 from jaxport import config as config_lib
 from jaxport import data, tree
-from jaxport.hf import read_config
+from jaxport.hf import read_config, resolve_folder
 from jaxport.tasks import check_params_fit
 from perceiver_jax.configuration import PerceiverConfig
 from perceiver_jax.corpus import CorpusTokenizer
@@ -200,10 +200,11 @@ class ClassificationTask(_PerceiverTask):
         decoder as the model initialises it."""
         if not config.init_from:
             return None
-        architectures = read_config(config.init_from).get("architectures") or ["PerceiverForMaskedLM"]
+        folder = resolve_folder(config.init_from)
+        architectures = read_config(folder).get("architectures") or ["PerceiverForMaskedLM"]
         source_class = (PerceiverForSequenceClassification if architectures[0] == "PerceiverForSequenceClassification"
                         else PerceiverForMaskedLM)
-        loaded = self.params(source_class.from_pretrained(config.init_from))
+        loaded = self.params(source_class.from_pretrained(folder))
         encoder = {path: value for path, value in loaded.items() if is_encoder(path)}
         fitted = check_params_fit(self, config, encoder, include=is_encoder)
         return {**self.params(self.create_model(config, nnx.Rngs(config.seed))), **fitted}
