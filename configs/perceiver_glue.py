@@ -33,8 +33,9 @@ LANGUAGE_PERCEIVER = dict(
     cross_attention_shape_for_attention="kv", self_attention_widening_factor=1, cross_attention_widening_factor=1,
     hidden_act="gelu", attention_probs_dropout_prob=0.1, initializer_range=0.02, use_query_residual=True,
     vocab_size=262, max_position_embeddings=2048)
-TINY = dict(LANGUAGE_PERCEIVER, num_latents=16, d_latents=64, d_model=32, num_self_attends_per_block=2,
-            num_self_attention_heads=4, num_cross_attention_heads=4, qk_channels=32, v_channels=64,
+# configs/perceiver_mlm.py's tiny shape, so that its models fine-tune here.
+TINY = dict(LANGUAGE_PERCEIVER, num_latents=32, d_latents=64, d_model=64, num_self_attends_per_block=2,
+            num_self_attention_heads=4, num_cross_attention_heads=4, qk_channels=64, v_channels=64,
             attention_probs_dropout_prob=0.0, max_position_embeddings=128)
 EPOCHS, BATCH_SIZE = 10, 32
 

@@ -214,8 +214,8 @@ def test_fine_tuning_starts_from_the_encoder_with_a_fresh_classifier(tmp_path):
         np.testing.assert_array_equal(np.asarray(loaded[path]), np.asarray(expected), err_msg=path)
 
     wider = glue_config(f"init_from={tmp_path / 'mlm'}", "model.d_latents=128", "model.v_channels=128")
-    with pytest.raises(ValueError, match=r"perceiver/latents: init_from has \(16, 64\), config\.model "
-                                         r"gives \(16, 128\)"):
+    with pytest.raises(ValueError, match=r"perceiver/latents: init_from has \(32, 64\), config\.model "
+                                         r"gives \(32, 128\)"):
         registry.task(wider.family, wider).pretrained_params(wider)
 
 
