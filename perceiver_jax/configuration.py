@@ -84,6 +84,12 @@ class PerceiverConfig(HFConfig):
             values["id2label"] = {index: f"LABEL_{index}" for index in range(num_labels)}
         return super().from_dict(values)
 
+    @classmethod
+    def create(cls, *, num_labels: int | None = None, **fields) -> "PerceiverConfig":
+        """A config from field values (and `num_labels`, as transformers' config takes it); unknown names are errors."""
+        config = super().create(**fields)
+        return config if num_labels is None else cls.from_dict({**config.to_dict(), "num_labels": num_labels})
+
     def to_dict(self) -> dict:
         values = super().to_dict()
         values["id2label"] = {str(index): name for index, name in self.id2label.items()}
