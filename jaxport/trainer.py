@@ -101,7 +101,9 @@ def base_optimizer(opt: ml_collections.ConfigDict, schedule) -> optax.GradientTr
     if opt.name == "adamw":
         return optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay)
     if opt.name == "adafactor":
-        return optax.adafactor(schedule, weight_decay_rate=opt.weight_decay or None)
+        # multiply_by_parameter_scale False is transformers' Adafactor(scale_parameter=False), as FLIPPED trains.
+        return optax.adafactor(schedule, weight_decay_rate=opt.weight_decay or None,
+                               multiply_by_parameter_scale=opt.get("multiply_by_parameter_scale", True))
     if opt.name == "lamb":  # Adam's update scaled per parameter by ||param|| / ||update|| (Perceiver IO, BERT at scale)
         return optax.lamb(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay)
     raise ValueError(f"optimizer.name={opt.name!r}: expected adamw, adafactor or lamb")

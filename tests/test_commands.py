@@ -50,6 +50,9 @@ NOT_RUN = {
     'python -m pytest -q -m "slow or not slow" tests': "the whole test suite with the slow tests, as CI runs it",
     "python -m train --config configs/lsg_arxiv.py --workdir runs/lsg_arxiv --config.init_from=path/to/lsg-bart-folder":
         "reads TFDS scientific_papers/arxiv (array_record), which `tfds build` downloads: no local substitute",
+    "python -m flipped_jax.evaluate --model FOLDER --data FILE":
+        "reads a FLIPPED model folder with its tokenizer and an evaluation JSONL: tests/test_flipped_data.py runs it "
+        "on a tiny model and tokenizer it builds",
 }
 # A convert mode that reads another family's checkpoint: the tiny source is of that family (overrides of its model).
 MODE_SOURCES = {"--from-bart": ("lsg", {"lsg": False}), "--from-pretraining": ("sip_pretrain", {})}

@@ -193,6 +193,11 @@ FAMILIES = [
            T5_WIDE, foreign="sip_pretrain", refusal="model_type 'sip_finetune', got 'sip_pretrain'",
            data=sip_finetune_data, run=(*T5_RUN, "train.batch_size=8", "eval.batch_size=8"),
            incremental=seq2seq_incremental),
+    # FLIPPED's model is transformers' T5 (v1.1 LM-adapted: gated-gelu, untied head); its tiny config trains with
+    # Adafactor, as the paper does.
+    Family("flipped", "configs/flipped_train.py", t5_reference, T5_LAYOUTS, T5_WIDE, foreign="sip_pretrain",
+           refusal=r"(?s)missing.*\n  shared/embedding: from shared\.weight\n.*unexpected.*\n  model\.shared\.weight\n",
+           run=(*T5_RUN, "train.batch_size=8"), incremental=seq2seq_incremental),
     Family("lsg", "configs/lsg_arxiv.py:tiny", lsg_reference,
            {"shared/embedding": P("tensor", "fsdp"),  # (vocab, embed)
             "encoder/embed_positions/embedding": P(None, "fsdp"),  # (positions, embed)
@@ -298,15 +303,18 @@ def test_sharded_init_follows_the_rules(family, tmp_path):
         assert large[path].sharding.spec == spec, path
         ways = math.prod(setup.mesh.shape[axis] for axis in spec if axis)  # each shard holds 1/ways of it
         assert large[path].addressable_shards[0].data.size * ways == large[path].size, path
-    # The small leaves (norm scales, biases) are packed into replicated vectors, and Adam's moments are laid out
-    # as their parameters.
+    # The small leaves (norm scales, biases) are packed into replicated vectors (Adam), and the optimizer's moments
+    # shaped as their parameter are laid out as it: Adam's two, or Adafactor's one second moment of a parameter it
+    # does not factor (a factored one's row and column statistics have other shapes).
     assert all(vector.sharding.is_fully_replicated for vector in params["small"].values())
+    moments_per_parameter = {"adamw": 2, "adafactor": 1}[config.optimizer.name]
     param_keys = {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
     moments = jax.tree_util.tree_leaves_with_path(setup.state.opt_state)
     followed = 0
     for key, leaf in param_keys.items():
         followers = [m for path, m in moments if jax.tree_util.keystr(path).endswith(key) and m.shape == leaf.shape]
-        assert len(followers) in (0, 2) and all(m.sharding == leaf.sharding for m in followers), key  # 0: frozen
+        assert len(followers) in (0, moments_per_parameter), key  # 0: frozen, or factored
+        assert all(m.sharding == leaf.sharding for m in followers), key
         followed += bool(followers)
     assert followed
 

@@ -66,7 +66,7 @@ def assert_install_cell_did_nothing(notebook):
     assert "nothing to install" in cell_text(install)
 
 
-@pytest.mark.parametrize("name", ["sip.ipynb", "lsg.ipynb", "perceiver.ipynb"])
+@pytest.mark.parametrize("name", ["sip.ipynb", "lsg.ipynb", "flipped.ipynb", "perceiver.ipynb"])
 def test_committed_notebook_has_no_outputs(name):
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     nbformat.validate(notebook)
@@ -128,3 +128,18 @@ def test_perceiver_notebook_fills_masks_and_fine_tunes_a_tiny_model(tmp_path):
     assert exported["id2label"] == {"0": "negative", "1": "positive"}
     assert set(summary["new_predictions"].values()) <= {"negative", "positive"}
     assert len(summary["new_predictions"]) == 2
+
+
+def test_flipped_notebook_scores_options_and_fine_tunes_a_tiny_model(tmp_path):
+    summary, notebook = run_notebook("flipped.ipynb", {"TINY": True, "WORKDIR": str(tmp_path / "flipped"),
+                                                       "FINETUNE_STEPS": 20}, tmp_path)
+    assert_install_cell_did_nothing(notebook)
+    assert all(label in ("Negative", "Positive") for label in summary["zero_shot_predictions"])
+    assert len(summary["zero_shot_scores"]) == 2 and all(math.isfinite(s) and s < 0
+                                                          for row in summary["zero_shot_scores"] for s in row)
+    assert isinstance(summary["generated_instruction"], str) and summary["generated_instruction"]
+    records = [json.loads(line) for line in Path(summary["metrics_file"]).read_text().splitlines()]
+    assert records[-1]["step"] == summary["num_steps"] == 20
+    assert math.isfinite(summary["final_loss"]) and 0.0 <= summary["eval_accuracy"] <= 1.0
+    assert "eval_accuracy_sentiment" in records[-1] and "eval_accuracy_topic" in records[-1]
+    assert (Path(summary["export_dir"]) / "config.json").is_file()
