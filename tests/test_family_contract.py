@@ -304,10 +304,10 @@ def test_sharded_init_follows_the_rules(family, tmp_path):
         ways = math.prod(setup.mesh.shape[axis] for axis in spec if axis)  # each shard holds 1/ways of it
         assert large[path].addressable_shards[0].data.size * ways == large[path].size, path
     # The small leaves (norm scales, biases) are packed into replicated vectors (Adam), and the optimizer's moments
-    # shaped as their parameter are laid out as it: Adam's two, or Adafactor's one second moment of a parameter it
-    # does not factor (a factored one's row and column statistics have other shapes).
+    # shaped as their parameter are laid out as it: Adam's (and LAMB's) two, or Adafactor's one second moment of a
+    # parameter it does not factor (a factored one's row and column statistics have other shapes).
     assert all(vector.sharding.is_fully_replicated for vector in params["small"].values())
-    moments_per_parameter = {"adamw": 2, "adafactor": 1}[config.optimizer.name]
+    moments_per_parameter = {"adamw": 2, "lamb": 2, "adafactor": 1}[config.optimizer.name]
     param_keys = {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
     moments = jax.tree_util.tree_leaves_with_path(setup.state.opt_state)
     followed = 0
