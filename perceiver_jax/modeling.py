@@ -96,18 +96,14 @@ class PerceiverLayer(nnx.Module):
         return h + self.dense2(self.act(self.dense1(self.mlp_norm(h))))
 
 
-def _cross_attention_qk(config: PerceiverConfig, q_dim: int, kv_dim: int) -> int:
-    """The encoder's cross-attention query/key width when config.qk_channels is None."""
-    return kv_dim if config.cross_attention_shape_for_attention == "kv" else q_dim
-
-
 class PerceiverEncoder(nnx.Module):
     """Cross-attention from the latents to the inputs, then the block of self-attention layers num_blocks times."""
 
     def __init__(self, config: PerceiverConfig, kv_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         d = config.d_latents
-        qk = config.qk_channels or _cross_attention_qk(config, d, kv_dim)
+        # Without qk_channels, the cross-attention's query/key width is the inputs' ("kv") or the latents' ("q").
+        qk = config.qk_channels or (kv_dim if config.cross_attention_shape_for_attention == "kv" else d)
         self.cross_attention = PerceiverLayer(
             config, is_cross_attention=True, q_dim=d, kv_dim=kv_dim, qk_channels=qk, v_channels=config.v_channels or qk,
             num_heads=config.num_cross_attention_heads, widening_factor=config.cross_attention_widening_factor,
