@@ -35,6 +35,9 @@ FAMILIES = {
     "backpack": Family("backpack_jax", "BackpackGPT2LMHeadModel"),
     # Backpack's contextualization network on its own: the paper's Transformer baseline.
     "gpt2": Family("backpack_jax", "GPT2LMHeadModel"),
+    # One package, two heads: masked byte prediction (pre-training) and sequence classification (GLUE).
+    "perceiver": Family("perceiver_jax", "PerceiverForMaskedLM"),
+    "perceiver_cls": Family("perceiver_jax", "PerceiverForSequenceClassification"),
 }
 
 

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxport.convert import IDENTITY, Alias, Entry, Ignore, Rule, linear_kernel, reshaped
+from jaxport.convert import FLATTENED, IDENTITY, Alias, Entry, Ignore, Rule, linear_kernel
 from jaxport.hf import CONFIG_FILE, find_weights, iter_tensors, read_config, save_weights
 from lsg_jax.configuration import MAX_GLOBAL_TOKENS, POSITION_OFFSET, LSGBartConfig
 
 
 def _linear(pytorch: str, flax: str, input_axes: int = 1, bias_split: bool = False) -> list[Rule]:
     return [Rule(f"{pytorch}.weight", f"{flax}/kernel", linear_kernel(input_axes)),
-            Rule(f"{pytorch}.bias", f"{flax}/bias", reshaped() if bias_split else IDENTITY)]
+            Rule(f"{pytorch}.bias", f"{flax}/bias", FLATTENED if bias_split else IDENTITY)]
 
 
 def _attention(pytorch: str, flax: str) -> list[Rule]:

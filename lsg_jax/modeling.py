@@ -23,6 +23,7 @@ from jaxport.layers import (
     Embed,
     LayerNorm,
     causal_mask,
+    dot_product_attention,
     dropout,
     float32_matmuls,
     layer_drop,
@@ -85,10 +86,8 @@ class Attention(nnx.Module):
             cache = {"key": k, "value": v}
         if mask is None:
             mask = padding_mask(key_valid)
-        scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
-        probs = jax.nn.softmax(scores + mask_bias(mask), axis=-1).astype(self.dtype)
-        probs = dropout(probs, self.dropout_rate, rng)
-        return self.out(jnp.einsum("bhts,bshd->bthd", probs, v.astype(self.dtype))), cache
+        return self.out(dot_product_attention(q, k, v.astype(self.dtype), mask, dropout_rate=self.dropout_rate,
+                                              rng=rng)), cache
 
 
 class EncoderLayer(nnx.Module):

@@ -98,6 +98,19 @@ def random_torch_t5(seed: int | None = None, **config) -> transformers.T5ForCond
     return model.eval()
 
 
+def random_torch_perceiver(model_class, seed: int = 0, **config) -> torch.nn.Module:
+    """A transformers Perceiver text model (PerceiverForMaskedLM, PerceiverForSequenceClassification) in eval mode,
+    every weight redrawn: N(0, 0.3^2), LayerNorm scales 1 + N(0, 0.1^2). transformers' initialisation (std 0.02, zero
+    biases) leaves the logits almost flat, so an error in most weights would hardly move them."""
+    torch.manual_seed(seed)
+    model = model_class(transformers.PerceiverConfig(**config)).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            is_norm_scale = "layernorm" in name and name.endswith(".weight")
+            param.copy_(1 + 0.1 * torch.randn_like(param) if is_norm_scale else 0.3 * torch.randn_like(param))
+    return model
+
+
 SIP_VOCAB = 64
 SIP_T5_KWARGS = dict(vocab_size=SIP_VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
                      num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20,
