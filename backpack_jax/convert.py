@@ -12,12 +12,12 @@ ignored.
 transformers' Conv1D keeps its weight input-first, [in, out]: a kernel is the same elements reshaped (c_attn's
 [d, 3 d] is (d, 3, heads, head_dim), q / k / v in that order).
 """
-from jaxport.convert import IDENTITY, Alias, Entry, Ignore, Rule, linear_kernel, reshaped
+from jaxport.convert import FLATTENED, IDENTITY, Alias, Entry, Ignore, Rule, input_first_kernel, linear_kernel
 
 
 def _conv1d(pytorch: str, flax: str, input_axes: int = 1, split_bias: bool = False) -> list[Rule]:
-    return [Rule(f"{pytorch}.weight", f"{flax}/kernel", reshaped(input_axes)),
-            Rule(f"{pytorch}.bias", f"{flax}/bias", reshaped() if split_bias else IDENTITY)]
+    return [Rule(f"{pytorch}.weight", f"{flax}/kernel", input_first_kernel(input_axes)),
+            Rule(f"{pytorch}.bias", f"{flax}/bias", FLATTENED if split_bias else IDENTITY)]
 
 
 def _norm(pytorch: str, flax: str) -> list[Rule]:
@@ -71,7 +71,7 @@ def _backpack_body(pytorch: str, flax: str, export: bool) -> list[Entry]:
         *_mlp(f"{senses}.final_mlp", f"{flax}sense_network/final_mlp", split_output=True),
         # A torch Linear [2 * num_senses * head, d] <-> (d, 2, num_senses, head): query and key of every sense.
         Rule(f"{pytorch}sense_weight_net.c_attn.weight", f"{flax}sense_weight_net/c_attn/kernel", linear_kernel(1)),
-        Rule(f"{pytorch}sense_weight_net.c_attn.bias", f"{flax}sense_weight_net/c_attn/bias", reshaped()),
+        Rule(f"{pytorch}sense_weight_net.c_attn.bias", f"{flax}sense_weight_net/c_attn/bias", FLATTENED),
         Alias(f"{pytorch}word_embeddings.weight", f"{pytorch}gpt2_model.wte.weight", export=export),
         Alias(f"{pytorch}position_embeddings.weight", f"{pytorch}gpt2_model.wpe.weight", export=export),
     ]

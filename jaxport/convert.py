@@ -67,15 +67,11 @@ def linear_kernel(input_axes: int = 1) -> Transform:
                      to_pytorch=to_pytorch, pytorch_shape=pytorch_shape)
 
 
-def reshaped(input_axes: int | None = None) -> Transform:
-    """PyTorch holds the same elements in the same order with axes merged: input_axes None, a vector (a bias
-    [heads * head_dim] <-> (heads, head_dim)); else a matrix whose rows are the first `input_axes` Flax axes and
-    whose columns are the rest (transformers' Conv1D weight [in, out], already input-first, <-> a kernel (embed,
-    heads, kv))."""
+def input_first_kernel(input_axes: int = 1) -> Transform:
+    """A weight PyTorch keeps input-first, [in, out] (transformers' Conv1D: GPT-2), <-> a kernel whose first
+    `input_axes` axes are the input side, e.g. (embed, 3, heads, head_dim): the same elements, axes merged."""
 
     def pytorch_shape(shape: Shape) -> Shape:
-        if input_axes is None:
-            return (math.prod(shape),)
         return (math.prod(shape[:input_axes]), math.prod(shape[input_axes:]))
 
     return Transform(to_flax=lambda array, shape: array.reshape(shape),
