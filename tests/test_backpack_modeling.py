@@ -9,6 +9,8 @@ import torch
 from flax import nnx
 
 from backpack_jax import BackpackGPT2Config, BackpackGPT2LMHeadModel, BackpackGPT2Model, GPT2LMHeadModel, GPT2Model
+from jaxport import tree
+from jaxport.convert import flax_to_pytorch
 from tests import helpers
 
 # (num_senses, sense_intermediate_scale, scale_attn_by_inverse_layer_idx, other fields): 7 senses do not divide
@@ -45,6 +47,29 @@ def test_logits_and_contextualization_match_the_original(pair):
     assert out.contextualization.shape == (BATCH, model.config.num_senses, LENGTH, LENGTH)
     assert helpers.rel_err(out.logits, expected.logits.numpy()) < 1e-4
     assert helpers.rel_err(out.contextualization, expected.contextualization.numpy()) < 1e-4
+
+
+def test_gradients_match_the_original(pair):
+    """Training sees what the original trains on: next-token loss gradients of every weight, tied ones summed."""
+    reference, ours = pair
+    ids = ids_of(5)
+    inputs, targets = torch.tensor(ids[:, :-1]), torch.tensor(ids[:, 1:])
+    reference.zero_grad()
+    logits = reference(inputs).logits
+    torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten()).backward()
+    expected = {key: p.grad.numpy() for key, p in reference.named_parameters()}
+    graphdef, params, rest = nnx.split(ours, nnx.Param, ...)
+
+    def loss(params):
+        logits = nnx.merge(graphdef, params, rest)(jnp.asarray(ids[:, :-1])).logits
+        return -jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.asarray(ids[:, 1:, None]), -1).mean()
+
+    grads = jax.grad(loss)(params)
+    flat = {path: np.asarray(leaf) for path, leaf in tree.flatten(nnx.to_pure_dict(grads)).items()}
+    actual = flax_to_pytorch(flat, BackpackGPT2LMHeadModel.conversion_rules(ours.config))
+    assert expected.keys() <= actual.keys()
+    for key, grad in expected.items():
+        assert helpers.rel_err(actual[key], grad) < 1e-4, key
 
 
 def test_given_position_ids_match_the_original(pair):
