@@ -29,6 +29,12 @@ FAMILIES = {
     "lsg": Family("lsg_jax", "LSGBartForConditionalGeneration", convert_cli="lsg_jax.convert_cli"),
     "sip_pretrain": Family("sip_jax", "SIPPreTrainingModel"),
     "sip_finetune": Family("sip_jax", "SIPFinetuningModel", convert_cli="sip_jax.convert_cli"),
+    "backpack": Family("backpack_jax", "BackpackGPT2LMHeadModel"),
+    # Backpack's contextualization network on its own: the paper's Transformer baseline.
+    "gpt2": Family("backpack_jax", "GPT2LMHeadModel"),
+    # One package, two heads: masked byte prediction (pre-training) and sequence classification (GLUE).
+    "perceiver": Family("perceiver_jax", "PerceiverForMaskedLM"),
+    "perceiver_cls": Family("perceiver_jax", "PerceiverForSequenceClassification"),
 }
 
 

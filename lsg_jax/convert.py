@@ -7,26 +7,19 @@ prefix); both are accepted by either class. Tied copies of the embedding (encode
 lm_head) are aliases of `model.shared.weight`.
 """
 import json
-import math
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from jaxport.convert import IDENTITY, Alias, Entry, Ignore, Rule, Transform, linear_kernel
+from jaxport.convert import FLATTENED, IDENTITY, Alias, Entry, Ignore, Rule, linear_kernel
 from jaxport.hf import CONFIG_FILE, find_weights, iter_tensors, read_config, save_weights
 from lsg_jax.configuration import MAX_GLOBAL_TOKENS, POSITION_OFFSET, LSGBartConfig
 
 
-def _reshape_bias() -> Transform:
-    """A torch bias [heads * head_dim] <-> (heads, head_dim)."""
-    return Transform(to_flax=lambda array, shape: array.reshape(shape), to_pytorch=lambda array: array.reshape(-1),
-                     pytorch_shape=lambda shape: (math.prod(shape),))
-
-
 def _linear(pytorch: str, flax: str, input_axes: int = 1, bias_split: bool = False) -> list[Rule]:
     return [Rule(f"{pytorch}.weight", f"{flax}/kernel", linear_kernel(input_axes)),
-            Rule(f"{pytorch}.bias", f"{flax}/bias", _reshape_bias() if bias_split else IDENTITY)]
+            Rule(f"{pytorch}.bias", f"{flax}/bias", FLATTENED if bias_split else IDENTITY)]
 
 
 def _attention(pytorch: str, flax: str) -> list[Rule]:

@@ -21,11 +21,12 @@ from jaxport.layers import (
     ACTIVATIONS,
     Dense,
     Embed,
+    LayerNorm,
     causal_mask,
+    dot_product_attention,
     dropout,
     float32_matmuls,
     layer_drop,
-    layer_norm,
     mask_bias,
     padding_mask,
     remat,
@@ -40,16 +41,6 @@ from lsg_jax.hopper_gemm import dense_gelu
 from lsg_jax.pallas_attention import pallas_lsg_attention
 
 DEFAULT_LSH_SEED = 0  # LSH projections use jax.random.key(DEFAULT_LSH_SEED) when a call passes no key nor rng
-
-
-class LayerNorm(nnx.Module):
-    def __init__(self, size: int, eps: float = 1e-5, *, dtype, param_dtype, rngs: nnx.Rngs):
-        self.eps, self.dtype = eps, dtype
-        self.scale = nnx.Param(jnp.ones((size,), param_dtype), logical_axes=("embed",))
-        self.bias = nnx.Param(jnp.zeros((size,), param_dtype), logical_axes=("embed",))
-
-    def __call__(self, x):
-        return layer_norm(x, self.scale[...], self.bias[...], self.eps, self.dtype)
 
 
 class Attention(nnx.Module):
@@ -96,10 +87,8 @@ class Attention(nnx.Module):
             cache = {"key": k, "value": v}
         if mask is None:
             mask = padding_mask(key_valid)
-        scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
-        probs = jax.nn.softmax(scores + mask_bias(mask), axis=-1).astype(self.dtype)
-        probs = dropout(probs, self.dropout_rate, rng)
-        return self.out(jnp.einsum("bhts,bshd->bthd", probs, v.astype(self.dtype))), cache
+        return self.out(dot_product_attention(q, k, v.astype(self.dtype), mask, dropout_rate=self.dropout_rate,
+                                              rng=rng)), cache
 
 
 class EncoderLayer(nnx.Module):

@@ -1,7 +1,9 @@
 """What several test modules share: relative error, padded batches, bit-level comparisons, tiny PyTorch reference
-models (T5, SIP; LSG-BART's runs in its own environment, tests/lsg_reference), tiny data files, and running
-`python -m train` in a subprocess. Test modules import this, never each other."""
+models (T5, SIP, Backpack-GPT2 and GPT-2; LSG-BART's runs in its own environment, tests/lsg_reference), tiny data
+files, and running `python -m train` in a subprocess. Test modules import this, never each other."""
 import ast
+import functools
+import importlib.util
 import json
 import os
 import random
@@ -94,6 +96,19 @@ def random_torch_t5(seed: int | None = None, **config) -> transformers.T5ForCond
     if not config.get("tie_word_embeddings", True):
         model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight))
     return model.eval()
+
+
+def random_torch_perceiver(model_class, seed: int = 0, **config) -> torch.nn.Module:
+    """A transformers Perceiver text model (PerceiverForMaskedLM, PerceiverForSequenceClassification) in eval mode,
+    every weight redrawn: N(0, 0.3^2), LayerNorm scales 1 + N(0, 0.1^2). transformers' initialisation (std 0.02, zero
+    biases) leaves the logits almost flat, so an error in most weights would hardly move them."""
+    torch.manual_seed(seed)
+    model = model_class(transformers.PerceiverConfig(**config)).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            is_norm_scale = "layernorm" in name and name.endswith(".weight")
+            param.copy_(1 + 0.1 * torch.randn_like(param) if is_norm_scale else 0.3 * torch.randn_like(param))
+    return model
 
 
 SIP_VOCAB = 64
@@ -206,6 +221,86 @@ def random_fsts(rng, fst, lengths, width=5):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Tiny PyTorch references: the authors' Backpack-GPT2, transformers' GPT-2
+
+BACKPACK_FILE = "models/backpack_gpt2/modelings_backpack_gpt2.py"
+# Small and without dropout; bos/eos None: transformers complains about ids outside a tiny vocabulary.
+GPT2_TINY = dict(vocab_size=61, n_embd=24, n_layer=2, n_head=4, n_positions=20, resid_pdrop=0.0, embd_pdrop=0.0,
+                 attn_pdrop=0.0, bos_token_id=None, eos_token_id=None)
+
+
+@functools.cache
+def backpack_reference():
+    """The authors' modeling file (BackpackGPT2Config, BackpackGPT2LMHeadModel, ...) as a module. It ships in
+    pyvene 0.1.8 (installed with --no-deps, see .ci/run); loaded by path, since importing the pyvene package pulls
+    in dependencies the file does not need (find_spec of a top-level package does not import it)."""
+    spec = importlib.util.find_spec("pyvene")
+    path = None if spec is None else Path(spec.submodule_search_locations[0]) / BACKPACK_FILE
+    if path is None or not path.is_file():
+        skip_unless_ci("the authors' Backpack file is missing: pip install --no-deps pyvene==0.1.8")
+    module_spec = importlib.util.spec_from_file_location("modelings_backpack_gpt2", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def randomize(model: torch.nn.Module, seed: int, std: float = 0.3) -> torch.nn.Module:
+    """Every parameter drawn again from N(0, std^2) (LayerNorm scales around 1), so that nothing is at a value
+    (0, 1, a tiny init) that could hide a mistake."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator) * std
+            param.copy_(noise + 1.0 if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight", "ln.weight"))
+                        else noise)
+    return model.eval()
+
+
+def random_backpack(seed: int = 0, std: float = 0.3, **config):
+    """The authors' BackpackGPT2LMHeadModel with random weights (`randomize`), GPT2_TINY shaped unless `config` says
+    otherwise."""
+    module = backpack_reference()
+    model = module.BackpackGPT2LMHeadModel(module.BackpackGPT2Config(**{**GPT2_TINY, **config}))
+    return randomize(model, seed, std)
+
+
+def random_gpt2(seed: int = 0, std: float = 0.3, **config) -> transformers.GPT2LMHeadModel:
+    """transformers' GPT2LMHeadModel with random weights (`randomize`), GPT2_TINY shaped unless `config` says
+    otherwise."""
+    return randomize(transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**GPT2_TINY, **config})), seed, std)
+
+
+def save_backpack(model, folder: Path, *, model_type: str = "backpack-gpt2", aliases: bool = True,
+                  bin_file: bool = False) -> Path:
+    """config.json and weights as the authors' folders hold them: model_type "backpack-gpt2" or "gpt2" (what their
+    config class writes), every key of the state dict or (aliases=False) without the tied copies lm_head.weight,
+    backpack.word_embeddings.weight and backpack.position_embeddings.weight; model.safetensors or
+    pytorch_model.bin."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {**model.config.to_dict(), "model_type": model_type, "architectures": ["BackpackGPT2LMHeadModel"]}
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    state = {key: value.detach().clone().contiguous() for key, value in model.state_dict().items()}
+    if not aliases:
+        for key in ("lm_head.weight", "backpack.word_embeddings.weight", "backpack.position_embeddings.weight"):
+            del state[key]
+    if bin_file:
+        torch.save(state, folder / "pytorch_model.bin")
+    else:
+        safetensors.torch.save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def greedy_loop(forward, input_ids: np.ndarray, num_new: int) -> np.ndarray:
+    """Greedy decoding as a loop over a full forward pass (`forward(ids) -> logits`), no cache: the reference for
+    generation of the models that have no `generate` (the authors' Backpack)."""
+    ids = torch.as_tensor(input_ids)
+    with torch.no_grad():
+        for _ in range(num_new):
+            ids = torch.cat([ids, forward(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids.numpy()
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Tiny data files
 
 
@@ -263,6 +358,48 @@ def write_summarization_files(folder: Path) -> Path:
                                          eos_token="</s>", unk_token="<unk>").save_pretrained(folder / "tokenizer")
     for name, rows in (("train", train), ("eval", evaluation)):
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Language-model corpora
+
+LM_TOPICS = {  # a small English-like corpus: each document keeps to one topic, so its words predict one another
+    "animals": "the cat and the dog ran across the field while a small bird sang in the old tree".split(),
+    "cooking": "she cooked rice with fresh garlic and onion then served the soup with warm bread".split(),
+    "sailing": "the sailors raised the white sail and the ship left the harbour for the open sea".split(),
+}
+
+
+def lm_document(rng, num_sentences: int) -> str:
+    topic = LM_TOPICS[rng.choice(sorted(LM_TOPICS))]
+    return " ".join(" ".join(rng.choice(topic) for _ in range(rng.randint(4, 9))) + " ."
+                    for _ in range(num_sentences))
+
+
+def write_lm_corpus(folder: Path, num_train: int = 200, num_eval: int = 20) -> Path:
+    """folder/train.jsonl and folder/eval.jsonl: {"text": document} lines of 1 to 6 sentences over LM_TOPICS."""
+    rng = random.Random(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, count in (("train", num_train), ("eval", num_eval)):
+        rows = [{"text": lm_document(rng, rng.randint(1, 6))} for _ in range(count)]
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+def write_gpt2_style_tokenizer(folder: Path, texts, vocab_size: int = 300) -> Path:
+    """A byte-level BPE tokenizer like GPT-2's, trained on `texts`: `<|endoftext|>` (id 0) is its bos, eos and unk,
+    and it has no pad token. Saved as a transformers folder."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|endoftext|>",
+                                         eos_token="<|endoftext|>", unk_token="<|endoftext|>").save_pretrained(folder)
     return folder
 
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import transformers
 from jax.sharding import PartitionSpec as P
 
 from jaxport import config as config_lib
@@ -118,6 +119,20 @@ def lsg_reference(folder: Path) -> Reference:
     return Reference(folder, dict(input_ids=ids, attention_mask=mask, decoder_input_ids=dec), logits)
 
 
+PERCEIVER_KWARGS = dict(num_latents=6, d_latents=16, d_model=24, num_blocks=2, num_self_attends_per_block=2,
+                        num_self_attention_heads=2, num_cross_attention_heads=4, qk_channels=8, v_channels=16,
+                        self_attention_widening_factor=2, max_position_embeddings=12)
+
+
+def perceiver_reference(folder: Path) -> Reference:
+    """transformers' PerceiverForMaskedLM, on inputs as long as its positions (it decodes all of them)."""
+    model = helpers.random_torch_perceiver(transformers.PerceiverForMaskedLM, seed=0, **PERCEIVER_KWARGS)
+    model.save_pretrained(folder)
+    ids, mask, _ = helpers.padded_batch(np.random.default_rng(0), 262, (12, 7, 1), low=0)
+    return Reference(folder, dict(inputs=ids, attention_mask=mask), torch_logits(model, inputs=ids,
+                                                                                 attention_mask=mask))
+
+
 def sip_finetune_data(folder: Path) -> list[str]:
     rows = [(word, word.upper()) for word in "cat dog bird fish mouse horse lion tiger bear wolf fox deer".split()]
     return [f"data.train_path={helpers.write_tsv(folder / 'train.tsv', rows[:8])}",
@@ -149,6 +164,53 @@ def seq2seq_incremental(model, reference: Reference) -> np.ndarray:
         logits, cache = model.decode(dec[:, t:t + 1], unused, mask, cache, t)
         steps.append(np.asarray(logits))
     return np.concatenate(steps, axis=1)
+
+
+def backpack_reference(folder: Path) -> Reference:
+    """The authors' Backpack-GPT2 (pyvene 0.1.8's copy of their file), every key of its state dict saved."""
+    model = helpers.random_backpack(seed=0, num_senses=3, sense_intermediate_scale=2)
+    helpers.save_backpack(model, folder)
+    ids = np.random.default_rng(0).integers(0, helpers.GPT2_TINY["vocab_size"], (3, 11))
+    return Reference(folder, dict(input_ids=ids), torch_logits(model, input_ids=ids))
+
+
+def gpt2_reference(folder: Path) -> Reference:
+    """transformers' GPT-2."""
+    model = helpers.random_gpt2(seed=0, scale_attn_by_inverse_layer_idx=True)
+    model.save_pretrained(folder)
+    ids = np.random.default_rng(0).integers(0, helpers.GPT2_TINY["vocab_size"], (3, 11))
+    return Reference(folder, dict(input_ids=ids), torch_logits(model, input_ids=ids))
+
+
+def causal_lm_incremental(model, reference: Reference) -> np.ndarray:
+    """A decoder-only model: the first tokens on the cache at once, then one token at a time."""
+    ids = jnp.asarray(reference.inputs["input_ids"])
+    prefix = 4
+    logits, cache = model.decode(ids[:, :prefix], model.init_cache(*ids.shape), 0)
+    steps = [np.asarray(logits)]
+    for t in range(prefix, ids.shape[1]):
+        logits, cache = model.decode(ids[:, t:t + 1], cache, t)
+        steps.append(np.asarray(logits))
+    return np.concatenate(steps, axis=1)
+
+
+# Backpack's and GPT-2's layouts (GPT-2's stack sits under transformer/ in GPT2LMHeadModel, under
+# backpack/gpt2_model/ in Backpack); the sense axis is named "heads".
+GPT2_LAYOUTS = {
+    "wte/embedding": P("tensor", "fsdp"),  # (vocab, embed)
+    "h/0/attn/c_attn/kernel": P("fsdp", None, "tensor", None),  # (embed, 3, heads, kv)
+    "h/1/attn/c_proj/kernel": P("tensor", None, "fsdp"),  # (heads, kv, embed)
+    "h/0/mlp/c_fc/kernel": P("fsdp", "tensor"),  # (embed, mlp)
+    "h/1/mlp/c_proj/kernel": P("tensor", "fsdp"),  # (mlp, embed)
+}
+BACKPACK_LAYOUTS = {
+    **{f"backpack/gpt2_model/{path}": spec for path, spec in GPT2_LAYOUTS.items()},
+    "backpack/sense_network/final_mlp/c_proj/kernel": P("tensor", None, "fsdp"),  # (mlp, senses, embed)
+    "backpack/sense_network/block/mlp/c_fc/kernel": P("fsdp", "tensor"),  # (embed, mlp)
+    "backpack/sense_weight_net/c_attn/kernel": P("fsdp", None, "tensor", None),  # (embed, 2, senses, kv)
+}
+GPT2_WIDE = ("model.n_embd=384", "model.n_head=8")  # every leaf of the layouts over packing.SMALL_LEAF elements
+LM_RUN = ("model.resid_pdrop=0.1", "model.embd_pdrop=0.1", "model.attn_pdrop=0.1")  # dropout: the restored rng
 
 
 # T5's layouts under DEFAULT_RULES (embed -> fsdp; heads, mlp, vocab -> tensor); SIP's T5 sits under model/.
@@ -198,6 +260,31 @@ FAMILIES = [
            data=lsg_data, run=("train.batch_size=8", "train.grad_accum_steps=1", "model.encoder_layers=1",
                                "model.decoder_layers=1"),
            incremental=seq2seq_incremental),
+    Family("backpack", "configs/backpack_owt.py", backpack_reference, BACKPACK_LAYOUTS,
+           (*GPT2_WIDE, "model.num_senses=8"), foreign="gpt2",
+           refusal=r"(?s)missing.*\n  backpack/gpt2_model/h/0/attn/c_attn/bias: from backpack\.gpt2_model\.h\.0\."
+                   r"attn\.c_attn\.bias\n.*unexpected.*\n  transformer\.h\.0\.attn\.c_attn\.bias\n",
+           run=LM_RUN, incremental=causal_lm_incremental),
+    Family("gpt2", "configs/backpack_owt.py:tiny_gpt2", gpt2_reference,
+           {f"transformer/{path}": spec for path, spec in GPT2_LAYOUTS.items()}, GPT2_WIDE, foreign="backpack",
+           refusal=r"(?s)missing.*\n  transformer/h/0/attn/c_attn/bias: from transformer\.h\.0\.attn\.c_attn\.bias\n"
+                   r".*unexpected.*\n  backpack\.gpt2_model\.h\.0\.attn\.c_attn\.bias\n",
+           run=LM_RUN, incremental=causal_lm_incremental),
+    # An encoder with a head: no incremental decoding. LAMB keeps every leaf unpacked; `wide` makes them large anyway.
+    Family("perceiver", "configs/perceiver_mlm.py", perceiver_reference,
+           {"perceiver/input_preprocessor/embeddings/embedding": P("tensor", "fsdp"),  # (vocab, embed)
+            "perceiver/latents": P(None, "fsdp"),  # (latents, embed)
+            "perceiver/encoder/cross_attention/query/kernel": P("fsdp", "tensor", None),  # (embed, heads, kv)
+            "perceiver/encoder/self_attends/1/out/kernel": P("tensor", None, "fsdp"),  # (heads, kv, embed)
+            "perceiver/encoder/self_attends/0/dense1/kernel": P("fsdp", "tensor"),  # (embed, mlp)
+            "perceiver/decoder/decoding_cross_attention/key/kernel": P("fsdp", "tensor", None),
+            "perceiver/decoder/output_position_encodings": P(None, "fsdp")},  # (positions, embed)
+           ("model.num_latents=256", "model.d_latents=512", "model.d_model=256", "model.qk_channels=256",
+            "model.v_channels=512", "model.max_position_embeddings=512"),
+           foreign="t5",
+           refusal=r"(?s)missing.*\n  perceiver/latents: from perceiver\.embeddings\.latents\n.*unexpected.*"
+                   r"\n  shared\.weight(\n|$)",
+           run=("train.batch_size=8", "data.sequence_length=64", "model.attention_probs_dropout_prob=0.1")),
 ]
 
 
@@ -274,10 +361,10 @@ def test_sharded_init_follows_the_rules(family, tmp_path):
         ways = math.prod(setup.mesh.shape[axis] for axis in spec if axis)  # each shard holds 1/ways of it
         assert large[path].addressable_shards[0].data.size * ways == large[path].size, path
     # The small leaves (norm scales, biases) are packed into replicated vectors (Adam), and the optimizer's moments
-    # shaped as their parameter are laid out as it: Adam's two, or Adafactor's one second moment of a parameter it
-    # does not factor (a factored one's row and column statistics have other shapes).
+    # shaped as their parameter are laid out as it: Adam's (and LAMB's) two, or Adafactor's one second moment of a
+    # parameter it does not factor (a factored one's row and column statistics have other shapes).
     assert all(vector.sharding.is_fully_replicated for vector in params["small"].values())
-    moments_per_parameter = {"adamw": 2, "adafactor": 1}[config.optimizer.name]
+    moments_per_parameter = {"adamw": 2, "lamb": 2, "adafactor": 1}[config.optimizer.name]
     param_keys = {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
     moments = jax.tree_util.tree_leaves_with_path(setup.state.opt_state)
     followed = 0

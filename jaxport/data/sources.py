@@ -136,6 +136,23 @@ class Subset:
         return self.source[self.indices[index]]
 
 
+class Concatenation:
+    """The examples of several sources, one after the other."""
+
+    def __init__(self, sources):
+        self.sources = list(sources)
+        self._ends = np.cumsum([len(source) for source in self.sources])
+
+    def __len__(self) -> int:
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"example {index} of {len(self)}")
+        which = int(np.searchsorted(self._ends, index, side="right"))
+        return self.sources[which][index - (int(self._ends[which - 1]) if which else 0)]
+
+
 def first(source, count: int):
     """The first `count` examples of a finite source; all of them for 0."""
     return Subset(source, range(count)) if 0 < count < len(source) else source
@@ -175,6 +192,7 @@ class TfdsSource:
         if unknown:
             raise ValueError(f"TFDS dataset {name!r} has no feature(s) {unknown}; it has {available}")
         self._examples = builder.as_data_source(split)
+        self.identity = f"tfds:{builder.data_dir}:{split}"  # names the dataset's version and the split's examples
 
     def __len__(self) -> int:
         return len(self._examples)
