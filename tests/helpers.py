@@ -272,13 +272,14 @@ def write_summarization_files(folder: Path) -> Path:
 TIMING_KEYS = {"tokens_per_sec", "steps_per_sec", "input_wait_fraction"}
 
 
-def run_train(workdir, config: str, *args) -> subprocess.Popen:
-    """Start `python -m train --config CONFIG --workdir WORKDIR ARGS`; its stderr goes to a file (a pipe nobody
-    reads would block it), whose path is `process.log_path`."""
+def run_train(workdir, config: str, *args, env: dict | None = None) -> subprocess.Popen:
+    """Start `python -m train --config CONFIG --workdir WORKDIR ARGS` (in this environment updated by `env`); its
+    stderr goes to a file (a pipe nobody reads would block it), whose path is `process.log_path`."""
     Path(workdir).mkdir(parents=True, exist_ok=True)
     with open(Path(workdir) / f"stderr-{time.time_ns()}.txt", "w") as log:
         process = subprocess.Popen([sys.executable, "-m", "train", "--config", config, "--workdir", str(workdir),
-                                    *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+                                    *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log,
+                                   env={**os.environ, **(env or {})})
     process.log_path = log.name
     return process
 
