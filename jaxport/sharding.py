@@ -18,6 +18,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxport import launch, tree
 
 MESH_AXES = ("data", "fsdp", "tensor")
+# The logical axes of the hidden states between blocks (the residual stream), for `constrain`.
+HIDDEN = ("batch", "length", "embed")
 
 # Default rules: batch over data and fsdp; weights' embed axis over fsdp; mlp/heads/vocab over tensor.
 DEFAULT_RULES = (

@@ -24,6 +24,7 @@ from jaxport.layers import (
     split_rng,
 )
 from jaxport.seq2seq import Seq2SeqLMOutput, shift_right
+from jaxport.sharding import HIDDEN, constrain
 from t5_jax.configuration import T5Config
 from t5_jax.convert import t5_rules
 
@@ -199,9 +200,9 @@ class T5Encoder(nnx.Module):
         position_bias = self.layers[0].attention.position_bias(positions, positions)
         mask = padding_mask(attention_mask)
         rngs = split_rng(rng, len(self.layers) + 2)
-        x = dropout(embeds, self.dropout_rate, rngs[-2])
+        x = constrain(dropout(embeds, self.dropout_rate, rngs[-2]), HIDDEN)
         for layer, layer_rng in zip(self.layers, rngs[:len(self.layers)], strict=True):
-            x = layer(x, mask, position_bias, layer_rng)
+            x = constrain(layer(x, mask, position_bias, layer_rng), HIDDEN)
         return dropout(self.final_norm(x), self.dropout_rate, rngs[-1])
 
 
@@ -225,12 +226,13 @@ class T5Decoder(nnx.Module):
             self_mask = self_mask & padding_mask(decoder_attention_mask)
         cross_mask = padding_mask(encoder_attention_mask)
         rngs = split_rng(rng, len(self.layers) + 2)
-        x = dropout(embeds, self.dropout_rate, rngs[-2])
+        x = constrain(dropout(embeds, self.dropout_rate, rngs[-2]), HIDDEN)
         new_cache = []
         for i, (layer, layer_rng) in enumerate(zip(self.layers, rngs[:len(self.layers)], strict=True)):
             layer_cache, cross_key_value = (None, None) if cache is None else (cache["layers"][i], cache["cross"][i])
             x, layer_cache = layer(x, self_mask, position_bias, encoder_hidden, cross_mask, layer_cache,
                                    cross_key_value, position, layer_rng)
+            x = constrain(x, HIDDEN)
             new_cache.append(layer_cache)
         x = dropout(self.final_norm(x), self.dropout_rate, rngs[-1])
         return x, (None if cache is None else {"layers": new_cache, "cross": cache["cross"]})

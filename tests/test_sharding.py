@@ -48,3 +48,19 @@ def test_rules_leave_indivisible_axes_replicated():
     assert sharding.logical_to_spec(("vocab", "embed"), (259, 64), mesh, sharding.DEFAULT_RULES) == P(None, "fsdp")
     with pytest.raises(ValueError, match="needs 12 devices"):
         sharding.make_mesh(3, 2, 2)
+
+
+def test_hidden_states_between_blocks_follow_the_batch_rule_in_steps_only():
+    """Each T5 block's input and output is constrained to the batch rule's layout (embed's fsdp is taken by the
+    batch), inside the trainer's steps; the model called on its own is left as it was."""
+    config = mesh_config(2, 2, 2)
+    task = registry.task("t5", config)
+    setup = trainer.build(config, task)
+    batch = next(task.train_data(config))
+    eval_step = jax.make_jaxpr(trainer.make_eval_step(setup, task))(setup.state.params, batch)
+    constraints = [eqn.params["sharding"].spec for eqn in eval_step.eqns if eqn.primitive.name == "sharding_constraint"]
+    layers = config.model.num_layers + config.model.num_decoder_layers
+    assert constraints == [P(("data", "fsdp"), None, None)] * (layers + 2)  # each stack's input, each block's output
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "decoder_input_ids")}
+    alone = jax.make_jaxpr(lambda params: setup.model(params)(**inputs).logits)(setup.state.params)
+    assert "sharding_constraint" not in str(alone)
