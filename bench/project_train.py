@@ -18,10 +18,13 @@ class FixedBatchTask(Seq2SeqTask):
         self.model_config = model_config
 
 
-def train_setup(task: Seq2SeqTask, init_from: str | Path | None, learning_rate: float, weight_decay: float):
+def train_setup(task: Seq2SeqTask, init_from: str | Path | None, learning_rate: float, weight_decay: float,
+                mesh: dict | None = None, devices=None):
     """(initial TrainState, jitted donating step(state, batch) -> state, the batch sharding). With log_every 1 the
-    state's metric_sums hold the last step's loss and gradient norm (`last_loss`)."""
+    state's metric_sums hold the last step's loss and gradient norm (`last_loss`). `mesh`: sizes of the mesh axes
+    (default: data parallel over every device), over `devices` (default all)."""
     config = base_config.base()
+    config.mesh.update(mesh or {})
     config.init_from = str(init_from or "")
     config.train.compute_dtype = "bfloat16"
     config.optimizer.learning_rate = learning_rate
@@ -30,7 +33,7 @@ def train_setup(task: Seq2SeqTask, init_from: str | Path | None, learning_rate: 
     config.optimizer.weight_decay = weight_decay
     config.optimizer.clip_norm = 0.0
     runtime.configure()  # the settings python -m train applies
-    setup = trainer.build(config, task)
+    setup = trainer.build(config, task, devices)
     step = jax.jit(trainer.make_train_step(setup, task, accumulation=1, log_every=1),
                    in_shardings=(setup.state_shardings, setup.batch_sharding),
                    out_shardings=setup.state_shardings, donate_argnums=0)

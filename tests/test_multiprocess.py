@@ -24,6 +24,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from jaxport import config as config_lib
 from jaxport import registry, sharding, trainer
@@ -31,8 +32,10 @@ from tests import helpers
 
 CONFIG = str(helpers.CONFIGS / "t5_reverse.py")
 STEPS, CHECKPOINT_EVERY = 12, 2
+# d_ff 2048: the MLP kernels (64 x 2048) are above packing.SMALL_LEAF, so FSDP shards them across the processes
+# (smaller leaves are packed into one replicated vector).
 OVERRIDES = [f"train.num_steps={STEPS}", f"train.checkpoint_every={CHECKPOINT_EVERY}", "train.log_every=1",
-             f"train.eval_every={STEPS}", "eval.generate=False", "mesh.fsdp=4"]
+             f"train.eval_every={STEPS}", "eval.generate=False", "mesh.fsdp=4", "model.d_ff=2048"]
 PROCESSES, DEVICES_PER_PROCESS = 2, 2
 
 
@@ -93,6 +96,14 @@ def runs(tmp_path_factory):
         finish(process)
     return types.SimpleNamespace(two=root / "two", one=root / "one", resumed=root / "resumed", killed=killed,
                                  rerun_log=helpers.stderr_of(rerun))
+
+
+def test_fsdp_shards_parameters_over_the_devices_of_both_processes():
+    """What the two-process runs shard: their fsdp axis spans [process 0's 2 devices, process 1's 2 devices]."""
+    config = config_lib.load_config(CONFIG, OVERRIDES)
+    setup = trainer.build(config, registry.task("t5", config), devices=jax.devices()[:4])
+    specs = {leaf.spec for leaf in jax.tree.leaves(setup.state_shardings.params)}
+    assert P("fsdp", None) in specs and P(None, "fsdp") in specs  # wi (embed, mlp) and wo (mlp, embed)
 
 
 def test_two_processes_train_as_one_process_over_the_same_devices(runs):
