@@ -5,6 +5,7 @@ import ast
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -286,6 +287,31 @@ def run_train(workdir, config: str, *args, env: dict | None = None) -> subproces
 
 def stderr_of(process) -> str:
     return Path(process.log_path).read_text()
+
+
+def launched_pid(launcher, index: int) -> int:
+    """The pid of process `index` of a `--num-processes` run (`run_train`), from the launcher's log."""
+    deadline = time.time() + 120
+    while not (found := re.search(rf"process {index} of \d+: pid (\d+)", stderr_of(launcher))):
+        assert launcher.poll() is None and time.time() < deadline, stderr_of(launcher)[-3000:]
+        time.sleep(0.05)
+    return int(found[1])
+
+
+def is_running(pid: int) -> bool:
+    """Whether `pid` is alive (a zombie, dead but not yet reaped by whoever adopted it, is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_for_checkpoint(process, workdir, timeout: float = 900) -> None:
+    """Until WORKDIR has a complete checkpoint; fails if `process` ends first."""
+    deadline = time.time() + timeout
+    while not finalized_steps(workdir):
+        assert process.poll() is None and time.time() < deadline, stderr_of(process)[-3000:]
+        time.sleep(0.02)
 
 
 def read_metrics(workdir) -> dict[int, dict]:

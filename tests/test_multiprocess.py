@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 import types
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -55,23 +54,6 @@ def finish(process):
     assert process.wait(timeout=900) == 0, helpers.stderr_of(process)[-3000:]
 
 
-def pid_of(launcher, index: int) -> int:
-    """The pid of process `index`, from the launcher's log."""
-    deadline = time.time() + 120
-    while not (found := re.search(rf"process {index} of \d+: pid (\d+)", helpers.stderr_of(launcher))):
-        assert launcher.poll() is None and time.time() < deadline, helpers.stderr_of(launcher)[-3000:]
-        time.sleep(0.05)
-    return int(found[1])
-
-
-def is_running(pid: int) -> bool:
-    """Whether `pid` is alive (a zombie, dead but not yet reaped by whoever adopted it, is not)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Workdirs: `two` (2 processes x 2 devices), `one` (1 process x 4 devices), `resumed` (2 x 2, process 1
@@ -81,15 +63,12 @@ def runs(tmp_path_factory):
     procs = f"--num-processes={PROCESSES}"
     two, one, resumed = (start(root / "two", per_process, procs), start(root / "one", whole),
                          start(root / "resumed", per_process, procs))
-    pids = [pid_of(resumed, index) for index in range(PROCESSES)]
-    deadline = time.time() + 900
-    while not helpers.finalized_steps(root / "resumed"):
-        assert resumed.poll() is None and time.time() < deadline, helpers.stderr_of(resumed)[-3000:]
-        time.sleep(0.02)
+    pids = [helpers.launched_pid(resumed, index) for index in range(PROCESSES)]
+    helpers.wait_for_checkpoint(resumed, root / "resumed")
     os.kill(pids[1], signal.SIGKILL)
     killed_at = time.time()
     killed = {"status": resumed.wait(timeout=120), "seconds": time.time() - killed_at,
-              "survivor_running": is_running(pids[0]), "log": helpers.stderr_of(resumed),
+              "survivor_running": helpers.is_running(pids[0]), "log": helpers.stderr_of(resumed),
               "finalized": helpers.finalized_steps(root / "resumed")}
     rerun = start(root / "resumed", per_process, procs)
     for process in (two, one, rerun):
@@ -190,7 +169,7 @@ def test_one_failing_process_stops_the_others_with_its_status(tmp_path):
     assert run.wait(timeout=60) == 3
     assert time.time() - started < 30 and "process 1 (pid" in run.stderr.read()
     pids = [int(path.read_text()) for path in tmp_path.iterdir()]
-    assert len(pids) == 3 and not any(is_running(pid) for pid in pids)
+    assert len(pids) == 3 and not any(helpers.is_running(pid) for pid in pids)
 
 
 def test_signals_reach_every_process_and_end_the_run(tmp_path):
@@ -220,6 +199,6 @@ def test_processes_die_with_the_launcher(tmp_path):
     run.wait()
     pids = [int(path.read_text()) for path in tmp_path.iterdir()]
     deadline = time.time() + 10
-    while any(is_running(pid) for pid in pids) and time.time() < deadline:
+    while any(helpers.is_running(pid) for pid in pids) and time.time() < deadline:
         time.sleep(0.05)
-    assert not any(is_running(pid) for pid in pids)
+    assert not any(helpers.is_running(pid) for pid in pids)
