@@ -18,6 +18,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--workdir", required=True, help="checkpoints, metrics.jsonl and TensorBoard logs")
     parser.add_argument("--num-processes", type=int, default=1, help="one process per GPU: processes to start")
     args = parser.parse_args(rest)
+    if args.num_processes < 1:
+        parser.error(f"--num-processes {args.num_processes}: at least 1")
     # Our progress messages at INFO; the libraries' (orbax, absl) only from WARNING up.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", force=True)
     logging.getLogger("jaxport").setLevel(logging.INFO)

@@ -175,12 +175,13 @@ def with_fallback(work: dict, mode: str, n: int, steps: int, peak: float, halve:
     try:
         return run_one(work, mode, n, rows, steps, peak)
     except Exception as error:  # noqa: BLE001 - recorded; the next run goes on
-        gc.collect()
-        if halve and "RESOURCE_EXHAUSTED" in str(error) and rows > 1:
-            log(f"  out of memory at {rows} rows per GPU: again at {rows // 2}")
-            record = with_fallback(dict(work, rows=rows // 2), mode, n, steps, peak, halve=False)
-            return {**record, "out_of_memory_at_rows_per_gpu": rows}
-        return {"gpus": n, "mode": mode, "error": f"{type(error).__name__}: {error}"[:1500]}
+        failure = f"{type(error).__name__}: {error}"[:1500]
+    gc.collect()  # out of the except block: the traceback's frames, and the arrays they hold, are gone
+    if halve and "RESOURCE_EXHAUSTED" in failure and rows > 1:
+        log(f"  out of memory at {rows} rows per GPU: again at {rows // 2}")
+        record = with_fallback(dict(work, rows=rows // 2), mode, n, steps, peak, halve=False)
+        return {**record, "out_of_memory_at_rows_per_gpu": rows}
+    return {"gpus": n, "mode": mode, "error": failure}
 
 
 def add_efficiency(runs: list[dict]) -> None:

@@ -36,6 +36,9 @@ STEPS, CHECKPOINT_EVERY = 12, 2
 OVERRIDES = [f"train.num_steps={STEPS}", f"train.checkpoint_every={CHECKPOINT_EVERY}", "train.log_every=1",
              f"train.eval_every={STEPS}", "eval.generate=False", "mesh.fsdp=4", "model.d_ff=2048"]
 PROCESSES, DEVICES_PER_PROCESS = 2, 2
+# The tests of the training runs share seven training processes (about 3 CPU minutes): CI runs them
+# (-m "slow or not slow"), the default run leaves them out.
+SLOW = pytest.mark.slow
 
 
 def cpu_env(devices: int, cache) -> dict:
@@ -85,6 +88,7 @@ def test_fsdp_shards_parameters_over_the_devices_of_both_processes():
     assert P("fsdp", None) in specs and P(None, "fsdp") in specs  # wi (embed, mlp) and wo (mlp, embed)
 
 
+@SLOW
 def test_two_processes_train_as_one_process_over_the_same_devices(runs):
     two, one = helpers.read_metrics(runs.two), helpers.read_metrics(runs.one)
     assert sorted(two) == list(range(1, STEPS + 1)) and "eval_loss" in two[STEPS]
@@ -98,6 +102,7 @@ def test_two_processes_train_as_one_process_over_the_same_devices(runs):
         assert helpers.rel_err(exported[key], value) < 1e-5, key
 
 
+@SLOW
 def test_sigkill_of_one_process_stops_the_run_and_the_rerun_ends_as_the_uninterrupted_one(runs):
     killed = runs.killed
     assert killed["status"] == 128 + signal.SIGKILL, killed["log"][-3000:]
@@ -110,6 +115,7 @@ def test_sigkill_of_one_process_stops_the_run_and_the_rerun_ends_as_the_uninterr
                              helpers.folder_tensors(runs.two / "export"))
 
 
+@SLOW
 @pytest.mark.parametrize("mesh, devices", [((4, 2, 1), 8), ((1, 1, 1), 1)], ids=["data4-fsdp2", "one-device"])
 def test_checkpoint_of_two_processes_restores_onto_another_mesh(runs, mesh, devices):
     data, fsdp, tensor = mesh
