@@ -12,9 +12,7 @@ found through jaxport/registry.py.
 import argparse
 import sys
 
-import jax.numpy as jnp
-
-from jaxport import registry, runtime
+from jaxport import registry
 
 DTYPES = ("float32", "bfloat16")
 UNSET = object()  # stands for a family option that the command line did not give
@@ -71,6 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def convert_plain(args: argparse.Namespace) -> None:
     """The family's model class reads SRC and writes DST."""
+    import jax.numpy as jnp  # here, not at the top: --help and argument errors answer without loading JAX
+
     dtype = jnp.dtype(args.dtype)
     model = registry.model_class(args.family).from_pretrained(
         args.src, dtype=dtype, param_dtype=dtype, **registry.family(args.family).convert_load_kwargs)
@@ -79,6 +79,8 @@ def convert_plain(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from jaxport import runtime  # loads JAX: after the arguments are checked
+
     runtime.configure()
     hooks = registry.convert_cli(args.family)
     if hooks is None or not hooks.run_convert_mode(args):

@@ -30,8 +30,10 @@ setup(
         "sip": ["pynini>=2.1.6"],
         # ROUGE of generated summaries, the metric the LSG paper and arxiv summarization report.
         "lsg": ["rouge-score"],
+        # promptsource-style templates (Jinja, YAML) for FLIPPED; `datasets` reads its Hugging Face training mixture.
+        "flipped": ["jinja2>=3", "pyyaml", "datasets"],
         "test": ["pytest>=8", "ruff>=0.6", "torch==2.13.0", "pynini>=2.1.6", "rouge-score", "nbformat", "nbclient",
-                 "ipykernel"],
+                 "ipykernel", "jinja2>=3", "pyyaml"],
         "gpu": ["jax[cuda13]"],
         "tpu": ["jax[tpu]"],
     },

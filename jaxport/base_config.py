@@ -30,7 +30,7 @@ def base() -> ml_collections.ConfigDict:
     c.eval.generate = True  # evaluation by generation too, where the task has one (jaxport.trainer.Task.predict)
 
     c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "adamw"
+    c.optimizer.name = "adamw"  # adamw | adafactor | lamb
     c.optimizer.learning_rate = 1e-3
     c.optimizer.warmup_steps = 100
     c.optimizer.warmup_fraction = 0.0  # > 0: warmup over round(fraction * train.num_steps) steps instead

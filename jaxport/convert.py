@@ -41,6 +41,15 @@ IDENTITY = Transform(
 )
 
 
+# A tensor PyTorch keeps flat where Flax splits its axes, e.g. a projection's bias [heads * head_dim] <-> (heads,
+# head_dim).
+FLATTENED = Transform(
+    to_flax=lambda array, shape: array.reshape(shape),
+    to_pytorch=lambda array: array.reshape(-1),
+    pytorch_shape=lambda shape: (math.prod(shape),),
+)
+
+
 def linear_kernel(input_axes: int = 1) -> Transform:
     """A torch Linear weight `[out, in]` <-> a kernel whose first `input_axes` axes are the input side.
 

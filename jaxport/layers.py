@@ -205,6 +205,18 @@ def _layer_norm_bwd(eps, dtype, residuals, g):
 layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
+class LayerNorm(nnx.Module):
+    """LayerNorm with a scale and a bias over the last axis (torch.nn.LayerNorm; its default eps, 1e-5)."""
+
+    def __init__(self, size: int, eps: float = 1e-5, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+        self.eps, self.dtype = eps, dtype
+        self.scale = nnx.Param(jnp.ones((size,), param_dtype), logical_axes=("embed",))
+        self.bias = nnx.Param(jnp.zeros((size,), param_dtype), logical_axes=("embed",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return layer_norm(x, self.scale[...], self.bias[...], self.eps, self.dtype)
+
+
 ACTIVATIONS = {
     "relu": jax.nn.relu,
     "gelu": gelu,
@@ -232,3 +244,16 @@ def mask_bias(mask: jax.Array) -> jax.Array:
     is NEG_INF: softmax makes it exactly 0 beside any unmasked one, and a row with no key left attends evenly to all,
     as PyTorch's masks do. As in jax.nn.dot_product_attention, a float bias (T5's relative positions) stays apart."""
     return jnp.where(mask, 0.0, NEG_INF).astype(jnp.float32)
+
+
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, *,
+                          dropout_rate: float = 0.0, rng: jax.Array | None = None) -> jax.Array:
+    """Softmax attention of q [B, T, H, Dqk] over k [B, S, H, Dqk] and v [B, S, H, Dv] -> [B, T, H, Dv] in v's dtype.
+
+    Scores scaled by 1/sqrt(Dqk) and accumulated in float32, over the keys the boolean `mask` (broadcastable to
+    [B, H, T, S]; None: all) allows; softmax in float32; dropout on the probabilities in training (rng given)."""
+    scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        scores = scores + mask_bias(mask)
+    probs = dropout(jax.nn.softmax(scores, axis=-1).astype(v.dtype), dropout_rate, rng)
+    return jnp.einsum("bhts,bshd->bthd", probs, v)

@@ -8,7 +8,8 @@ module (`convert_cli`) that defines `python -m convert`'s hooks for it:
     run_convert_mode(args) -> bool  runs the conversion the options ask for; False when they ask for none, so
                                   that the plain conversion (the model class's from_pretrained, save_pretrained) runs
 
-Its options are errors on the command line of another family.
+Its options are errors on the command line of another family. The module is imported to build the command line
+(`--help` included), so it imports no JAX at the top: its conversions import what they need when they run.
 """
 import dataclasses
 import importlib
@@ -25,11 +26,15 @@ class Family:
 
 FAMILIES = {
     "t5": Family("t5_jax", "T5ForConditionalGeneration"),
-    "lsg": Family("lsg_jax", "LSGBartForConditionalGeneration", convert_cli="lsg_jax.convert"),
+    "flipped": Family("flipped_jax", "FlippedModel"),
+    "lsg": Family("lsg_jax", "LSGBartForConditionalGeneration", convert_cli="lsg_jax.convert_cli"),
     "sip_pretrain": Family("sip_jax", "SIPPreTrainingModel"),
     # A converted sip_finetune checkpoint keeps its NaN (not yet initialised) prefix: the loader initialises it on use.
-    "sip_finetune": Family("sip_jax", "SIPFinetuningModel", convert_cli="sip_jax.convert",
+    "sip_finetune": Family("sip_jax", "SIPFinetuningModel", convert_cli="sip_jax.convert_cli",
                            convert_load_kwargs={"initialize_prefix": False}),
+    # One package, two heads: masked byte prediction (pre-training) and sequence classification (GLUE).
+    "perceiver": Family("perceiver_jax", "PerceiverForMaskedLM"),
+    "perceiver_cls": Family("perceiver_jax", "PerceiverForSequenceClassification"),
 }
 
 

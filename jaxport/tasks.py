@@ -42,12 +42,14 @@ def teacher_forced_metrics(logits, batch) -> dict:
             "sequence_accuracy": (jnp.sum(sequence_correct), jnp.sum(rows))}
 
 
-def check_params_fit(task, config, params: dict) -> dict:
+def check_params_fit(task, config, params: dict, include=lambda path: True) -> dict:
     """`params` (flat {path: array}, loaded from config.init_from) checked against the model config.model describes:
-    every parameter present with its shape and nothing else, or a ValueError listing each difference."""
+    every parameter present with its shape and nothing else, or a ValueError listing each difference. `include`
+    limits the check to the model's parameters whose paths it accepts (a fine-tuning model that loads an encoder)."""
     abstract = nnx.eval_shape(lambda: task.create_model(config, nnx.Rngs(0)))
     expected = {path: tuple(value.shape)
-                for path, value in tree.flatten(nnx.to_pure_dict(nnx.state(abstract, nnx.Param))).items()}
+                for path, value in tree.flatten(nnx.to_pure_dict(nnx.state(abstract, nnx.Param))).items()
+                if include(path)}
     problems = [f"{path}: init_from has {tuple(params[path].shape)}, config.model gives {shape}"
                 for path, shape in expected.items() if path in params and tuple(params[path].shape) != shape]
     problems += [f"{path}: missing from init_from" for path in expected if path not in params]
@@ -59,11 +61,7 @@ def check_params_fit(task, config, params: dict) -> dict:
     return params
 
 
-def make_tokenizer(name: str):
-    if name == "bytes":
-        return data.ByteTokenizer()
-    from transformers import AutoTokenizer
-    return data.HuggingFaceTokenizer(AutoTokenizer.from_pretrained(name))
+make_tokenizer = data.load_tokenizer  # "bytes", or a transformers tokenizer's folder or hub id
 
 
 class Seq2SeqTask:

@@ -48,6 +48,9 @@ class Task(Protocol):
     def predict(self, model, batch: dict) -> jax.Array: ...  # [B, ...] outputs, e.g. generated sequences
     def score_predictions(self, batch: dict, predictions: np.ndarray
                           ) -> tuple[dict[str, np.ndarray], list[dict]]: ...  # ({name: [B] scores}, B records)
+    # Optional, with `predict`: metrics of the whole set that are no mean over examples (Matthews correlation, F1,
+    # Spearman correlation), from the records of every real example, on process 0; logged as eval_NAME.
+    def corpus_metrics(self, records: list[dict]) -> dict[str, float]: ...
     # Optional: run on process 0 with the final model once training has finished (e.g. test-set predictions).
     def after_training(self, model, config, workdir: Path) -> dict | None: ...
 
@@ -98,8 +101,12 @@ def base_optimizer(opt: ml_collections.ConfigDict, schedule) -> optax.GradientTr
     if opt.name == "adamw":
         return optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay)
     if opt.name == "adafactor":
-        return optax.adafactor(schedule, weight_decay_rate=opt.weight_decay or None)
-    raise ValueError(f"optimizer.name={opt.name!r}: expected adamw or adafactor")
+        # multiply_by_parameter_scale False is transformers' Adafactor(scale_parameter=False), as FLIPPED trains.
+        return optax.adafactor(schedule, weight_decay_rate=opt.weight_decay or None,
+                               multiply_by_parameter_scale=opt.get("multiply_by_parameter_scale", True))
+    if opt.name == "lamb":  # Adam's update scaled per parameter by ||param|| / ||update|| (Perceiver IO, BERT at scale)
+        return optax.lamb(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay)
+    raise ValueError(f"optimizer.name={opt.name!r}: expected adamw, adafactor or lamb")
 
 
 def param_groups(opt: ml_collections.ConfigDict, paths) -> dict[str, str]:
@@ -134,7 +141,8 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 
 
 def packs_small_leaves(opt: ml_collections.ConfigDict) -> bool:
-    """Whether the optimizer updates each element on its own, so the train state may pack small leaves."""
+    """Whether the optimizer updates each element on its own, so the train state may pack small leaves (not LAMB,
+    whose trust ratio is a norm over each parameter, nor Adafactor, whose moments are factored per matrix)."""
     return opt.name == "adamw"
 
 
@@ -436,22 +444,32 @@ def evaluate(eval_step, params, batches, batch_sharding, *, predict_step=None, t
             rows, predictions = all_rows((batch, predictions))  # collective: every process takes part
             if jax.process_index() == 0:
                 score_real_rows(task, rows, predictions, means, records)
-    if predict_step is not None and predictions_path is not None and jax.process_index() == 0:
-        write_jsonl(predictions_path, records)
-    return means.result("eval_")
+    metrics = means.result("eval_")
+    if predict_step is not None and jax.process_index() == 0:
+        metrics.update({f"eval_{name}": value for name, value in corpus_metrics(task, records).items()})
+        if predictions_path is not None:
+            write_jsonl(predictions_path, records)
+    return metrics
+
+
+def corpus_metrics(task: Task, records: list[dict]) -> dict[str, float]:
+    """The task's metrics of the whole set (Task.corpus_metrics), or none."""
+    compute = getattr(task, "corpus_metrics", None)
+    return compute(records) if callable(compute) and records else {}
 
 
 def predict_dataset(task: Task, model: nnx.Module, batches) -> tuple[dict[str, float], list[dict]]:
     """Evaluation by generation outside training (test-set predictions, a saved model): the task's `predict`,
     jitted, on each of `batches` (process-local numpy batches of the whole set), then its `score_predictions` of
     the real rows. On this process alone, without collectives: after_training runs on process 0 only.
-    Returns the mean of each score and the records of the real examples, in order."""
+    Returns the mean of each score with the corpus metrics, if the task has any, and the records of the real
+    examples, in order."""
     graphdef, state = nnx.split(model)
     predict = jax.jit(lambda state, batch: task.predict(nnx.merge(graphdef, state), batch))
     means, records = Means(), []
     for batch in batches:
         score_real_rows(task, batch, jax.device_get(predict(state, batch)), means, records)
-    return means.result(), records
+    return {**means.result(), **corpus_metrics(task, records)}, records
 
 
 def check_finite(state: TrainState, last_checkpoint: int | None) -> None:

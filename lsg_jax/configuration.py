@@ -42,6 +42,10 @@ class LSGBartConfig(HFConfig):
     init_std: float = 0.02
     scale_embedding: bool = False
     tie_word_embeddings: bool = True
+    # Encoder and decoder token embeddings of their own, apart from `shared`: transformers 5 keeps them so in a BART
+    # with tie_word_embeddings=False (transformers 4 always used `shared`). from_pretrained sets it from the
+    # checkpoint (LSGBartModel.folder_config).
+    separate_token_embeddings: bool = False
     pad_token_id: int = 1
     bos_token_id: int = 0
     eos_token_id: int = 2

@@ -6,28 +6,20 @@ PyTorch keys are those of the original LSGBartForConditionalGeneration (prefix "
 prefix); both are accepted by either class. Tied copies of the embedding (encoder/decoder embed_tokens, a tied
 lm_head) are aliases of `model.shared.weight`.
 """
-import argparse
 import json
-import math
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from jaxport.convert import IDENTITY, Alias, Entry, Ignore, Rule, Transform, linear_kernel
+from jaxport.convert import FLATTENED, IDENTITY, Alias, Entry, Ignore, Rule, linear_kernel
 from jaxport.hf import CONFIG_FILE, find_weights, iter_tensors, read_config, save_weights
 from lsg_jax.configuration import MAX_GLOBAL_TOKENS, POSITION_OFFSET, LSGBartConfig
 
 
-def _reshape_bias() -> Transform:
-    """A torch bias [heads * head_dim] <-> (heads, head_dim)."""
-    return Transform(to_flax=lambda array, shape: array.reshape(shape), to_pytorch=lambda array: array.reshape(-1),
-                     pytorch_shape=lambda shape: (math.prod(shape),))
-
-
 def _linear(pytorch: str, flax: str, input_axes: int = 1, bias_split: bool = False) -> list[Rule]:
     return [Rule(f"{pytorch}.weight", f"{flax}/kernel", linear_kernel(input_axes)),
-            Rule(f"{pytorch}.bias", f"{flax}/bias", _reshape_bias() if bias_split else IDENTITY)]
+            Rule(f"{pytorch}.bias", f"{flax}/bias", FLATTENED if bias_split else IDENTITY)]
 
 
 def _attention(pytorch: str, flax: str) -> list[Rule]:
@@ -39,6 +31,13 @@ def _attention(pytorch: str, flax: str) -> list[Rule]:
 
 def _norm(pytorch: str, flax: str) -> list[Rule]:
     return [Rule(f"{pytorch}.weight", f"{flax}/scale"), Rule(f"{pytorch}.bias", f"{flax}/bias")]
+
+
+def _token_embeddings(prefix: str, config) -> list[Entry]:
+    if config.separate_token_embeddings:
+        return [Rule(f"{prefix}{side}.embed_tokens.weight", f"{side}/embed_tokens/embedding")
+                for side in ("encoder", "decoder")]
+    return [Alias(f"{prefix}{side}.embed_tokens.weight", f"{prefix}shared.weight") for side in ("encoder", "decoder")]
 
 
 def _body(prefix: str, config) -> list[Entry]:
@@ -61,8 +60,7 @@ def _body(prefix: str, config) -> list[Entry]:
         *_linear(f"{dec}.fc1", "decoder/layers/{i}/fc1"),
         *_linear(f"{dec}.fc2", "decoder/layers/{i}/fc2"),
         *_norm(f"{dec}.final_layer_norm", "decoder/layers/{i}/final_layer_norm"),
-        Alias(f"{prefix}encoder.embed_tokens.weight", f"{prefix}shared.weight"),
-        Alias(f"{prefix}decoder.embed_tokens.weight", f"{prefix}shared.weight"),
+        *_token_embeddings(prefix, config),
         Ignore(f"{prefix}encoder.version"),
         Ignore(f"{prefix}decoder.version"),
     ]
@@ -253,49 +251,3 @@ def bart_to_lsg(src, dst, *, max_length: int = 4096, block_size: int | None = No
         values["model_max_length"] = max_length
         tokenizer_config.write_text(json.dumps(values, indent=2) + "\n")
     return dst
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# `python -m convert lsg` options and modes (hooks found through jaxport/registry.py)
-
-
-def add_convert_options(parser: argparse.ArgumentParser) -> None:
-    lsg = parser.add_argument_group(
-        "lsg --from-bart / --resize: a plain BART checkpoint -> LSG-BART for longer inputs, or an LSG-BART one to "
-        "another --max-length (the LSG fields default to the original converter's, or to the source's for an "
-        "LSG-BART folder)")
-    lsg.add_argument("--from-bart", action="store_true")
-    lsg.add_argument("--max-length", type=int, default=4096)
-    lsg.add_argument("--block-size", type=int, default=None, help="default 128")
-    lsg.add_argument("--sparse-block-size", type=int, default=None, help="default 128")
-    lsg.add_argument("--sparsity-factor", type=int, default=None, help="default 2")
-    lsg.add_argument("--sparsity-type", default=None, help="default norm")
-    lsg.add_argument("--num-global-tokens", type=int, default=None, help="default 1")
-    lsg.add_argument("--global-positional-stride", type=int, default=64)
-    lsg.add_argument("--mask-token-id", type=int, default=None)
-    lsg.add_argument("--random-global-init", action="store_true",
-                     help="global embeddings (but the first) drawn from a normal fitted to the token embeddings, "
-                          "instead of the mask token's")
-    lsg.add_argument("--keep-first-global-token", action="store_true",
-                     help="SRC is LSG-BART: rebuild its global embeddings except the first, which is kept")
-    lsg.add_argument("--resize", action="store_true",
-                     help="SRC is LSG-BART: only extend or cut its position tables to --max-length")
-    lsg.add_argument("--seed", type=int, default=123, help="seed of the random draws")
-
-
-def check_convert_options(args: argparse.Namespace) -> None:
-    if (args.random_global_init or args.keep_first_global_token) and not args.from_bart:
-        raise ValueError("--random-global-init and --keep-first-global-token go with --from-bart")
-
-
-def run_convert_mode(args: argparse.Namespace) -> bool:
-    """--from-bart or --resize: bart_to_lsg; without them, False (a plain conversion)."""
-    if not (args.from_bart or args.resize):
-        return False
-    bart_to_lsg(args.src, args.dst, max_length=args.max_length, block_size=args.block_size,
-                sparse_block_size=args.sparse_block_size, sparsity_factor=args.sparsity_factor,
-                sparsity_type=args.sparsity_type, num_global_tokens=args.num_global_tokens,
-                global_positional_stride=args.global_positional_stride, mask_token_id=args.mask_token_id,
-                random_global_init=args.random_global_init, keep_first_global_token=args.keep_first_global_token,
-                resize=args.resize, seed=args.seed)
-    return True

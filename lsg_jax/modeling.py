@@ -7,23 +7,26 @@ kernels, `lsg_jax.pallas_attention.pallas_lsg_attention` on one packed q/k/v pro
 per forward pass by `lsg_jax.dispatch.resolve`; the decoder is BART's, with a key/value cache for `generate`
 (jaxport.generation). Parameters carry logical axes (embed, heads, kv, mlp, vocab).
 """
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxport.generation import seq2seq_cache, seq2seq_generate
-from jaxport.hf import PretrainedModel
+from jaxport.hf import PretrainedModel, find_weights, select_tensors
 from jaxport.layers import (
     ACTIVATIONS,
     Dense,
     Embed,
+    LayerNorm,
     causal_mask,
+    dot_product_attention,
     dropout,
     float32_matmuls,
     layer_drop,
-    layer_norm,
     mask_bias,
     padding_mask,
     split_rng,
@@ -38,16 +41,6 @@ from lsg_jax.hopper_gemm import dense_gelu
 from lsg_jax.pallas_attention import pallas_lsg_attention
 
 DEFAULT_LSH_SEED = 0  # LSH projections use jax.random.key(DEFAULT_LSH_SEED) when a call passes no key nor rng
-
-
-class LayerNorm(nnx.Module):
-    def __init__(self, size: int, eps: float = 1e-5, *, dtype, param_dtype, rngs: nnx.Rngs):
-        self.eps, self.dtype = eps, dtype
-        self.scale = nnx.Param(jnp.ones((size,), param_dtype), logical_axes=("embed",))
-        self.bias = nnx.Param(jnp.zeros((size,), param_dtype), logical_axes=("embed",))
-
-    def __call__(self, x):
-        return layer_norm(x, self.scale[...], self.bias[...], self.eps, self.dtype)
 
 
 class Attention(nnx.Module):
@@ -94,10 +87,8 @@ class Attention(nnx.Module):
             cache = {"key": k, "value": v}
         if mask is None:
             mask = padding_mask(key_valid)
-        scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
-        probs = jax.nn.softmax(scores + mask_bias(mask), axis=-1).astype(self.dtype)
-        probs = dropout(probs, self.dropout_rate, rng)
-        return self.out(jnp.einsum("bhts,bshd->bthd", probs, v.astype(self.dtype))), cache
+        return self.out(dot_product_attention(q, k, v.astype(self.dtype), mask, dropout_rate=self.dropout_rate,
+                                              rng=rng)), cache
 
 
 class EncoderLayer(nnx.Module):
@@ -181,6 +172,11 @@ class DecoderLayer(nnx.Module):
         return self.final_layer_norm(x + dropout(self.fc2(h), cfg.dropout, rngs[5])), cache
 
 
+def _tokens_embed(config, dtype, param_dtype, rngs):
+    return Embed(config.vocab_size, config.d_model, ("vocab", "embed"), config.init_std, dtype=dtype,
+                 param_dtype=param_dtype, rngs=rngs)
+
+
 def _positions_embed(config, dtype, param_dtype, rngs):
     return Embed(config.max_position_embeddings + POSITION_OFFSET, config.d_model, (None, "embed"), config.init_std,
                  dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -190,6 +186,8 @@ class Encoder(nnx.Module):
     def __init__(self, config: LSGBartConfig, *, dtype, param_dtype, rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.embed_positions = _positions_embed(config, **kw)
+        if config.separate_token_embeddings:
+            self.embed_tokens = _tokens_embed(config, **kw)
         if config.lsg:
             self.global_embeddings = Embed(MAX_GLOBAL_TOKENS, config.d_model, (None, "embed"), config.init_std, **kw)
         self.layernorm_embedding = LayerNorm(config.d_model, **kw)
@@ -235,6 +233,8 @@ class Decoder(nnx.Module):
     def __init__(self, config: LSGBartConfig, *, dtype, param_dtype, rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.embed_positions = _positions_embed(config, **kw)
+        if config.separate_token_embeddings:
+            self.embed_tokens = _tokens_embed(config, **kw)
         self.layernorm_embedding = LayerNorm(config.d_model, **kw)
         self.layers = nnx.List([DecoderLayer(config, **kw) for _ in range(config.decoder_layers)])
         self.config = config
@@ -284,7 +284,7 @@ class LSGBartModel(PretrainedModel):
         self.config = config
         self.dtype = dtype
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.shared = Embed(config.vocab_size, config.d_model, ("vocab", "embed"), config.init_std, **kw)
+        self.shared = _tokens_embed(config, **kw)
         self.encoder = Encoder(config, **kw)
         self.decoder = Decoder(config, **kw)
         self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
@@ -292,6 +292,26 @@ class LSGBartModel(PretrainedModel):
     @classmethod
     def conversion_rules(cls, config: LSGBartConfig):
         return lsg_bart_rules(config, with_head=cls._with_head)
+
+    @classmethod
+    def folder_config(cls, folder, **config_overrides) -> LSGBartConfig:
+        """As PretrainedModel's, with separate token embeddings where a PyTorch checkpoint holds the encoder's
+        apart from `shared` (an untied BART written by transformers 5)."""
+        config = super().folder_config(folder, **config_overrides)
+        weights = find_weights(folder)
+        if config.tie_word_embeddings or config.separate_token_embeddings or weights.format == "flax":
+            return config
+        names = ("shared.weight", "encoder.embed_tokens.weight")
+        found = dict(select_tensors(weights.files, [prefix + name for prefix in ("", "model.") for name in names]))
+        for prefix in ("", "model."):
+            shared, encoder = (found.get(prefix + name) for name in names)
+            if shared is not None and encoder is not None and not np.array_equal(shared, encoder):
+                return dataclasses.replace(config, separate_token_embeddings=True)
+        return config
+
+    def token_embeddings(self, side: nnx.Module) -> Embed:
+        """The token embedding the encoder or decoder (`side`) reads its inputs through."""
+        return side.embed_tokens if self.config.separate_token_embeddings else self.shared
 
     # --- encoder ---------------------------------------------------------------------------------------
 
@@ -325,7 +345,7 @@ class LSGBartModel(PretrainedModel):
         cfg = self.config
         if inputs_embeds is None:
             input_ids, attention_mask = self.prepare_inputs(input_ids, attention_mask, truncation=truncation)
-            inputs_embeds = self.shared(input_ids) * self.embed_scale
+            inputs_embeds = self.token_embeddings(self.encoder)(input_ids) * self.embed_scale
         elif attention_mask is None:
             attention_mask = jnp.ones(inputs_embeds.shape[:2], jnp.int32)
         attention_mask = jnp.asarray(attention_mask, jnp.int32)
@@ -350,7 +370,8 @@ class LSGBartModel(PretrainedModel):
             # Padded token ids would be pad_token_id; embeds of padding do not matter beyond being masked, but
             # the original embeds the pad token: do the same for identical states at padded positions.
             if input_ids is not None:
-                pad_embed = self.shared(jnp.full((1, 1), cfg.pad_token_id, jnp.int32)) * self.embed_scale
+                pad_token = jnp.full((1, 1), cfg.pad_token_id, jnp.int32)
+                pad_embed = self.token_embeddings(self.encoder)(pad_token) * self.embed_scale
                 inputs_embeds = inputs_embeds.at[:, T:].set(jnp.broadcast_to(pad_embed, (B, padded - T,
                                                                                         inputs_embeds.shape[-1])))
             attention_mask = jnp.pad(attention_mask, ((0, 0), (0, padded - T)))
@@ -402,7 +423,7 @@ class LSGBartModel(PretrainedModel):
             encoder_valid = jnp.ones(encoder_hidden.shape[:2], bool)
         else:
             encoder_valid = self.cross_attention_mask(encoder_attention_mask, encoder_hidden.shape[1]) > 0
-        embeds = self.shared(decoder_input_ids) * self.embed_scale
+        embeds = self.token_embeddings(self.decoder)(decoder_input_ids) * self.embed_scale
         return self.decoder(embeds, encoder_hidden, encoder_valid, decoder_attention_mask, cache, position,
                             dropout_rng)
 

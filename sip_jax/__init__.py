@@ -8,6 +8,8 @@
 
 Exports are imported on first use, so `import sip_jax.fst` (the data generator) does not load the models.
 """
+from jaxport import lazy
+
 _EXPORTS = {
     "SIPPreTrainingConfig": "sip_jax.configuration",
     "SIPFinetuningConfig": "sip_jax.configuration",
@@ -17,11 +19,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'sip_jax' has no attribute {name!r}")
+__getattr__ = lazy.exports(__name__, _EXPORTS)

@@ -7,7 +7,6 @@ sip/embed_finetune.py:19-50 and 175-223). The command line:
 
 (The rule tables between the original's PyTorch keys and the Flax paths are in sip_jax.rules.)
 """
-import argparse
 from typing import Sequence
 
 import jax
@@ -15,10 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxport.config import load_config
 from sip_jax.configuration import finetuning_config_from_pretraining
 from sip_jax.fst import FSTPretrainingSource, encode_transitions
-from sip_jax.fst_data import load_fst_tokenizer, sampler_config
+from sip_jax.fst_data import load_fst_tokenizer
 from sip_jax.modeling import SIPFinetuningModel, SIPPreTrainingModel, check_fst_rep_values
 
 
@@ -120,42 +118,3 @@ def convert_pretraining_folder(src, dst, *, pytorch: bool = False, num_precomput
         fst_tokenizer_path=fst_tokenizer_path, sampler=sampler)
     finetuning.save_pretrained(dst, pytorch=pytorch, max_shard_size=max_shard_size)
     return finetuning
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# `python -m convert sip_finetune` options and modes (hooks found through jaxport/registry.py)
-
-
-def add_convert_options(parser: argparse.ArgumentParser) -> None:
-    sip = parser.add_argument_group("sip_finetune --from-pretraining: a sip_pretrain folder -> a sip_finetune one, "
-                                    "its prefix initialised from the FST encoder's encodings of random FSTs")
-    sip.add_argument("--from-pretraining", action="store_true")
-    sip.add_argument("--num-precomputed-examples", type=int, default=400)
-    sip.add_argument("--prefix-max-init-length", type=int, default=70)
-    sip.add_argument("--num-examples", type=int, default=32)
-    sip.add_argument("--prefix-length", type=int, default=50)
-    sip.add_argument("--no-random-selection", action="store_true")
-    sip.add_argument("--fst-seed", type=int, default=0, help="seed of the random FSTs that are encoded")
-    sip.add_argument("--fst-tokenizer", default=None,
-                     help="unicode_char_tokenizer_ipa.json (default: looked up), or 'builtin'")
-    sip.add_argument("--fst-config", default=None,
-                     help="draw the FSTs as this pre-training config does (its data.sampler and FST tokenizer), "
-                          "e.g. configs/sip_pretrain.py:small; default: the original's sampler")
-
-
-def run_convert_mode(args: argparse.Namespace) -> bool:
-    """--from-pretraining: convert_pretraining_folder; without it, False (a plain conversion)."""
-    if not args.from_pretraining:
-        return False
-    sampler, fst_tokenizer = None, args.fst_tokenizer
-    if args.fst_config:
-        data = load_config(args.fst_config).data
-        sampler = sampler_config(data)
-        fst_tokenizer = fst_tokenizer or data.fst_tokenizer_path
-    convert_pretraining_folder(
-        args.src, args.dst, pytorch=args.to_pytorch, dtype=jnp.dtype(args.dtype), max_shard_size=args.max_shard_size,
-        num_precomputed_examples=args.num_precomputed_examples, prefix_max_init_length=args.prefix_max_init_length,
-        num_examples=args.num_examples, prefix_length=args.prefix_length,
-        random_selection=not args.no_random_selection, seed=args.fst_seed, fst_tokenizer_path=fst_tokenizer,
-        sampler=sampler)
-    return True

@@ -97,6 +97,19 @@ def random_torch_t5(seed: int | None = None, **config) -> transformers.T5ForCond
     return model.eval()
 
 
+def random_torch_perceiver(model_class, seed: int = 0, **config) -> torch.nn.Module:
+    """A transformers Perceiver text model (PerceiverForMaskedLM, PerceiverForSequenceClassification) in eval mode,
+    every weight redrawn: N(0, 0.3^2), LayerNorm scales 1 + N(0, 0.1^2). transformers' initialisation (std 0.02, zero
+    biases) leaves the logits almost flat, so an error in most weights would hardly move them."""
+    torch.manual_seed(seed)
+    model = model_class(transformers.PerceiverConfig(**config)).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            is_norm_scale = "layernorm" in name and name.endswith(".weight")
+            param.copy_(1 + 0.1 * torch.randn_like(param) if is_norm_scale else 0.3 * torch.randn_like(param))
+    return model
+
+
 SIP_VOCAB = 64
 SIP_T5_KWARGS = dict(vocab_size=SIP_VOCAB, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
                      num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=20,
@@ -264,6 +277,48 @@ def write_summarization_files(folder: Path) -> Path:
                                          eos_token="</s>", unk_token="<unk>").save_pretrained(folder / "tokenizer")
     for name, rows in (("train", train), ("eval", evaluation)):
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Language-model corpora
+
+LM_TOPICS = {  # a small English-like corpus: each document keeps to one topic, so its words predict one another
+    "animals": "the cat and the dog ran across the field while a small bird sang in the old tree".split(),
+    "cooking": "she cooked rice with fresh garlic and onion then served the soup with warm bread".split(),
+    "sailing": "the sailors raised the white sail and the ship left the harbour for the open sea".split(),
+}
+
+
+def lm_document(rng, num_sentences: int) -> str:
+    topic = LM_TOPICS[rng.choice(sorted(LM_TOPICS))]
+    return " ".join(" ".join(rng.choice(topic) for _ in range(rng.randint(4, 9))) + " ."
+                    for _ in range(num_sentences))
+
+
+def write_lm_corpus(folder: Path, num_train: int = 200, num_eval: int = 20) -> Path:
+    """folder/train.jsonl and folder/eval.jsonl: {"text": document} lines of 1 to 6 sentences over LM_TOPICS."""
+    rng = random.Random(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, count in (("train", num_train), ("eval", num_eval)):
+        rows = [{"text": lm_document(rng, rng.randint(1, 6))} for _ in range(count)]
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+def write_gpt2_style_tokenizer(folder: Path, texts, vocab_size: int = 300) -> Path:
+    """A byte-level BPE tokenizer like GPT-2's, trained on `texts`: `<|endoftext|>` (id 0) is its bos, eos and unk,
+    and it has no pad token. Saved as a transformers folder."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<|endoftext|>",
+                                         eos_token="<|endoftext|>", unk_token="<|endoftext|>").save_pretrained(folder)
     return folder
 
 

@@ -52,6 +52,9 @@ NOT_RUN = {
         "reads TFDS scientific_papers/arxiv (array_record), which `tfds build` downloads: no local substitute",
     "python -m train --config configs/t5_reverse.py --workdir runs/x --num-processes 4 --config.mesh.fsdp=4":
         "one process per GPU: tests/test_multiprocess.py runs this launch (two CPU processes)",
+    "python -m flipped_jax.evaluate --model FOLDER --data FILE":
+        "reads a FLIPPED model folder with its tokenizer and an evaluation JSONL: tests/test_flipped_data.py runs it "
+        "on a tiny model and tokenizer it builds",
 }
 # A convert mode that reads another family's checkpoint: the tiny source is of that family (overrides of its model).
 MODE_SOURCES = {"--from-bart": ("lsg", {"lsg": False}), "--from-pretraining": ("sip_pretrain", {})}

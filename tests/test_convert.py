@@ -199,6 +199,15 @@ def test_help_lists_every_familys_options():
         assert all(f"--{dest.replace('_', '-')}" in result.stdout for dest in vars(options.parse_args([])))
 
 
+def test_the_command_line_is_built_without_loading_jax():
+    """--help and argument errors answer at once: the family hooks' modules import no JAX (jaxport/registry.py)."""
+    script = ("import sys, convert; convert.parse_args(['lsg', 'a', 'b', '--from-bart']); "
+              "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'torch')))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).parents[1])
+    assert result.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize("family, flags, named", [
     ("t5", ["--from-bart"], "--from-bart (lsg)"),
     ("t5", ["--max-length", "4096"], "--max-length (lsg)"),  # given at its default value: still given

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import transformers
 from jax.sharding import PartitionSpec as P
 
 from jaxport import config as config_lib
@@ -118,6 +119,20 @@ def lsg_reference(folder: Path) -> Reference:
     return Reference(folder, dict(input_ids=ids, attention_mask=mask, decoder_input_ids=dec), logits)
 
 
+PERCEIVER_KWARGS = dict(num_latents=6, d_latents=16, d_model=24, num_blocks=2, num_self_attends_per_block=2,
+                        num_self_attention_heads=2, num_cross_attention_heads=4, qk_channels=8, v_channels=16,
+                        self_attention_widening_factor=2, max_position_embeddings=12)
+
+
+def perceiver_reference(folder: Path) -> Reference:
+    """transformers' PerceiverForMaskedLM, on inputs as long as its positions (it decodes all of them)."""
+    model = helpers.random_torch_perceiver(transformers.PerceiverForMaskedLM, seed=0, **PERCEIVER_KWARGS)
+    model.save_pretrained(folder)
+    ids, mask, _ = helpers.padded_batch(np.random.default_rng(0), 262, (12, 7, 1), low=0)
+    return Reference(folder, dict(inputs=ids, attention_mask=mask), torch_logits(model, inputs=ids,
+                                                                                 attention_mask=mask))
+
+
 def sip_finetune_data(folder: Path) -> list[str]:
     rows = [(word, word.upper()) for word in "cat dog bird fish mouse horse lion tiger bear wolf fox deer".split()]
     return [f"data.train_path={helpers.write_tsv(folder / 'train.tsv', rows[:8])}",
@@ -178,6 +193,11 @@ FAMILIES = [
            T5_WIDE, foreign="sip_pretrain", refusal="model_type 'sip_finetune', got 'sip_pretrain'",
            data=sip_finetune_data, run=(*T5_RUN, "train.batch_size=8", "eval.batch_size=8"),
            incremental=seq2seq_incremental),
+    # FLIPPED's model is transformers' T5 (v1.1 LM-adapted: gated-gelu, untied head); its tiny config trains with
+    # Adafactor, as the paper does.
+    Family("flipped", "configs/flipped_train.py", t5_reference, T5_LAYOUTS, T5_WIDE, foreign="sip_pretrain",
+           refusal=r"(?s)missing.*\n  shared/embedding: from shared\.weight\n.*unexpected.*\n  model\.shared\.weight\n",
+           run=(*T5_RUN, "train.batch_size=8"), incremental=seq2seq_incremental),
     Family("lsg", "configs/lsg_arxiv.py:tiny", lsg_reference,
            {"shared/embedding": P("tensor", "fsdp"),  # (vocab, embed)
             "encoder/embed_positions/embedding": P(None, "fsdp"),  # (positions, embed)
@@ -193,6 +213,21 @@ FAMILIES = [
            data=lsg_data, run=("train.batch_size=8", "train.grad_accum_steps=1", "model.encoder_layers=1",
                                "model.decoder_layers=1"),
            incremental=seq2seq_incremental),
+    # An encoder with a head: no incremental decoding. LAMB keeps every leaf unpacked; `wide` makes them large anyway.
+    Family("perceiver", "configs/perceiver_mlm.py", perceiver_reference,
+           {"perceiver/input_preprocessor/embeddings/embedding": P("tensor", "fsdp"),  # (vocab, embed)
+            "perceiver/latents": P(None, "fsdp"),  # (latents, embed)
+            "perceiver/encoder/cross_attention/query/kernel": P("fsdp", "tensor", None),  # (embed, heads, kv)
+            "perceiver/encoder/self_attends/1/out/kernel": P("tensor", None, "fsdp"),  # (heads, kv, embed)
+            "perceiver/encoder/self_attends/0/dense1/kernel": P("fsdp", "tensor"),  # (embed, mlp)
+            "perceiver/decoder/decoding_cross_attention/key/kernel": P("fsdp", "tensor", None),
+            "perceiver/decoder/output_position_encodings": P(None, "fsdp")},  # (positions, embed)
+           ("model.num_latents=256", "model.d_latents=512", "model.d_model=256", "model.qk_channels=256",
+            "model.v_channels=512", "model.max_position_embeddings=512"),
+           foreign="t5",
+           refusal=r"(?s)missing.*\n  perceiver/latents: from perceiver\.embeddings\.latents\n.*unexpected.*"
+                   r"\n  shared\.weight(\n|$)",
+           run=("train.batch_size=8", "data.sequence_length=64", "model.attention_probs_dropout_prob=0.1")),
 ]
 
 
@@ -268,15 +303,18 @@ def test_sharded_init_follows_the_rules(family, tmp_path):
         assert large[path].sharding.spec == spec, path
         ways = math.prod(setup.mesh.shape[axis] for axis in spec if axis)  # each shard holds 1/ways of it
         assert large[path].addressable_shards[0].data.size * ways == large[path].size, path
-    # The small leaves (norm scales, biases) are packed into replicated vectors, and Adam's moments are laid out
-    # as their parameters.
+    # The small leaves (norm scales, biases) are packed into replicated vectors (Adam), and the optimizer's moments
+    # shaped as their parameter are laid out as it: Adam's (and LAMB's) two, or Adafactor's one second moment of a
+    # parameter it does not factor (a factored one's row and column statistics have other shapes).
     assert all(vector.sharding.is_fully_replicated for vector in params["small"].values())
+    moments_per_parameter = {"adamw": 2, "lamb": 2, "adafactor": 1}[config.optimizer.name]
     param_keys = {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
     moments = jax.tree_util.tree_leaves_with_path(setup.state.opt_state)
     followed = 0
     for key, leaf in param_keys.items():
         followers = [m for path, m in moments if jax.tree_util.keystr(path).endswith(key) and m.shape == leaf.shape]
-        assert len(followers) in (0, 2) and all(m.sharding == leaf.sharding for m in followers), key  # 0: frozen
+        assert len(followers) in (0, moments_per_parameter), key  # 0: frozen, or factored
+        assert all(m.sharding == leaf.sharding for m in followers), key
         followed += bool(followers)
     assert followed
 

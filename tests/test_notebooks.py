@@ -66,7 +66,7 @@ def assert_install_cell_did_nothing(notebook):
     assert "nothing to install" in cell_text(install)
 
 
-@pytest.mark.parametrize("name", ["sip.ipynb", "lsg.ipynb"])
+@pytest.mark.parametrize("name", ["sip.ipynb", "lsg.ipynb", "flipped.ipynb", "perceiver.ipynb"])
 def test_committed_notebook_has_no_outputs(name):
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     nbformat.validate(notebook)
@@ -112,4 +112,34 @@ def test_lsg_notebook_converts_summarizes_and_fine_tunes_a_tiny_model(tmp_path):
     assert all(math.isfinite(record["loss"]) for record in records if "loss" in record)
     assert math.isfinite(summary["eval_loss"])
     assert summary["eval_rouge1"] is None or 0.0 <= summary["eval_rouge1"] <= 100.0
+    assert (Path(summary["export_dir"]) / "config.json").is_file()
+
+
+def test_perceiver_notebook_fills_masks_and_fine_tunes_a_tiny_model(tmp_path):
+    summary, notebook = run_notebook("perceiver.ipynb", {"TINY": True, "WORKDIR": str(tmp_path / "perceiver")},
+                                     tmp_path)
+    assert_install_cell_did_nothing(notebook)
+    assert summary["masked_text"].endswith("[MASK]" * 9) and summary["span_length"] == 9
+    assert isinstance(summary["prediction"], str) and summary["prediction"]  # a random model's bytes
+    records = [json.loads(line) for line in Path(summary["metrics_file"]).read_text().splitlines()]
+    assert records[-1]["step"] == summary["num_steps"] and "eval_accuracy" in records[-1]
+    assert math.isfinite(summary["final_loss"]) and 0.0 <= summary["eval_accuracy"] <= 1.0
+    exported = json.loads((Path(summary["export_dir"]) / "config.json").read_text())
+    assert exported["id2label"] == {"0": "negative", "1": "positive"}
+    assert set(summary["new_predictions"].values()) <= {"negative", "positive"}
+    assert len(summary["new_predictions"]) == 2
+
+
+def test_flipped_notebook_scores_options_and_fine_tunes_a_tiny_model(tmp_path):
+    summary, notebook = run_notebook("flipped.ipynb", {"TINY": True, "WORKDIR": str(tmp_path / "flipped"),
+                                                       "FINETUNE_STEPS": 20}, tmp_path)
+    assert_install_cell_did_nothing(notebook)
+    assert all(label in ("Negative", "Positive") for label in summary["zero_shot_predictions"])
+    assert len(summary["zero_shot_scores"]) == 2 and all(math.isfinite(s) and s < 0
+                                                          for row in summary["zero_shot_scores"] for s in row)
+    assert isinstance(summary["generated_instruction"], str) and summary["generated_instruction"]
+    records = [json.loads(line) for line in Path(summary["metrics_file"]).read_text().splitlines()]
+    assert records[-1]["step"] == summary["num_steps"] == 20
+    assert math.isfinite(summary["final_loss"]) and 0.0 <= summary["eval_accuracy"] <= 1.0
+    assert "eval_accuracy_sentiment" in records[-1] and "eval_accuracy_topic" in records[-1]
     assert (Path(summary["export_dir"]) / "config.json").is_file()

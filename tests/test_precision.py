@@ -9,6 +9,7 @@ from flax import nnx
 
 from jaxport import runtime
 from lsg_jax import LSGBartConfig, LSGBartForConditionalGeneration
+from perceiver_jax import PerceiverConfig, PerceiverForMaskedLM, PerceiverForSequenceClassification
 from sip_jax.configuration import SIPFinetuningConfig, SIPPreTrainingConfig
 from sip_jax.modeling import SIPFinetuningModel, SIPPreTrainingModel
 from t5_jax import T5Config, T5ForConditionalGeneration
@@ -47,7 +48,21 @@ def _sip_finetune(dtype):
     return model, {}
 
 
-FAMILIES = {"t5": _t5, "lsg": _lsg, "sip_pretrain": _sip_pretrain, "sip_finetune": _sip_finetune}
+PERCEIVER_TINY = dict(num_latents=4, d_latents=16, d_model=16, num_self_attends_per_block=2, num_self_attention_heads=2,
+                      num_cross_attention_heads=2, max_position_embeddings=8)
+
+
+def _perceiver(dtype):
+    return PerceiverForMaskedLM(PerceiverConfig.create(**PERCEIVER_TINY), dtype=dtype, rngs=nnx.Rngs(0)), {}
+
+
+def _perceiver_cls(dtype):
+    config = PerceiverConfig.create(**PERCEIVER_TINY, num_labels=3)
+    return PerceiverForSequenceClassification(config, dtype=dtype, rngs=nnx.Rngs(0)), {}
+
+
+FAMILIES = {"t5": _t5, "lsg": _lsg, "sip_pretrain": _sip_pretrain, "sip_finetune": _sip_finetune,
+            "perceiver": _perceiver, "perceiver_cls": _perceiver_cls}
 
 
 def _dot_precisions(jaxpr) -> set:
@@ -64,6 +79,8 @@ def _dot_precisions(jaxpr) -> set:
 def _programs(model, extra):
     """Forward and generation: every entry point a user or the trainer calls."""
     ids, mask = jnp.asarray(IDS), jnp.asarray(MASK)
+    if not hasattr(model, "generate"):  # an encoder with a head (Perceiver IO): its forward pass is all
+        return {"forward": lambda: model(ids, mask, **extra).logits}
     return {"forward": lambda: model(ids, mask, ids[:, :4], **extra).logits,
             "generate": lambda: model.generate(ids, mask, max_new_tokens=3, **extra).sequences}
 
@@ -82,7 +99,7 @@ def test_float32_models_multiply_in_float32(family):
         assert found == {HIGHEST}, (name, found)
 
 
-@pytest.mark.parametrize("family", ["t5", "lsg"])
+@pytest.mark.parametrize("family", ["t5", "lsg", "perceiver"])
 def test_bf16_models_and_chosen_precisions_are_kept(family):
     # T5's relative-position lookup is a one-hot matmul pinned to HIGHEST (exact selection): set aside.
     for name, found in _precisions(family, jnp.bfloat16).items():

@@ -78,6 +78,9 @@ class FirstTokenTask:
         np.testing.assert_array_equal(predictions, batch["input_ids"][:, 0])  # each row beside its prediction
         return {"first_token": predictions.astype(np.float64)}, [{"first_token": int(p)} for p in predictions]
 
+    def corpus_metrics(self, records):  # a metric of the whole set, not a mean over examples
+        return {"largest_first_token": max(record["first_token"] for record in records)}
+
 
 def test_evaluation_by_generation_scores_each_real_example_once_in_order(tmp_path):
     steps = ["train.num_steps=2", "train.log_every=2", "train.eval_every=2", "train.checkpoint_every=2"]
@@ -89,14 +92,15 @@ def test_evaluation_by_generation_scores_each_real_example_once_in_order(tmp_pat
     logged = trainer.train(config, tmp_path / "run", task)
     assert [r["first_token"] for r in read_jsonl(tmp_path / "run" / "predictions_2.jsonl")] == expected.tolist()
     assert logged["eval_first_token"] == pytest.approx(expected.mean()) and "eval_loss" in logged
+    assert logged["eval_largest_first_token"] == expected.max()
     # The same outside training (test-set predictions, a saved model), on one process.
     means, records = trainer.predict_dataset(task, task.create_model(config, nnx.Rngs(0)), task.eval_data(config))
-    assert means == {"first_token": pytest.approx(expected.mean())}
+    assert means == {"first_token": pytest.approx(expected.mean()), "largest_first_token": expected.max()}
     assert [r["first_token"] for r in records] == expected.tolist()
 
     config = small_config(*steps, "eval.generate=False")
     logged = trainer.train(config, tmp_path / "off", FirstTokenTask(config))
-    assert "eval_loss" in logged and "eval_first_token" not in logged
+    assert "eval_loss" in logged and "eval_first_token" not in logged and "eval_largest_first_token" not in logged
     assert not (tmp_path / "off" / "predictions_2.jsonl").exists()
 
 
@@ -245,6 +249,30 @@ def test_train_step_writes_only_into_its_donated_state():
     np.testing.assert_allclose([s["loss"] for s in sums[3]],
                                [losses[0], sum(losses[:2]), sum(losses[:3]), losses[3]], rtol=1e-6)
     assert [int(s["steps"]) for s in sums[3]] == [1, 2, 3, 1]
+
+
+def test_lamb_is_optaxs_lamb_leaf_by_leaf_over_unpacked_leaves():
+    """LAMB's trust ratio is a norm over each parameter, so the train state keeps every leaf apart for it."""
+    import jax
+    import optax
+
+    opt = optimizer_config(name="lamb", warmup_steps=0, decay="constant", learning_rate=0.1, clip_norm=0.0,
+                           weight_decay=0.01, eps=1e-6)
+    assert not trainer.packs_small_leaves(opt)
+    rng = np.random.default_rng(0)
+    params = {"kernel": jnp.asarray(rng.standard_normal((8, 4)), jnp.float32),
+              "bias": jnp.asarray(rng.standard_normal(4), jnp.float32)}
+    tx, _ = trainer.make_optimizer(opt, 10, jax.tree.map(lambda _: "default", params))
+    reference = optax.lamb(0.1, eps=1e-6, weight_decay=0.01)
+    state, ref_state = tx.init(params), reference.init(params)
+    for _ in range(3):
+        grads = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), p.dtype), params)
+        updates, state = tx.update(grads, state, params)
+        expected, ref_state = reference.update(grads, ref_state, params)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8), updates, expected)
+        params = optax.apply_updates(params, expected)
+    with pytest.raises(ValueError, match="adamw, adafactor or lamb"):
+        trainer.base_optimizer(optimizer_config(name="sgd"), 0.1)
 
 
 def test_global_norm_and_clipping_match_optax_and_share_one_norm():

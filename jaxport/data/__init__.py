@@ -6,11 +6,18 @@
     batch = next(iterator)                                # dict of numpy arrays, host-local rows
     state = iterator.get_state()                          # JSON-serializable; set_state(state) resumes
 
+Language-model corpora (jaxport.data.corpus): documents -> one token stream (cached on disk) -> TokenWindows.
+
 A config's `data` section is typed by its source (jaxport.data.sections): `make_source(config.data, "train")`.
 """
+from jaxport.data.corpus import TokenWindows, next_token_example, token_stream
 from jaxport.data.iterator import EXAMPLE_MASK, BatchIterator, make_eval_iterator, make_iterator
 from jaxport.data.sections import (
     JsonlData,
+    LanguageModelData,
+    LanguageModelJsonlData,
+    LanguageModelTextData,
+    LanguageModelTfdsData,
     Seq2SeqData,
     SyntheticData,
     TfdsData,
@@ -20,13 +27,22 @@ from jaxport.data.sections import (
     make_source,
 )
 from jaxport.data.seq2seq import Seq2SeqPreprocessor
-from jaxport.data.sources import JsonlSource, Subset, TextLineSource, TfdsSource, TsvSource, first
+from jaxport.data.sources import (
+    Concatenation,
+    JsonlSource,
+    Subset,
+    TextLineSource,
+    TfdsSource,
+    TsvSource,
+    first,
+)
 from jaxport.data.synthetic import TASKS, SyntheticTask
-from jaxport.data.tokenizers import ByteTokenizer, HuggingFaceTokenizer
+from jaxport.data.tokenizers import ByteTokenizer, HuggingFaceTokenizer, load_tokenizer
 
 __all__ = [
-    "EXAMPLE_MASK", "TASKS", "BatchIterator", "ByteTokenizer", "HuggingFaceTokenizer", "JsonlData", "JsonlSource",
+    "EXAMPLE_MASK", "TASKS", "BatchIterator", "ByteTokenizer", "Concatenation", "HuggingFaceTokenizer", "JsonlData",
+    "JsonlSource", "LanguageModelData", "LanguageModelJsonlData", "LanguageModelTextData", "LanguageModelTfdsData",
     "Seq2SeqData", "Seq2SeqPreprocessor", "Subset", "SyntheticData", "SyntheticTask", "TextLineSource", "TfdsData",
-    "TfdsSource", "TsvData", "TsvSource", "data_section", "data_source", "first", "make_eval_iterator",
-    "make_iterator", "make_source",
+    "TfdsSource", "TokenWindows", "TsvData", "TsvSource", "data_section", "data_source", "first", "load_tokenizer",
+    "make_eval_iterator", "make_iterator", "make_source", "next_token_example", "token_stream",
 ]

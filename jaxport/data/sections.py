@@ -3,16 +3,22 @@
     c.data = data_section(SyntheticData, task="reverse", max_input_length=16, max_target_length=16)
     c.data = data_section(JsonlData, train_path="train.jsonl", input_key="article", target_key="abstract", ...)
 
+    c.data = data_section(LanguageModelJsonlData, train_path="owt/*.jsonl", sequence_length=512, tokenizer="gpt2")
+
 A config lists only what its source uses; `--config.data.source=tsv` swaps the section for the TSV source's keys
 (those both sources have keep their values). A family declares its own sources next to its code, as subclasses of
 Seq2SeqData registered with `@data_source("name")` (sip_jax: "fst", "sip_tsv").
 """
 import dataclasses
 import functools
+import glob
+import os
 
 from jaxport import config as config_lib
-from jaxport.data.sources import JsonlSource, TfdsSource, TsvSource, first
+from jaxport.data.corpus import TokenWindows, token_stream
+from jaxport.data.sources import Concatenation, JsonlSource, TextLineSource, TfdsSource, TsvSource, first
 from jaxport.data.synthetic import SyntheticTask
+from jaxport.data.tokenizers import load_tokenizer
 
 data_source = functools.partial(config_lib.section_kind, "data", "source")
 data_section = config_lib.typed_section
@@ -107,6 +113,96 @@ class TfdsData(Seq2SeqData):
             raise ValueError("data.tfds_name is not set")
         source = TfdsSource(self.tfds_name, name, data_dir=self.data_dir or None)
         return source if split == "train" else first(source, self.num_eval_examples)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LanguageModelData:
+    """Keys of every language-model source: documents -> token stream -> windows (jaxport.data.corpus)."""
+
+    sequence_length: int  # tokens a model reads per example
+    tokenizer: str = "bytes"  # ByT5's bytes, or a transformers tokenizer (folder or hub id, e.g. "gpt2")
+    text_key: str = "text"  # the documents' field holding their text
+    # Where token streams are kept (memory-mapped, built once per documents and tokenizer); "": built in memory at
+    # every start, fine for small files. "~" is expanded.
+    cache_dir: str = ""
+    num_eval_windows: int = 0  # evaluate on the first N windows of the eval documents; 0: all
+
+    def documents(self, split: str):
+        """(the documents of `split`, what identifies them in a cache), or None when the split has none."""
+        raise NotImplementedError
+
+    def make(self, split: str, tokenizer=None, overlap: int = 0):
+        """The windows of `split` ('train' or 'eval'; None: no eval data): `{"tokens": int32[sequence_length +
+        overlap]}`, one every sequence_length tokens. overlap=1 suits next-token prediction (each window's last token
+        starts the next). tokenizer: an object of jaxport.data.tokenizers' interface; None loads data.tokenizer."""
+        found = self.documents(split)
+        if found is None:
+            return None
+        documents, identity = found
+        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(self.tokenizer)
+        tokens = token_stream(documents, tokenizer, text_key=self.text_key,
+                              cache_dir=os.path.expanduser(self.cache_dir) if self.cache_dir else None,
+                              source_id=identity)
+        windows = TokenWindows(tokens, self.sequence_length + overlap, self.sequence_length)
+        return windows if split == "train" else first(windows, self.num_eval_windows)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _LanguageModelFiles(LanguageModelData):
+    train_path: str = ""  # a file or a glob pattern (files read in sorted order)
+    eval_path: str = ""  # "": no evaluation
+
+    def documents(self, split: str):
+        pattern = self.train_path if split == "train" else self.eval_path
+        if not pattern:
+            if split == "train":
+                raise ValueError("data.train_path is not set")
+            return None
+        paths = sorted(glob.glob(os.path.expanduser(pattern))) or ([pattern] if os.path.exists(pattern) else [])
+        if not paths:
+            raise FileNotFoundError(f"data.{split}_path={pattern!r} matches no file")
+        identity = [f"{os.path.abspath(p)}:{os.stat(p).st_size}:{os.stat(p).st_mtime_ns}" for p in paths]
+        return Concatenation(self.read(path) for path in paths), f"{type(self).__name__}:{identity}"
+
+
+@data_source("lm_text")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LanguageModelTextData(_LanguageModelFiles):
+    """Text files, one document per non-blank line."""
+
+    def read(self, path: str):
+        return TextLineSource(path, field=self.text_key)
+
+
+@data_source("lm_jsonl")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LanguageModelJsonlData(_LanguageModelFiles):
+    """Files of one JSON object a line, each a document with its text under text_key."""
+
+    def read(self, path: str):
+        return JsonlSource(path, fields=(self.text_key,))
+
+
+@data_source("lm_tfds")
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LanguageModelTfdsData(LanguageModelData):
+    """A TensorFlow Datasets text corpus (openwebtext, c4/en, wikipedia/...) prepared as array_record beforehand
+    (`tfds build NAME --file_format=array_record`), read through its builder (jaxport.data.TfdsSource). Splits take
+    TFDS's slicing, so a corpus with one split lends its evaluation documents: train[:-1000] and train[-1000:]."""
+
+    tfds_name: str = ""  # e.g. "openwebtext"
+    data_dir: str = ""  # "": TFDS's default
+    train_split: str = "train"
+    eval_split: str = ""  # "": no evaluation
+
+    def documents(self, split: str):
+        name = self.train_split if split == "train" else self.eval_split
+        if not name:
+            return None
+        if not self.tfds_name:
+            raise ValueError("data.tfds_name is not set")
+        source = TfdsSource(self.tfds_name, name, data_dir=self.data_dir or None, fields=(self.text_key,))
+        return source, source.identity
 
 
 def make_source(data_config, split: str):

@@ -24,6 +24,10 @@ class Seq2SeqPreprocessor:
     truncate: bool = False
     decoder_start_token_id: int = 0
 
+    def __post_init__(self):
+        if self.tokenizer.pad_id is None:
+            raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token first")
+
     def __call__(self, example: dict) -> dict[str, np.ndarray]:
         input_ids, input_length = self._encode(example, self.input_key, self.max_input_length)
         labels, target_length = self._encode(example, self.target_key, self.max_target_length)

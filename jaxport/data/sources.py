@@ -76,21 +76,26 @@ class TsvSource:
 
 
 class JsonlSource:
-    """One JSON object per line, keeping only `fields`.
+    """One JSON object per line, keeping only `fields` (required) and `optional_fields` (kept where present).
 
     Lines are parsed when read (parsing a large corpus twice at start-up would be slow), so a bad
     line is reported, with file and line number, when its example is first used.
     """
 
-    def __init__(self, path: str | os.PathLike, fields: Sequence[str]):
+    def __init__(self, path: str | os.PathLike, fields: Sequence[str], optional_fields: Sequence[str] = ()):
         self.fields = tuple(fields)
+        self.optional_fields = tuple(optional_fields)
         self._lines = _LineFile(path)
+
+    def where(self, index: int) -> str:
+        """`path, line N` of the example at `index`, for error messages."""
+        return f"{self._lines.path}, line {self._lines.line_number(index)}"
 
     def __len__(self) -> int:
         return len(self._lines)
 
     def __getitem__(self, index: int) -> dict:
-        where = f"{self._lines.path}, line {self._lines.line_number(index)}"
+        where = self.where(index)
         try:
             record = json.loads(self._lines[index])
         except json.JSONDecodeError as error:
@@ -100,7 +105,7 @@ class JsonlSource:
         missing = [field for field in self.fields if field not in record]
         if missing:
             raise ValueError(f"{where}: missing field(s) {missing}")
-        return {field: record[field] for field in self.fields}
+        return {field: record[field] for field in (*self.fields, *self.optional_fields) if field in record}
 
 
 class TextLineSource:
@@ -129,6 +134,23 @@ class Subset:
 
     def __getitem__(self, index: int) -> dict:
         return self.source[self.indices[index]]
+
+
+class Concatenation:
+    """The examples of several sources, one after the other."""
+
+    def __init__(self, sources):
+        self.sources = list(sources)
+        self._ends = np.cumsum([len(source) for source in self.sources])
+
+    def __len__(self) -> int:
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"example {index} of {len(self)}")
+        which = int(np.searchsorted(self._ends, index, side="right"))
+        return self.sources[which][index - (int(self._ends[which - 1]) if which else 0)]
 
 
 def first(source, count: int):
@@ -170,6 +192,7 @@ class TfdsSource:
         if unknown:
             raise ValueError(f"TFDS dataset {name!r} has no feature(s) {unknown}; it has {available}")
         self._examples = builder.as_data_source(split)
+        self.identity = f"tfds:{builder.data_dir}:{split}"  # names the dataset's version and the split's examples
 
     def __len__(self) -> int:
         return len(self._examples)

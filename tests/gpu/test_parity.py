@@ -11,6 +11,7 @@ import transformers
 from safetensors.numpy import save_file
 
 from lsg_jax import LSGBartForConditionalGeneration
+from perceiver_jax import PerceiverForMaskedLM
 from sip_jax.configuration import SIPPreTrainingConfig
 from sip_jax.modeling import SIPPreTrainingModel
 from t5_jax import T5Config, T5ForConditionalGeneration
@@ -45,7 +46,8 @@ def scale_weights(model: torch.nn.Module, std: float, seed: int):
     with torch.no_grad():
         for name, param in model.named_parameters():
             noise = torch.randn(param.shape, generator=generator)
-            param.copy_(1.0 + 0.1 * noise if "layer_norm" in name else std * noise)
+            is_norm = "layer_norm" in name or "layernorm" in name  # T5, BART / Perceiver
+            param.copy_(1.0 + 0.1 * noise if is_norm else std * noise)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,7 @@ def torch_logits(model, **inputs):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = model.to(device).eval()
     with torch.no_grad():
-        out = model(**{k: torch.from_numpy(v).to(device, torch.long if k.endswith("_ids") else None)
+        out = model(**{k: torch.from_numpy(v).to(device, torch.long if k.endswith("_ids") or k == "inputs" else None)
                        for k, v in inputs.items()})
     return out.logits.float().cpu().numpy()
 
@@ -178,3 +180,19 @@ def test_lsg(lsg_reference, sparsity, dtype):
     ours = LSGBartForConditionalGeneration.from_pretrained(work / sparsity, **kwargs)(ids, mask, dec).logits
     err = report(f"lsg {sparsity} {dtype}", ours, ref, np.ones(dec.shape, bool))
     assert err < (FLOAT32_TOLERANCE if dtype == "float32" else BF16_TOLERANCE["lsg"])
+
+
+# deepmind/language-perceiver's widths and attention channels, 2 self-attention layers run twice (shared weights).
+PERCEIVER_SHAPE = dict(num_latents=256, d_latents=1280, d_model=768, num_blocks=2, num_self_attends_per_block=2,
+                       num_self_attention_heads=8, num_cross_attention_heads=8, qk_channels=256, v_channels=1280,
+                       max_position_embeddings=2048)
+
+
+def test_perceiver_masked_lm_float32(tmp_path):
+    model = transformers.PerceiverForMaskedLM(transformers.PerceiverConfig(**PERCEIVER_SHAPE))
+    scale_weights(model, 0.02, seed=3)
+    model.save_pretrained(tmp_path)
+    ids, mask = padded_batch(np.random.default_rng(3), 2048, 262, [2048, 1311])
+    ref = torch_logits(model, inputs=ids, attention_mask=mask)
+    ours = PerceiverForMaskedLM.from_pretrained(tmp_path)(inputs=ids, attention_mask=mask).logits
+    assert report("perceiver mlm float32", ours, ref, mask > 0) < FLOAT32_TOLERANCE

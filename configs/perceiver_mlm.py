@@ -1,0 +1,76 @@
+"""Perceiver IO masked-byte pre-training: whole words masked in windows of UTF-8 bytes cut from concatenated documents.
+
+    python -m train --config configs/perceiver_mlm.py --workdir runs/perceiver_mlm          # tiny, CPU, a minute
+    python -m train --config configs/perceiver_mlm.py:paper --workdir runs/language_perceiver   # the paper's run
+
+Documents become one stream of Perceiver byte ids (each document ended by [SEP]) cut into windows of
+data.sequence_length bytes; in each window 15% of the words (whitespace-delimited, with the space before them) are
+chosen, 80% of them replaced by [MASK] bytes, 10% by random bytes, 10% left, and the model predicts the chosen bytes
+(perceiver_jax.masking). Metrics: loss and masked-byte accuracy over the chosen bytes.
+
+`tiny` (the default) reads the English text that ships with Python (the topics of its documentation, about 470 KB:
+`data.source=lm_python_docs`), no download, windows of 128 bytes, a 0.2M-parameter model. Other text:
+`--config.data.source=lm_text --config.data.train_path=FILE` (a document a line) or `lm_jsonl` (a "text" field).
+
+`paper` is the deepmind/language-perceiver run (Jaegle et al., Perceiver IO, ICLR 2022): C4 (70%) and English
+Wikipedia (30%) through TFDS (`tfds build c4/en wikipedia/20230601.en --file_format=array_record` first, mixed by
+document: `lm_tfds_mixture`), windows of 2048 bytes, the 201M-parameter shape (2048 byte positions of width 768, 256
+latents of 1280, one cross-attention, 26 self-attention layers of 8 heads, query/key channels 256, value channels
+1280), batch 2048, 500k steps, LAMB at 1.25e-3 with 1k warmup steps, cosine decay, weight decay 0.01, bf16 compute.
+"""
+import ml_collections
+
+from jaxport.base_config import base
+from jaxport.data import data_section
+from perceiver_jax.corpus import PythonDocsData, TfdsMixtureData
+
+# transformers' PerceiverConfig defaults with the masked-LM checkpoint's channels (deepmind/language-perceiver).
+LANGUAGE_PERCEIVER = dict(
+    num_latents=256, d_latents=1280, d_model=768, num_blocks=1, num_self_attends_per_block=26,
+    num_self_attention_heads=8, num_cross_attention_heads=8, qk_channels=256, v_channels=1280,
+    cross_attention_shape_for_attention="kv", self_attention_widening_factor=1, cross_attention_widening_factor=1,
+    hidden_act="gelu", attention_probs_dropout_prob=0.1, initializer_range=0.02, use_query_residual=True,
+    vocab_size=262, max_position_embeddings=2048)
+TINY = dict(LANGUAGE_PERCEIVER, num_latents=32, d_latents=64, d_model=64, num_self_attends_per_block=2,
+            num_self_attention_heads=4, num_cross_attention_heads=4, qk_channels=64, v_channels=64,
+            attention_probs_dropout_prob=0.0, max_position_embeddings=128)
+
+
+def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
+    if arg not in ("tiny", "paper"):
+        raise ValueError(f"configs/perceiver_mlm.py:{arg}: choose tiny or paper")
+    paper = arg == "paper"
+    c = base()
+    c.family = "perceiver"
+    c.model = ml_collections.ConfigDict(LANGUAGE_PERCEIVER if paper else TINY)
+    if paper:
+        c.data = data_section(TfdsMixtureData, sequence_length=2048, tokenizer="perceiver",
+                              cache_dir="~/.cache/jaxport/perceiver", num_eval_windows=4096)
+    else:
+        c.data = data_section(PythonDocsData, sequence_length=128, tokenizer="perceiver", num_eval_windows=64)
+
+    c.optimizer.name = "lamb"
+    c.optimizer.weight_decay = 0.01
+    c.optimizer.eps = 1e-6
+    c.optimizer.decay = "cosine"
+    c.optimizer.clip_norm = 0.0  # LAMB's trust ratio bounds each update already
+    if paper:
+        c.train.num_steps = 500_000
+        c.train.batch_size = 2048
+        c.train.compute_dtype = "bfloat16"
+        c.train.log_every = 100
+        c.train.eval_every = 10_000
+        c.train.checkpoint_every = 5_000
+        c.eval.batch_size = 256
+        c.optimizer.learning_rate = 1.25e-3
+        c.optimizer.warmup_steps = 1000
+    else:
+        c.train.num_steps = 300
+        c.train.batch_size = 16
+        c.train.log_every = 25
+        c.train.eval_every = 300
+        c.train.checkpoint_every = 300
+        c.eval.batch_size = 16
+        c.optimizer.learning_rate = 1e-2
+        c.optimizer.warmup_steps = 30
+    return c
