@@ -40,7 +40,9 @@ def test_flipped_11b_fsdp_and_tensor_parallel(scale, tmp_path):
     runs = measure(scale, tmp_path, "flipped_11b", "--gpus", "2")
     assert sorted(runs) == [("fsdp", 2), ("fsdp_tp", 2)]
     assert runs["fsdp_tp", 2]["mesh"] == {"data": 1, "fsdp": 1, "tensor": 2}
-    assert runs["fsdp_tp", 2]["first_loss"] == pytest.approx(runs["fsdp", 2]["first_loss"], rel=1e-5)
+    # bf16 compute: tensor parallelism sums the MLP's and attention's partial products in another order (float32
+    # runs agree to 2e-5 on every mesh: test_sharding.py).
+    assert runs["fsdp_tp", 2]["first_loss"] == pytest.approx(runs["fsdp", 2]["first_loss"], rel=1e-2)
 
 
 def test_lsg_bart_data_parallel(scale, tmp_path):

@@ -15,9 +15,11 @@ MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
 
 
 def mesh_config(data, fsdp, tensor, *extra):
+    # d_ff 2048: the MLP kernels (64 x 2048) are above packing.SMALL_LEAF, so FSDP and tensor parallelism shard
+    # them (smaller leaves are packed into one replicated vector per optimizer group).
     return config_lib.load_config(CONFIG, ["train.num_steps=6", "train.log_every=1", "train.eval_every=6",
                                            "train.checkpoint_every=6", f"mesh.data={data}", f"mesh.fsdp={fsdp}",
-                                           f"mesh.tensor={tensor}", *extra])
+                                           f"mesh.tensor={tensor}", "model.d_ff=2048", *extra])
 
 
 def test_mesh_takes_every_device_once_and_sizes_the_free_axis():
@@ -56,6 +58,8 @@ def test_hidden_states_between_blocks_follow_the_batch_rule_in_steps_only():
     config = mesh_config(2, 2, 2)
     task = registry.task("t5", config)
     setup = trainer.build(config, task)
+    # (this mesh shards the MLP kernels as the losses test runs them: embed over fsdp, mlp over tensor)
+    assert P("fsdp", "tensor") in {leaf.spec for leaf in jax.tree.leaves(setup.state_shardings.params)}
     batch = next(task.train_data(config))
     eval_step = jax.make_jaxpr(trainer.make_eval_step(setup, task))(setup.state.params, batch)
     constraints = [eqn.params["sharding"].spec for eqn in eval_step.eqns if eqn.primitive.name == "sharding_constraint"]
