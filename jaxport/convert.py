@@ -67,6 +67,17 @@ def linear_kernel(input_axes: int = 1) -> Transform:
                      to_pytorch=to_pytorch, pytorch_shape=pytorch_shape)
 
 
+def input_first_kernel(input_axes: int = 1) -> Transform:
+    """A weight PyTorch keeps input-first, [in, out] (transformers' Conv1D: GPT-2), <-> a kernel whose first
+    `input_axes` axes are the input side, e.g. (embed, 3, heads, head_dim): the same elements, axes merged."""
+
+    def pytorch_shape(shape: Shape) -> Shape:
+        return (math.prod(shape[:input_axes]), math.prod(shape[input_axes:]))
+
+    return Transform(to_flax=lambda array, shape: array.reshape(shape),
+                     to_pytorch=lambda array: array.reshape(pytorch_shape(array.shape)), pytorch_shape=pytorch_shape)
+
+
 @dataclass(frozen=True)
 class Rule:
     pytorch: str

@@ -6,7 +6,8 @@ as soon as transformers would, and a key/value cache the model threads through i
 
 A model takes part through a step function and an initial cache (see `generate`). Encoder-decoder models with
 `encode` / `init_cache` / `decode` methods get `seq2seq_generate`, which takes transformers' argument names and
-computes the cross-attention keys/values once per call (in `init_cache`), not at every step.
+computes the cross-attention keys/values once per call (in `init_cache`), not at every step; decoder-only models with
+`init_cache` / `decode` get `causal_lm_generate`.
 """
 import dataclasses
 from typing import Any, Callable, NamedTuple
@@ -416,17 +417,24 @@ def generate(step_fn: StepFn, cache, prompt_ids: jax.Array, config: GenerationCo
 _CONFIG_FIELDS = frozenset(field.name for field in dataclasses.fields(GenerationConfig))
 
 
-def seq2seq_config(model_config, **kwargs) -> GenerationConfig:
-    """GenerationConfig from transformers-style kwargs over the generation defaults found on `model_config`,
-    resolved for the one-token decoder prompt."""
+def _generation_config(model_config, kwargs: dict, defaults: dict | None = None) -> GenerationConfig:
+    """GenerationConfig from transformers-style kwargs over `defaults` and the generation defaults found on
+    `model_config`."""
     unknown = sorted(set(kwargs) - _CONFIG_FIELDS)
     if unknown:
         raise TypeError(f"unknown generation arguments: {', '.join(unknown)}")
-    defaults = {name: getattr(model_config, name) for name in _CONFIG_FIELDS
-                if getattr(model_config, name, None) is not None}
-    if "decoder_start_token_id" not in defaults and getattr(model_config, "bos_token_id", None) is not None:
+    found = {name: getattr(model_config, name) for name in _CONFIG_FIELDS
+             if getattr(model_config, name, None) is not None}
+    return GenerationConfig(**{**(defaults or {}), **found, **kwargs})
+
+
+def seq2seq_config(model_config, **kwargs) -> GenerationConfig:
+    """GenerationConfig from transformers-style kwargs over the generation defaults found on `model_config`,
+    resolved for the one-token decoder prompt."""
+    defaults = {}
+    if getattr(model_config, "bos_token_id", None) is not None:
         defaults["decoder_start_token_id"] = model_config.bos_token_id  # transformers' fallback
-    config = GenerationConfig(**{**defaults, **kwargs})
+    config = _generation_config(model_config, kwargs, defaults)
     if config.decoder_start_token_id is None:
         raise ValueError("encoder-decoder generation needs decoder_start_token_id (or bos_token_id)")
     return config.resolve(prompt_len=1)
@@ -485,3 +493,40 @@ def seq2seq_generate(model: nnx.Module, input_ids, attention_mask=None, *, rng=N
     attention_mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
     graphdef, state = nnx.split(model)
     return _seq2seq_generate(graphdef, state, input_ids, attention_mask, encode_kwargs or {}, rng, config)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Decoder-only convenience.
+
+
+@jax.jit(static_argnums=(0, 4))
+def _causal_lm_generate(graphdef, state, input_ids, rng, config: GenerationConfig):
+    model = nnx.merge(graphdef, state)
+    cache = model.init_cache(input_ids.shape[0] * config.expand_size, config.max_length)
+
+    def step_fn(tokens, cache, position):
+        model = nnx.merge(graphdef, state)  # merged afresh in the loop's own trace, as in _seq2seq_generate
+        logits, cache = model.decode(tokens, cache, position, logits_to_keep=1)
+        return logits[:, -1], cache
+
+    return generate(step_fn, cache, input_ids, config, rng)
+
+
+def causal_lm_generate(model: nnx.Module, input_ids, *, rng=None, max_positions: int | None = None,
+                       **kwargs) -> GenerateOutput:
+    """transformers-style `generate` for a decoder-only nnx.Module with `config`, `init_cache(batch_size,
+    max_length) -> cache` and `decode(tokens, cache, position, logits_to_keep=1) -> (logits [B, 1, V] of the last
+    token, cache)`, which writes the tokens' keys/values (and whatever else the model caches per token) at
+    `position`. input_ids [B, P]: the prompt,
+    the same length in every row (no padding). kwargs: GenerationConfig fields (transformers' names). max_positions:
+    the positions the model has (learned position embeddings): a max_length that would feed more tokens is refused.
+    Returns sequences [B * num_return_sequences, max_length], the prompt first. Compiled once per model structure,
+    input shape and settings (the model's graphdef is static: its config must hash)."""
+    input_ids = jnp.asarray(input_ids, jnp.int32)
+    config = _generation_config(model.config, kwargs).resolve(input_ids.shape[1])
+    # The last token is never fed: max_length - 1 positions.
+    if max_positions is not None and config.max_length - 1 > max_positions:
+        raise ValueError(f"generating up to max_length={config.max_length} tokens (prompt included) needs "
+                         f"{config.max_length - 1} positions; the model has n_positions={max_positions}")
+    graphdef, state = nnx.split(model)
+    return _causal_lm_generate(graphdef, state, input_ids, rng, config)

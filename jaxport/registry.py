@@ -32,6 +32,9 @@ FAMILIES = {
     # A converted sip_finetune checkpoint keeps its NaN (not yet initialised) prefix: the loader initialises it on use.
     "sip_finetune": Family("sip_jax", "SIPFinetuningModel", convert_cli="sip_jax.convert_cli",
                            convert_load_kwargs={"initialize_prefix": False}),
+    "backpack": Family("backpack_jax", "BackpackGPT2LMHeadModel"),
+    # Backpack's contextualization network on its own: the paper's Transformer baseline.
+    "gpt2": Family("backpack_jax", "GPT2LMHeadModel"),
     # One package, two heads: masked byte prediction (pre-training) and sequence classification (GLUE).
     "perceiver": Family("perceiver_jax", "PerceiverForMaskedLM"),
     "perceiver_cls": Family("perceiver_jax", "PerceiverForSequenceClassification"),

@@ -48,6 +48,8 @@ class Task(Protocol):
     def predict(self, model, batch: dict) -> jax.Array: ...  # [B, ...] outputs, e.g. generated sequences
     def score_predictions(self, batch: dict, predictions: np.ndarray
                           ) -> tuple[dict[str, np.ndarray], list[dict]]: ...  # ({name: [B] scores}, B records)
+    # Optional: metrics that are functions of the eval means rather than means themselves (perplexity = exp(loss)).
+    def derived_eval_metrics(self, means: dict[str, float]) -> dict[str, float]: ...  # eval_NAME -> value
     # Optional, with `predict`: metrics of the whole set that are no mean over examples (Matthews correlation, F1,
     # Spearman correlation), from the records of every real example, on process 0; logged as eval_NAME.
     def corpus_metrics(self, records: list[dict]) -> dict[str, float]: ...
@@ -449,6 +451,8 @@ def evaluate(eval_step, params, batches, batch_sharding, *, predict_step=None, t
         metrics.update({f"eval_{name}": value for name, value in corpus_metrics(task, records).items()})
         if predictions_path is not None:
             write_jsonl(predictions_path, records)
+    if hasattr(task, "derived_eval_metrics"):
+        metrics.update(task.derived_eval_metrics(metrics))
     return metrics
 
 

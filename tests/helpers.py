@@ -1,7 +1,9 @@
 """What several test modules share: relative error, padded batches, bit-level comparisons, tiny PyTorch reference
-models (T5, SIP; LSG-BART's runs in its own environment, tests/lsg_reference), tiny data files, and running
-`python -m train` in a subprocess. Test modules import this, never each other."""
+models (T5, SIP, Backpack-GPT2 and GPT-2; LSG-BART's runs in its own environment, tests/lsg_reference), tiny data
+files, and running `python -m train` in a subprocess. Test modules import this, never each other."""
 import ast
+import functools
+import importlib.util
 import json
 import os
 import random
@@ -217,6 +219,86 @@ def random_fsts(rng, fst, lengths, width=5):
                         rng.integers(1, 3, length)], axis=1)[:, :width]
         reps.append(rep)
     return pad_fst_reps(reps, fst["num_states"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tiny PyTorch references: the authors' Backpack-GPT2, transformers' GPT-2
+
+BACKPACK_FILE = "models/backpack_gpt2/modelings_backpack_gpt2.py"
+# Small and without dropout; bos/eos None: transformers complains about ids outside a tiny vocabulary.
+GPT2_TINY = dict(vocab_size=61, n_embd=24, n_layer=2, n_head=4, n_positions=20, resid_pdrop=0.0, embd_pdrop=0.0,
+                 attn_pdrop=0.0, bos_token_id=None, eos_token_id=None)
+
+
+@functools.cache
+def backpack_reference():
+    """The authors' modeling file (BackpackGPT2Config, BackpackGPT2LMHeadModel, ...) as a module. It ships in
+    pyvene 0.1.8 (installed with --no-deps, see .ci/run); loaded by path, since importing the pyvene package pulls
+    in dependencies the file does not need (find_spec of a top-level package does not import it)."""
+    spec = importlib.util.find_spec("pyvene")
+    path = None if spec is None else Path(spec.submodule_search_locations[0]) / BACKPACK_FILE
+    if path is None or not path.is_file():
+        skip_unless_ci("the authors' Backpack file is missing: pip install --no-deps pyvene==0.1.8")
+    module_spec = importlib.util.spec_from_file_location("modelings_backpack_gpt2", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def randomize(model: torch.nn.Module, seed: int, std: float = 0.3) -> torch.nn.Module:
+    """Every parameter drawn again from N(0, std^2) (LayerNorm scales around 1), so that nothing is at a value
+    (0, 1, a tiny init) that could hide a mistake."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator) * std
+            param.copy_(noise + 1.0 if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight", "ln.weight"))
+                        else noise)
+    return model.eval()
+
+
+def random_backpack(seed: int = 0, std: float = 0.3, **config):
+    """The authors' BackpackGPT2LMHeadModel with random weights (`randomize`), GPT2_TINY shaped unless `config` says
+    otherwise."""
+    module = backpack_reference()
+    model = module.BackpackGPT2LMHeadModel(module.BackpackGPT2Config(**{**GPT2_TINY, **config}))
+    return randomize(model, seed, std)
+
+
+def random_gpt2(seed: int = 0, std: float = 0.3, **config) -> transformers.GPT2LMHeadModel:
+    """transformers' GPT2LMHeadModel with random weights (`randomize`), GPT2_TINY shaped unless `config` says
+    otherwise."""
+    return randomize(transformers.GPT2LMHeadModel(transformers.GPT2Config(**{**GPT2_TINY, **config})), seed, std)
+
+
+def save_backpack(model, folder: Path, *, model_type: str = "backpack-gpt2", aliases: bool = True,
+                  bin_file: bool = False) -> Path:
+    """config.json and weights as the authors' folders hold them: model_type "backpack-gpt2" or "gpt2" (what their
+    config class writes), every key of the state dict or (aliases=False) without the tied copies lm_head.weight,
+    backpack.word_embeddings.weight and backpack.position_embeddings.weight; model.safetensors or
+    pytorch_model.bin."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {**model.config.to_dict(), "model_type": model_type, "architectures": ["BackpackGPT2LMHeadModel"]}
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    state = {key: value.detach().clone().contiguous() for key, value in model.state_dict().items()}
+    if not aliases:
+        for key in ("lm_head.weight", "backpack.word_embeddings.weight", "backpack.position_embeddings.weight"):
+            del state[key]
+    if bin_file:
+        torch.save(state, folder / "pytorch_model.bin")
+    else:
+        safetensors.torch.save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def greedy_loop(forward, input_ids: np.ndarray, num_new: int) -> np.ndarray:
+    """Greedy decoding as a loop over a full forward pass (`forward(ids) -> logits`), no cache: the reference for
+    generation of the models that have no `generate` (the authors' Backpack)."""
+    ids = torch.as_tensor(input_ids)
+    with torch.no_grad():
+        for _ in range(num_new):
+            ids = torch.cat([ids, forward(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids.numpy()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -45,6 +45,7 @@ NOT_RUN = {
     "pip install -e '.[test]'": SETUP,
     "pip install -e '.[torch]'": SETUP,
     "pip install -e '.[gpu]'": SETUP,
+    "pip install --no-deps pyvene==0.1.8": SETUP,
     "bash tests/lsg_reference/make_env.sh": "downloads the LSG-BART reference environment (.venv-lsg)",
     "python -m pytest -q tests": "the whole test suite, this file included",
     'python -m pytest -q -m "slow or not slow" tests': "the whole test suite with the slow tests, as CI runs it",
@@ -126,10 +127,13 @@ def save_tiny_model(folder: Path, config, **model_overrides) -> None:
 
 
 def write_examples(path: Path, data) -> None:
-    """40 short input/target pairs under the config's data keys: TSV with a header line, or JSONL."""
+    """40 short input/target pairs under the config's data keys: TSV with a header line, or JSONL; for a
+    language-model corpus, 40 JSONL documents of about 20 words under its text key."""
     rows = [(" ".join(WORDS[(i + k) % len(WORDS)] for k in range(3)), WORDS[i % len(WORDS)]) for i in range(40)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".tsv":
+    if "text_key" in data:
+        path.write_text("".join(json.dumps({data.text_key: f"{a} {' '.join(WORDS)} {b} ."}) + "\n" for a, b in rows))
+    elif path.suffix == ".tsv":
         path.write_text("".join(f"{a}\t{b}\n" for a, b in [(data.input_key, data.target_key), *rows]))
     elif path.suffix == ".jsonl":
         path.write_text("".join(json.dumps({data.input_key: a, data.target_key: b}) + "\n" for a, b in rows))
@@ -156,6 +160,11 @@ def make_inputs(module: str, args: list[str]) -> None:
         source_family, overrides = next((MODE_SOURCES[flag] for flag in args if flag in MODE_SOURCES), (family, {}))
         if is_placeholder(src):
             save_tiny_model(Path(src), load_tiny_config(tiny_config_files()[source_family]), **overrides)
+        return
+    if module == "backpack_jax.senses":
+        if is_placeholder(args[0]):  # a Backpack folder: the tiny one, with a tokenizer beside it
+            save_tiny_model(Path(args[0]), load_tiny_config(tiny_config_files()["backpack"]))
+            save_tokenizer(Path(args[0]))
         return
     if "--config" not in args:
         return

@@ -19,6 +19,7 @@ from jaxport.convert import (
     Ignore,
     Rule,
     flax_to_pytorch,
+    input_first_kernel,
     linear_kernel,
     pytorch_to_flax,
     select_flat,
@@ -67,6 +68,20 @@ def test_linear_kernel_computes_the_same_projection():
     o_kernel = linear_kernel(2).to_flax(o_weight, (HEADS, D_KV, D_MODEL))
     np.testing.assert_allclose(np.einsum("hk,hkd->d", heads, o_kernel), o_weight @ heads.reshape(-1))
     assert linear_kernel(2).pytorch_shape((HEADS, D_KV, D_MODEL)) == (D_MODEL, HEADS * D_KV)
+
+
+def test_input_first_kernel_computes_the_same_projection():
+    """transformers' Conv1D (GPT-2): y = x @ W + b with W [in, out]; the fused q/k/v kernel (embed, 3, heads, kv)."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(D_MODEL)
+    weight = rng.standard_normal((D_MODEL, 3 * HEADS * D_KV))
+    transform = input_first_kernel(1)
+    kernel = transform.to_flax(weight, (D_MODEL, 3, HEADS, D_KV))
+    np.testing.assert_allclose(np.einsum("d,dthk->thk", x, kernel).reshape(-1), x @ weight)
+    assert transform.pytorch_shape(kernel.shape) == weight.shape
+    np.testing.assert_array_equal(transform.to_pytorch(kernel), weight)
+    out = rng.standard_normal((HEADS, D_KV, D_MODEL))  # c_proj (heads, kv, embed): two input axes
+    assert input_first_kernel(2).pytorch_shape(out.shape) == (HEADS * D_KV, D_MODEL)
 
 
 def test_round_trip_is_bit_identical_and_streams_a_generator():

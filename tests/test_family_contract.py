@@ -166,6 +166,53 @@ def seq2seq_incremental(model, reference: Reference) -> np.ndarray:
     return np.concatenate(steps, axis=1)
 
 
+def backpack_reference(folder: Path) -> Reference:
+    """The authors' Backpack-GPT2 (pyvene 0.1.8's copy of their file), every key of its state dict saved."""
+    model = helpers.random_backpack(seed=0, num_senses=3, sense_intermediate_scale=2)
+    helpers.save_backpack(model, folder)
+    ids = np.random.default_rng(0).integers(0, helpers.GPT2_TINY["vocab_size"], (3, 11))
+    return Reference(folder, dict(input_ids=ids), torch_logits(model, input_ids=ids))
+
+
+def gpt2_reference(folder: Path) -> Reference:
+    """transformers' GPT-2."""
+    model = helpers.random_gpt2(seed=0, scale_attn_by_inverse_layer_idx=True)
+    model.save_pretrained(folder)
+    ids = np.random.default_rng(0).integers(0, helpers.GPT2_TINY["vocab_size"], (3, 11))
+    return Reference(folder, dict(input_ids=ids), torch_logits(model, input_ids=ids))
+
+
+def causal_lm_incremental(model, reference: Reference) -> np.ndarray:
+    """A decoder-only model: the first tokens on the cache at once, then one token at a time."""
+    ids = jnp.asarray(reference.inputs["input_ids"])
+    prefix = 4
+    logits, cache = model.decode(ids[:, :prefix], model.init_cache(*ids.shape), 0)
+    steps = [np.asarray(logits)]
+    for t in range(prefix, ids.shape[1]):
+        logits, cache = model.decode(ids[:, t:t + 1], cache, t)
+        steps.append(np.asarray(logits))
+    return np.concatenate(steps, axis=1)
+
+
+# Backpack's and GPT-2's layouts (GPT-2's stack sits under transformer/ in GPT2LMHeadModel, under
+# backpack/gpt2_model/ in Backpack); the sense axis is named "heads".
+GPT2_LAYOUTS = {
+    "wte/embedding": P("tensor", "fsdp"),  # (vocab, embed)
+    "h/0/attn/c_attn/kernel": P("fsdp", None, "tensor", None),  # (embed, 3, heads, kv)
+    "h/1/attn/c_proj/kernel": P("tensor", None, "fsdp"),  # (heads, kv, embed)
+    "h/0/mlp/c_fc/kernel": P("fsdp", "tensor"),  # (embed, mlp)
+    "h/1/mlp/c_proj/kernel": P("tensor", "fsdp"),  # (mlp, embed)
+}
+BACKPACK_LAYOUTS = {
+    **{f"backpack/gpt2_model/{path}": spec for path, spec in GPT2_LAYOUTS.items()},
+    "backpack/sense_network/final_mlp/c_proj/kernel": P("tensor", None, "fsdp"),  # (mlp, senses, embed)
+    "backpack/sense_network/block/mlp/c_fc/kernel": P("fsdp", "tensor"),  # (embed, mlp)
+    "backpack/sense_weight_net/c_attn/kernel": P("fsdp", None, "tensor", None),  # (embed, 2, senses, kv)
+}
+GPT2_WIDE = ("model.n_embd=384", "model.n_head=8")  # every leaf of the layouts over packing.SMALL_LEAF elements
+LM_RUN = ("model.resid_pdrop=0.1", "model.embd_pdrop=0.1", "model.attn_pdrop=0.1")  # dropout: the restored rng
+
+
 # T5's layouts under DEFAULT_RULES (embed -> fsdp; heads, mlp, vocab -> tensor); SIP's T5 sits under model/.
 T5_LAYOUTS = {
     "shared/embedding": P("tensor", "fsdp"),  # (vocab, embed)
@@ -213,6 +260,16 @@ FAMILIES = [
            data=lsg_data, run=("train.batch_size=8", "train.grad_accum_steps=1", "model.encoder_layers=1",
                                "model.decoder_layers=1"),
            incremental=seq2seq_incremental),
+    Family("backpack", "configs/backpack_owt.py", backpack_reference, BACKPACK_LAYOUTS,
+           (*GPT2_WIDE, "model.num_senses=8"), foreign="gpt2",
+           refusal=r"(?s)missing.*\n  backpack/gpt2_model/h/0/attn/c_attn/bias: from backpack\.gpt2_model\.h\.0\."
+                   r"attn\.c_attn\.bias\n.*unexpected.*\n  transformer\.h\.0\.attn\.c_attn\.bias\n",
+           run=LM_RUN, incremental=causal_lm_incremental),
+    Family("gpt2", "configs/backpack_owt.py:tiny_gpt2", gpt2_reference,
+           {f"transformer/{path}": spec for path, spec in GPT2_LAYOUTS.items()}, GPT2_WIDE, foreign="backpack",
+           refusal=r"(?s)missing.*\n  transformer/h/0/attn/c_attn/bias: from transformer\.h\.0\.attn\.c_attn\.bias\n"
+                   r".*unexpected.*\n  backpack\.gpt2_model\.h\.0\.attn\.c_attn\.bias\n",
+           run=LM_RUN, incremental=causal_lm_incremental),
     # An encoder with a head: no incremental decoding. LAMB keeps every leaf unpacked; `wide` makes them large anyway.
     Family("perceiver", "configs/perceiver_mlm.py", perceiver_reference,
            {"perceiver/input_preprocessor/embeddings/embedding": P("tensor", "fsdp"),  # (vocab, embed)

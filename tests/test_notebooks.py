@@ -66,7 +66,7 @@ def assert_install_cell_did_nothing(notebook):
     assert "nothing to install" in cell_text(install)
 
 
-@pytest.mark.parametrize("name", ["sip.ipynb", "lsg.ipynb", "flipped.ipynb", "perceiver.ipynb"])
+@pytest.mark.parametrize("name", ["sip.ipynb", "lsg.ipynb", "flipped.ipynb", "perceiver.ipynb", "backpack.ipynb"])
 def test_committed_notebook_has_no_outputs(name):
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     nbformat.validate(notebook)
@@ -142,4 +142,22 @@ def test_flipped_notebook_scores_options_and_fine_tunes_a_tiny_model(tmp_path):
     assert records[-1]["step"] == summary["num_steps"] == 20
     assert math.isfinite(summary["final_loss"]) and 0.0 <= summary["eval_accuracy"] <= 1.0
     assert "eval_accuracy_sentiment" in records[-1] and "eval_accuracy_topic" in records[-1]
+    assert (Path(summary["export_dir"]) / "config.json").is_file()
+
+
+def test_backpack_notebook_reads_senses_intervenes_and_fine_tunes_a_tiny_model(tmp_path):
+    summary, notebook = run_notebook("backpack.ipynb", {"TINY": True, "WORKDIR": str(tmp_path / "backpack")},
+                                     tmp_path)
+    assert_install_cell_did_nothing(notebook)
+    assert summary["num_senses"] == 4 and set(summary["sense_tables"]) == {"river", "money"}
+    for per_token in summary["sense_tables"].values():
+        assert all(len(top) == 4 and all(len(words) == 3 for words in top) for top in per_token)
+    assert Path(summary["heatmap"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and summary["heatmap_tokens"] > 3
+    intervention = summary["intervention"]
+    assert intervention["scalings"] == [{"word": "nurse", "sense": 1, "factor": 0.0}]
+    assert intervention["before"] != intervention["after"]
+    assert summary["generated_length"] == 8 and isinstance(summary["generated"], str)
+    records = [json.loads(line) for line in Path(summary["metrics_file"]).read_text().splitlines()]
+    assert records[-1]["step"] == summary["num_steps"] and all(math.isfinite(r["loss"]) for r in records if "loss" in r)
+    assert summary["eval_perplexity"] == pytest.approx(math.exp(summary["eval_loss"]))
     assert (Path(summary["export_dir"]) / "config.json").is_file()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from backpack_jax import BackpackGPT2Config, BackpackGPT2LMHeadModel, GPT2Config, GPT2LMHeadModel
 from jaxport import runtime
 from lsg_jax import LSGBartConfig, LSGBartForConditionalGeneration
 from perceiver_jax import PerceiverConfig, PerceiverForMaskedLM, PerceiverForSequenceClassification
@@ -48,6 +49,18 @@ def _sip_finetune(dtype):
     return model, {}
 
 
+GPT2_TINY = dict(vocab_size=40, n_embd=16, n_layer=1, n_head=2, n_positions=16)
+
+
+def _backpack(dtype):
+    return BackpackGPT2LMHeadModel(BackpackGPT2Config.create(**GPT2_TINY, num_senses=4), dtype=dtype,
+                                   rngs=nnx.Rngs(0)), {}
+
+
+def _gpt2(dtype):
+    return GPT2LMHeadModel(GPT2Config.create(**GPT2_TINY), dtype=dtype, rngs=nnx.Rngs(0)), {}
+
+
 PERCEIVER_TINY = dict(num_latents=4, d_latents=16, d_model=16, num_self_attends_per_block=2, num_self_attention_heads=2,
                       num_cross_attention_heads=2, max_position_embeddings=8)
 
@@ -62,7 +75,7 @@ def _perceiver_cls(dtype):
 
 
 FAMILIES = {"t5": _t5, "lsg": _lsg, "sip_pretrain": _sip_pretrain, "sip_finetune": _sip_finetune,
-            "perceiver": _perceiver, "perceiver_cls": _perceiver_cls}
+            "backpack": _backpack, "gpt2": _gpt2, "perceiver": _perceiver, "perceiver_cls": _perceiver_cls}
 
 
 def _dot_precisions(jaxpr) -> set:
@@ -79,6 +92,14 @@ def _dot_precisions(jaxpr) -> set:
 def _programs(model, extra):
     """Forward and generation: every entry point a user or the trainer calls."""
     ids, mask = jnp.asarray(IDS), jnp.asarray(MASK)
+    if isinstance(model, BackpackGPT2LMHeadModel | GPT2LMHeadModel):  # decoder-only, no padding mask
+        programs = {"forward": lambda: model(ids).logits,
+                    "generate": lambda: model.generate(ids, max_new_tokens=3).sequences}
+        if isinstance(model, BackpackGPT2LMHeadModel):
+            weights = jnp.ones((1, model.config.num_senses, ids.shape[1], ids.shape[1]))
+            programs["senses"] = lambda: model.senses(ids)
+            programs["custom contextualization"] = lambda: model.run_with_custom_contextualization(ids, weights).logits
+        return programs
     if not hasattr(model, "generate"):  # an encoder with a head (Perceiver IO): its forward pass is all
         return {"forward": lambda: model(ids, mask, **extra).logits}
     return {"forward": lambda: model(ids, mask, ids[:, :4], **extra).logits,
@@ -99,7 +120,7 @@ def test_float32_models_multiply_in_float32(family):
         assert found == {HIGHEST}, (name, found)
 
 
-@pytest.mark.parametrize("family", ["t5", "lsg", "perceiver"])
+@pytest.mark.parametrize("family", ["t5", "lsg", "backpack", "perceiver"])
 def test_bf16_models_and_chosen_precisions_are_kept(family):
     # T5's relative-position lookup is a one-hot matmul pinned to HIGHEST (exact selection): set aside.
     for name, found in _precisions(family, jnp.bfloat16).items():

@@ -10,11 +10,13 @@ import torch
 import transformers
 from safetensors.numpy import save_file
 
+from backpack_jax import BackpackGPT2LMHeadModel, GPT2LMHeadModel
 from lsg_jax import LSGBartForConditionalGeneration
 from perceiver_jax import PerceiverForMaskedLM
 from sip_jax.configuration import SIPPreTrainingConfig
 from sip_jax.modeling import SIPPreTrainingModel
 from t5_jax import T5Config, T5ForConditionalGeneration
+from tests import helpers
 from tests.helpers import rel_err
 from tests.lsg_reference.harness import run_reference, tiny_config
 
@@ -182,6 +184,41 @@ def test_lsg(lsg_reference, sparsity, dtype):
     assert err < (FLOAT32_TOLERANCE if dtype == "float32" else BF16_TOLERANCE["lsg"])
 
 
+# Backpack-GPT2's shape with 2 of its 12 layers and a smaller vocabulary; GPT-2 is its contextualization network.
+BACKPACK_SHAPE = dict(vocab_size=4096, n_positions=512, n_embd=768, n_layer=2, n_head=12, num_senses=16,
+                      sense_intermediate_scale=4, scale_attn_by_inverse_layer_idx=True)
+
+
+def torch_forward(model, ids):
+    """The PyTorch model's float32 output on the GPU (no padding: neither original takes a mask)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    with torch.no_grad():
+        return model.to(device).eval()(torch.from_numpy(ids).to(device, torch.long))
+
+
+def test_backpack_float32(tmp_path):
+    """The authors' Backpack-GPT2 (pyvene 0.1.8's copy) on 2 x 512 tokens: logits and contextualization weights."""
+    reference = helpers.random_backpack(seed=3, std=0.05, **BACKPACK_SHAPE)
+    folder = helpers.save_backpack(reference, tmp_path)
+    ids = np.random.default_rng(3).integers(0, BACKPACK_SHAPE["vocab_size"], (2, 512)).astype(np.int32)
+    expected = torch_forward(reference, ids)
+    out = BackpackGPT2LMHeadModel.from_pretrained(folder)(ids)
+    err = report("backpack float32", out.logits, expected.logits.float().cpu().numpy(), np.ones(ids.shape, bool))
+    context_err = rel_err(out.contextualization, expected.contextualization.float().cpu().numpy())
+    print(f"PARITY backpack float32 contextualization: rel. err {context_err:.2e}")
+    assert err < FLOAT32_TOLERANCE and context_err < FLOAT32_TOLERANCE
+
+
+def test_gpt2_float32(tmp_path):
+    """transformers' GPT-2 of the same contextualization network on 2 x 512 tokens."""
+    shape = {k: v for k, v in BACKPACK_SHAPE.items() if k not in ("num_senses", "sense_intermediate_scale")}
+    reference = helpers.random_gpt2(seed=4, std=0.05, **shape)
+    reference.save_pretrained(tmp_path)
+    ids = np.random.default_rng(4).integers(0, shape["vocab_size"], (2, 512)).astype(np.int32)
+    expected = torch_forward(reference, ids).logits.float().cpu().numpy()
+    err = report("gpt2 float32", GPT2LMHeadModel.from_pretrained(tmp_path)(ids).logits, expected,
+                 np.ones(ids.shape, bool))
+    assert err < FLOAT32_TOLERANCE
 # deepmind/language-perceiver's widths and attention channels, 2 self-attention layers run twice (shared weights).
 PERCEIVER_SHAPE = dict(num_latents=256, d_latents=1280, d_model=768, num_blocks=2, num_self_attends_per_block=2,
                        num_self_attention_heads=8, num_cross_attention_heads=8, qk_channels=256, v_channels=1280,
