@@ -46,6 +46,7 @@ NOT_RUN = {
     "pip install -e '.[torch]'": SETUP,
     "pip install -e '.[gpu]'": SETUP,
     "pip install --no-deps pyvene==0.1.8": SETUP,
+    "pip install datasets": SETUP,
     "bash tests/lsg_reference/make_env.sh": "downloads the LSG-BART reference environment (.venv-lsg)",
     "python -m pytest -q tests": "the whole test suite, this file included",
     'python -m pytest -q -m "slow or not slow" tests': "the whole test suite with the slow tests, as CI runs it",
