@@ -68,13 +68,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def convert_plain(args: argparse.Namespace) -> None:
-    """The family's model class reads SRC and writes DST."""
+    """The family's model class converts SRC into DST (jaxport.hf.PretrainedModel.convert: a tensor at a time)."""
     import jax.numpy as jnp  # here, not at the top: --help and argument errors answer without loading JAX
 
-    dtype = jnp.dtype(args.dtype)
-    model = registry.model_class(args.family).from_pretrained(
-        args.src, dtype=dtype, param_dtype=dtype, **registry.family(args.family).convert_load_kwargs)
-    model.save_pretrained(args.dst, pytorch=args.to_pytorch, max_shard_size=args.max_shard_size)
+    registry.model_class(args.family).convert(args.src, args.dst, dtype=jnp.dtype(args.dtype), pytorch=args.to_pytorch,
+                                              max_shard_size=args.max_shard_size)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -241,14 +241,17 @@ def main(argv=None) -> None:
     run_parser.add_argument("--steps", type=int, help="training steps of each model (default: the config's)")
     run_parser.add_argument("--models", default=",".join(MODELS),
                             help="which to train in this call (each resumes from its checkpoints; the report is "
-                                 "written once both are done), e.g. backpack, then gpt2")
+                                 "written once both are done), e.g. backpack, then gpt2, then '' for the report")
     run_parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                             help="a config override for both runs, e.g. train.batch_size=32 (repeatable)")
     args = parser.parse_args(argv)
     if args.command == "prepare":
         prepare(args.out)
     else:
-        run(args.data, args.out, args.steps, args.set, args.models.split(","))
+        names = [name for name in args.models.split(",") if name]
+        if set(names) - set(MODELS):
+            parser.error(f"--models: choose among {MODELS} (none: only the report)")
+        run(args.data, args.out, args.steps, args.set, names)
 
 
 if __name__ == "__main__":

@@ -87,8 +87,9 @@ from rates import jax_matmul_peak
 
 from jaxport import runtime, trainer
 from jaxport.hf import read_config
+from jaxport.hf_config import REMAT_MODES
 from lsg_jax import LSGBartConfig, LSGBartForConditionalGeneration
-from lsg_jax.configuration import ATTN_IMPLEMENTATIONS, REMAT_MODES
+from lsg_jax.configuration import ATTN_IMPLEMENTATIONS
 
 LSG_KEYS = ("block_size", "num_global_tokens", "sparse_block_size", "sparsity_factor", "sparsity_type", "adaptive",
             "mask_first_token", "pass_global_tokens_to_decoder", "pool_with_global")

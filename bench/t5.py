@@ -1,6 +1,6 @@
 """ByT5-small-shaped T5 on one GPU: this project's JAX port beside transformers' PyTorch T5, in one process.
 
-    python bench/t5.py [--tiny] [--out results.json] [--skip-compile]
+    python bench/t5.py [--tiny] [--out results.json] [--skip-compile] [--attn-impl auto]
 
 1. Training step (AdamW, bf16 compute, fp32 master weights): the project's jitted, state-donating train step
    (jaxport.trainer.build + make_train_step over Seq2SeqTask's loss) vs PyTorch eager under autocast, and the
@@ -9,6 +9,9 @@
    transformers' generate.
 Both sides start from the same weights: the torch model is saved with save_pretrained and the JAX model
 loaded from that folder with from_pretrained (if that fails, both are random and the output says so).
+The JAX side's attention is T5Config.attn_implementation, `--attn-impl` (default auto: cuDNN fused attention with
+the relative-position bias and the padding mask apart, on an NVIDIA GPU in bf16; generation decodes through the
+einsums); the output names what ran.
 --tiny: a tiny shape and small batches, a CPU smoke test.
 """
 import os
@@ -45,6 +48,7 @@ from rates import jax_matmul_peak
 
 from jaxport import trainer
 from t5_jax import T5Config, T5ForConditionalGeneration
+from t5_jax.modeling import attention_implementation
 
 FULL = dict(model=BYT5_SMALL, train_batch=32, train_inputs=512, train_targets=128,
             gen_batch=32, gen_inputs=256, gen_new_tokens=128, matmul_size=8192,
@@ -228,7 +232,8 @@ def gen_kwargs(cfg: dict) -> dict:
 
 def jax_generate(cfg: dict, model_config: T5Config, folder, ids, mask) -> dict:
     if folder:
-        model = T5ForConditionalGeneration.from_pretrained(folder, dtype=jnp.bfloat16)
+        model = T5ForConditionalGeneration.from_pretrained(folder, dtype=jnp.bfloat16,
+                                                           attn_implementation=model_config.attn_implementation)
     else:
         model = T5ForConditionalGeneration(model_config, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16,
                                            rngs=nnx.Rngs(0))
@@ -299,6 +304,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", help="write all results to this JSON file")
     parser.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile training run")
     parser.add_argument("--steps", type=int, help="timed training steps (median taken)")
+    parser.add_argument("--attn-impl", default="auto", help="T5Config.attn_implementation of the JAX side (auto: "
+                        "cuDNN attention on an NVIDIA GPU in bf16; einsum, xla, cudnn)")
     args = parser.parse_args(argv)
     cfg = dict(TINY if args.tiny else FULL)
     if args.steps:
@@ -315,10 +322,15 @@ def main(argv=None) -> dict:
     results = {"mode": "tiny" if args.tiny else "byt5-small", "config": cfg, "versions": info}
 
     m = cfg["model"]
-    model_config = T5Config.create(**m)
+    model_config = T5Config.create(**m, attn_implementation=args.attn_impl)
     b, t_in, t_out = cfg["train_batch"], cfg["train_inputs"], cfg["train_targets"]
     flops = t5_train_flops(m, b, t_in, t_out)
     results["train_flops"] = flops
+    results["jax_attention"] = {
+        "attn_implementation": args.attn_impl,
+        "train": attention_implementation(model_config, jnp.bfloat16, (t_in, t_out), training=True),
+        "generate_encoder": attention_implementation(model_config, jnp.bfloat16, (cfg["gen_inputs"],), False)}
+    log(f"JAX attention: {results['jax_attention']}")
     log(f"train FLOPs/step = {flops['formula']}\n  = " + " + ".join(f"{k} {v:.4g}" for k, v in
                                                                   flops["terms"].items())
         + f" = {flops['total']:.4g}")

@@ -14,11 +14,12 @@ A model family declares a list of entries:
 Entries are tried in order and the first match wins. Flat Flax paths are the "/"-joined paths of
 `jaxport.tree.flatten`.
 """
+import hashlib
 import math
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -164,6 +165,11 @@ class _Table:
         self.by_flax = [(_template_regex(entry.flax), entry) for entry in entries if isinstance(entry, Rule)]
         self.exported_aliases = [(_template_regex(entry.canonical), entry) for entry in entries
                                  if isinstance(entry, Alias) and entry.export]
+        self.canonicals = [_template_regex(entry.canonical) for entry in entries if isinstance(entry, Alias)]
+
+    def is_duplicated(self, key: str) -> bool:
+        """Whether some Alias may duplicate the PyTorch key."""
+        return any(regex.fullmatch(key) for regex in self.canonicals)
 
     def match_pytorch(self, key: str) -> tuple[Entry | None, dict[str, str]]:
         return _first_match(self.by_pytorch, key)
@@ -194,9 +200,9 @@ def _shape_fits(key: str, array: np.ndarray, rule: Rule, target, path: str, prob
     return False
 
 
-def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
-    return (a.shape == b.shape and a.dtype == b.dtype
-            and np.array_equal(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8)))
+def _fingerprint(array: np.ndarray) -> tuple:
+    """Shape, dtype and a digest of the bytes of a C-contiguous array: compares two tensors without keeping one."""
+    return array.shape, array.dtype, hashlib.blake2b(array.reshape(-1).view(np.uint8)).digest()
 
 
 def pytorch_to_flax(tensors: Iterable[tuple[str, np.ndarray]], target: Mapping[str, Any],
@@ -204,60 +210,89 @@ def pytorch_to_flax(tensors: Iterable[tuple[str, np.ndarray]], target: Mapping[s
     """Convert (PyTorch key, array) pairs into {Flax path: array} shaped and typed like `target`.
 
     `target` maps Flax paths to anything with `.shape` and `.dtype` (e.g. jax.ShapeDtypeStruct).
-    Consumes `tensors` one at a time, so a lazy reader keeps only one source tensor alive.
     Strict: raise one ConversionError unless every key is used, every target filled and every shape
     fits. Otherwise the same report is a warning and the result lacks the unfilled paths.
     """
+    return dict(iter_pytorch_to_flax(tensors, target, rules, strict))
+
+
+def iter_pytorch_to_flax(tensors: Iterable[tuple[str, np.ndarray]], target: Mapping[str, Any],
+                         rules: Sequence[Entry], strict: bool = True) -> Iterator[tuple[str, np.ndarray]]:
+    """pytorch_to_flax one tensor at a time: each (Flax path, array) comes as soon as its source tensor is read, so a
+    lazy reader and a consumer that writes or places each tensor hold about one tensor at a time. A duplicate (Alias)
+    read before the tensor it copies is kept (copied) until that one comes; the others are compared through a
+    digest. The report (ConversionError, or the warning) comes once `tensors` is exhausted."""
     table = _Table(rules)
     problems = _Problems()
-    converted: dict[str, np.ndarray] = {}
     filled_by: dict[str, str] = {}  # flax path -> PyTorch key it came from
     rule_keys_seen: set[str] = set()
     misfits: set[str] = set()  # flax paths whose tensor had the wrong shape: reported once, not as missing too
-    aliases: list[tuple[str, str, np.ndarray]] = []
+    fingerprints: dict[str, tuple] = {}  # flax path -> _fingerprint of what filled it, where duplicates may follow
+    waiting: dict[str, list[tuple[str, np.ndarray]]] = {}  # canonical key -> its duplicates read before it
 
-    def fill(key: str, array: np.ndarray, rule: Rule, groups: dict[str, str]) -> None:
+    def rule_of(alias_key: str, canonical: str) -> tuple[Rule, dict[str, str]]:
+        rule, groups = table.match_pytorch(canonical)
+        if not isinstance(rule, Rule):
+            raise ValueError(f"alias {alias_key} points to {canonical}, which no Rule converts")
+        return rule, groups
+
+    def fill(key: str, array: np.ndarray, rule: Rule, groups: dict[str, str]) -> tuple[str, np.ndarray] | None:
         path = rule.flax.format(**groups)
         if path not in target:
             problems.unexpected.append((key, f"would fill {path}, which the model does not have"))
         elif path in filled_by:
             problems.unexpected.append((key, f"fills {path} again, already filled by {filled_by[path]}"))
         elif _shape_fits(key, array, rule, target[path], path, problems):
-            converted[path] = _to_target(rule.transform.to_flax(array, target[path].shape), target[path])
             filled_by[path] = key
+            converted = _to_target(rule.transform.to_flax(array, target[path].shape), target[path])
+            if table.is_duplicated(rule.pytorch.format(**groups)):
+                fingerprints[path] = _fingerprint(converted)
+            return path, converted
         else:
             misfits.add(path)
+        return None
+
+    def check_duplicate(key: str, array: np.ndarray, canonical: str) -> None:
+        rule, groups = rule_of(key, canonical)
+        path = rule.flax.format(**groups)
+        if path in fingerprints and _shape_fits(key, array, rule, target[path], path, problems):
+            duplicate = _to_target(rule.transform.to_flax(array, target[path].shape), target[path])
+            if _fingerprint(duplicate) != fingerprints[path]:
+                problems.conflicting.append((key, f"differs from {canonical}"))
 
     for key, array in tensors:
         entry, groups = table.match_pytorch(key)
         if isinstance(entry, Rule):
             rule_keys_seen.add(key)
-            fill(key, array, entry, groups)
+            filled = fill(key, array, entry, groups)
+            for alias_key, alias_array in waiting.pop(key, []):
+                check_duplicate(alias_key, alias_array, key)
+            if filled:
+                yield filled
         elif isinstance(entry, Alias):
-            # Judged once all keys are read: the canonical tensor may come later in the stream.
-            aliases.append((key, entry.canonical.format(**groups), array))
+            canonical = entry.canonical.format(**groups)
+            if canonical in rule_keys_seen:
+                check_duplicate(key, array, canonical)
+            else:  # a copy: the reader may unmap the file this array views
+                waiting.setdefault(canonical, []).append((key, np.array(array)))
         elif entry is None:
             problems.unexpected.append((key, ""))
 
-    for key, canonical, array in aliases:
-        rule, groups = table.match_pytorch(canonical)
-        if not isinstance(rule, Rule):
-            raise ValueError(f"alias {key} points to {canonical}, which no Rule converts")
-        path = rule.flax.format(**groups)
-        if canonical not in rule_keys_seen:
-            rule_keys_seen.add(canonical)
-            fill(key, array, rule, groups)  # the checkpoint keeps only the duplicate: let it stand in
-        elif path in converted and _shape_fits(key, array, rule, target[path], path, problems):
-            duplicate = _to_target(rule.transform.to_flax(array, target[path].shape), target[path])
-            if not _same_bits(duplicate, converted[path]):
-                problems.conflicting.append((key, f"differs from {canonical}"))
+    # The checkpoint keeps only duplicates of these: the first stands in, the others must equal it.
+    for canonical, duplicates in waiting.items():
+        (key, array), others = duplicates[0], duplicates[1:]
+        rule_keys_seen.add(canonical)
+        filled = fill(key, array, *rule_of(key, canonical))
+        for other_key, other_array in others:
+            check_duplicate(other_key, other_array, canonical)
+        if filled:
+            yield filled
 
-    for path in target.keys() - converted.keys() - misfits:
+    for path in target.keys() - filled_by.keys() - misfits:
         rule, groups = table.match_flax(path)
         problems.missing.append((path, f"from {rule.pytorch.format(**groups)}" if rule else "no rule produces it"))
     problems.missing.sort()
     problems.settle(strict)
-    return converted
 
 
 def flax_to_pytorch(flat_params: Mapping[str, Any], rules: Sequence[Entry],
@@ -267,32 +302,44 @@ def flax_to_pytorch(flat_params: Mapping[str, Any], rules: Sequence[Entry],
     Aliases are written only when their entry says `export=True`. Strict: a Flax path that no rule
     maps raises ConversionError; otherwise it is left out with a warning.
     """
+    return dict(iter_flax_to_pytorch(flat_params.items(), rules, strict))
+
+
+def iter_flax_to_pytorch(flat_params: Iterable[tuple[str, Any]], rules: Sequence[Entry],
+                         strict: bool = True) -> Iterator[tuple[str, np.ndarray]]:
+    """flax_to_pytorch one tensor at a time: (PyTorch key, array) for each (Flax path, array) as it comes, its
+    exported aliases right after it (the same array). The report comes once `flat_params` is exhausted."""
     table = _Table(rules)
     problems = _Problems()
-    state_dict: dict[str, np.ndarray] = {}
-    for path, value in flat_params.items():
+    written: set[str] = set()
+    for path, value in flat_params:
         rule, groups = table.match_flax(path)
         if rule is None:
             problems.unexpected.append((path, "no rule maps this Flax parameter"))
             continue
         key = rule.pytorch.format(**groups)
-        if key in state_dict:
+        if key in written:
             raise ValueError(f"two Flax parameters map to the PyTorch key {key}: check the rule table")
-        state_dict[key] = np.ascontiguousarray(rule.transform.to_pytorch(np.asarray(value)))
-    for key in list(state_dict):
+        written.add(key)
+        array = np.ascontiguousarray(rule.transform.to_pytorch(np.asarray(value)))
+        yield key, array
         for regex, alias in table.exported_aliases:
             found = regex.fullmatch(key)
             if found:
-                state_dict[alias.pytorch.format(**found.groupdict())] = state_dict[key]
+                yield alias.pytorch.format(**found.groupdict()), array
     problems.settle(strict)
-    return state_dict
 
 
 def select_flat(tensors: Iterable[tuple[str, np.ndarray]], target: Mapping[str, Any],
                 strict: bool = True) -> dict[str, np.ndarray]:
     """Like pytorch_to_flax for tensors already keyed by Flax path: check names and shapes, cast."""
+    return dict(iter_select_flat(tensors, target, strict))
+
+
+def iter_select_flat(tensors: Iterable[tuple[str, np.ndarray]], target: Mapping[str, Any],
+                     strict: bool = True) -> Iterator[tuple[str, np.ndarray]]:
+    """select_flat one tensor at a time (see iter_pytorch_to_flax)."""
     problems = _Problems()
-    selected: dict[str, np.ndarray] = {}
     seen: set[str] = set()
     for path, array in tensors:
         seen.add(path)
@@ -302,7 +349,6 @@ def select_flat(tensors: Iterable[tuple[str, np.ndarray]], target: Mapping[str, 
             problems.mismatched.append(
                 (path, f"checkpoint {tuple(array.shape)}, model expects {tuple(target[path].shape)}"))
         else:
-            selected[path] = _to_target(array, target[path])
+            yield path, _to_target(array, target[path])
     problems.missing.extend(sorted((path, "") for path in target.keys() - seen))
     problems.settle(strict)
-    return selected

@@ -8,10 +8,12 @@ rejects BF16 in older versions: numpy has no bfloat16, so BF16 and float8 arrays
 `PretrainedModel` gives flax.nnx models `from_pretrained` / `save_pretrained` on top of this and of
 the rule tables in `jaxport.convert`.
 """
+import functools
 import json
 import math
 import os
 import re
+import shutil
 import struct
 import zipfile
 from dataclasses import dataclass, replace
@@ -23,9 +25,10 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
-from jaxport import tree
-from jaxport.convert import Entry, flax_to_pytorch, pytorch_to_flax, select_flat
+from jaxport import sharding, tree
+from jaxport.convert import Entry, iter_flax_to_pytorch, iter_pytorch_to_flax, iter_select_flat
 
 CONFIG_FILE = "config.json"
 FLAX_PREFIX = "flax_model"  # this project's own weights: keys are flat Flax paths
@@ -210,30 +213,93 @@ def read_safetensors(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]
         yield key, file_bytes[data_start + start:data_start + end].view(dtype).reshape(shape)
 
 
+def _round8(size: int) -> int:
+    return size + -size % 8
+
+
+def _entries(arrays: Iterable[tuple[str, np.ndarray]]) -> dict[str, dict]:
+    """The header entries of tensors written back to back in this order."""
+    entries, offset = {}, 0
+    for key, array in arrays:
+        if array.dtype not in _SAFETENSORS_NAMES:
+            raise ValueError(f"{key}: safetensors cannot store dtype {array.dtype}")
+        entries[key] = {"dtype": _SAFETENSORS_NAMES[array.dtype], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    return entries
+
+
+def _encode_header(entries: Mapping[str, dict], metadata: Mapping[str, str] | None) -> bytes:
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    return json.dumps({**header, **entries}, separators=(",", ":")).encode()
+
+
+class SafetensorsWriter:
+    """One safetensors file written a tensor at a time, keeping none of them: the data goes after a region reserved
+    for the header (8-byte aligned), which `finish` fills with the header padded with spaces (the format allows
+    trailing spaces), or, should the header outgrow it, writes before a copy of the data."""
+
+    def __init__(self, path: str | os.PathLike, header_reserve: int):
+        self.path = Path(path)
+        self.data_start = 8 + _round8(header_reserve)
+        self.entries: dict[str, dict] = {}
+        self.nbytes = 0
+        self.file = open(self.path, "wb")
+        self.file.seek(self.data_start)
+
+    def add(self, key: str, array: np.ndarray) -> None:
+        array = np.asarray(array)
+        if key in self.entries:
+            raise ValueError(f"{key} is written twice to {self.path}")
+        entry = _entries([(key, array)])[key]
+        entry["data_offsets"] = [self.nbytes, self.nbytes + array.nbytes]
+        self.file.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
+        self.entries[key] = entry
+        self.nbytes += array.nbytes
+
+    def finish(self, metadata: Mapping[str, str] | None = None) -> None:
+        header = _encode_header(self.entries, metadata)
+        room = self.data_start - 8
+        if len(header) <= room:
+            self.file.seek(0)
+            self.file.write(struct.pack("<Q", room) + header + b" " * (room - len(header)))
+            self.file.close()
+            return
+        self.file.close()
+        header += b" " * (-len(header) % 8)  # tensor data stays 8-byte aligned
+        moved = self.path.with_name(self.path.name + ".moved")
+        with open(self.path, "rb") as source, open(moved, "wb") as target:
+            target.write(struct.pack("<Q", len(header)) + header)
+            source.seek(self.data_start)
+            shutil.copyfileobj(source, target, 2**24)
+        moved.replace(self.path)
+
+    def abort(self) -> None:
+        self.file.close()
+        self.path.unlink(missing_ok=True)
+
+
 def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],
                       metadata: Mapping[str, str] | None = None) -> None:
     """Write tensors (numpy arrays, bfloat16/float8 from ml_dtypes included) as one safetensors file."""
     # Widest dtypes first: every tensor then starts at a multiple of its own item size, so readers can
     # view the bytes in place (the format forbids padding between tensors).
-    arrays = dict(sorted(((key, np.asarray(value)) for key, value in tensors.items()),
-                         key=lambda item: -item[1].dtype.itemsize))
-    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
-    offset = 0
-    for key, array in arrays.items():
-        if array.dtype not in _SAFETENSORS_NAMES:
-            raise ValueError(f"{key}: safetensors cannot store dtype {array.dtype}")
-        header[key] = {"dtype": _SAFETENSORS_NAMES[array.dtype], "shape": list(array.shape),
-                       "data_offsets": [offset, offset + array.nbytes]}
-        offset += array.nbytes
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)  # the format pads with spaces so tensor data stays 8-byte aligned
+    arrays = _widest_first(tensors)
     partial = Path(f"{path}.partial")  # renamed at the end: a crash never leaves a truncated file behind
-    with open(partial, "wb") as file:
-        file.write(struct.pack("<Q", len(encoded)))
-        file.write(encoded)
-        for array in arrays.values():
-            file.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
+    writer = SafetensorsWriter(partial, len(_encode_header(_entries(arrays), metadata)))
+    try:
+        for key, array in arrays:
+            writer.add(key, array)
+        writer.finish(metadata)
+    except BaseException:
+        writer.abort()
+        raise
     partial.replace(path)
+
+
+def _widest_first(tensors: Mapping[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
+    arrays = ((key, np.asarray(value)) for key, value in tensors.items())
+    return sorted(arrays, key=lambda item: -item[1].dtype.itemsize)
 
 
 def parse_size(size: int | str) -> int:
@@ -247,16 +313,68 @@ def parse_size(size: int | str) -> int:
     return int(float(number) * (1024 if binary else 1000) ** " KMGT".index(unit.upper() or " "))
 
 
-def _split_shards(tensors: Mapping[str, np.ndarray], max_shard_bytes: int | None) -> list[dict[str, np.ndarray]]:
-    shards: list[dict[str, np.ndarray]] = [{}]
-    shard_bytes = 0
-    for key, array in tensors.items():
-        if max_shard_bytes is not None and shards[-1] and shard_bytes + array.nbytes > max_shard_bytes:
-            shards.append({})
-            shard_bytes = 0
-        shards[-1][key] = array
-        shard_bytes += array.nbytes
-    return shards
+class ShardedWriter:
+    """Weights written a tensor at a time, keeping none of them, into `{prefix}.safetensors`, or, past
+    max_shard_size, into shards plus a transformers-style index. A context manager: when the block ends without an
+    error the files take their names (earlier weight files of the prefix are removed first, as they would shadow the
+    new ones) and `files` lists them; after an error none is left.
+
+    header_reserve: bytes set aside for each file's header, at least the header of the tensors of one file (past
+    it the file is written once more); the default fits about 300 tensors."""
+
+    def __init__(self, folder: str | os.PathLike, prefix: str = PYTORCH_PREFIX, max_shard_size: int | str | None = None,
+                 metadata: Mapping[str, str] | None = None, header_reserve: int = 2**16):
+        self.folder = Path(folder)
+        self.prefix = prefix
+        self.max_shard_bytes = None if max_shard_size is None else parse_size(max_shard_size)
+        self.metadata = metadata
+        self.header_reserve = header_reserve
+        self.shards: list[SafetensorsWriter] = []
+        self.files: list[Path] = []
+
+    def add(self, key: str, array: np.ndarray) -> None:
+        current = self.shards[-1] if self.shards else None
+        if current is None or (self.max_shard_bytes is not None and current.entries
+                               and current.nbytes + array.nbytes > self.max_shard_bytes):
+            self._open_shard()
+        self.shards[-1].add(key, array)
+
+    def _open_shard(self) -> None:
+        if self.shards:
+            self.shards[-1].finish(self.metadata)
+        # Hidden names that match no weight file pattern until commit renames them.
+        self.shards.append(SafetensorsWriter(self.folder / f".{self.prefix}-{len(self.shards):05d}.incomplete",
+                                             self.header_reserve))
+
+    def __enter__(self) -> "ShardedWriter":
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        if error_type is None:
+            self._commit()
+        else:
+            for shard in self.shards:
+                shard.abort()
+
+    def _commit(self) -> None:
+        if not self.shards:
+            self._open_shard()  # no tensors: one empty file
+        self.shards[-1].finish(self.metadata)
+        count = len(self.shards)
+        names = ([f"{self.prefix}.safetensors"] if count == 1 else
+                 [f"{self.prefix}-{number:05d}-of-{count:05d}.safetensors" for number in range(1, count + 1)])
+        for stale in [*self.folder.glob(f"{self.prefix}.safetensors*"),
+                      *self.folder.glob(f"{self.prefix}-*-of-*.safetensors")]:
+            stale.unlink()
+        for shard, name in zip(self.shards, names, strict=True):
+            shard.path.replace(self.folder / name)
+        if count > 1:
+            index = {"metadata": {"total_size": sum(shard.nbytes for shard in self.shards)},
+                     "weight_map": {key: name for shard, name in zip(self.shards, names, strict=True)
+                                    for key in shard.entries}}
+            (self.folder / f"{self.prefix}.safetensors.index.json").write_text(
+                json.dumps(index, indent=2, sort_keys=True) + "\n")
+        self.files = [self.folder / name for name in names]
 
 
 def save_weights(folder: str | os.PathLike, tensors: Mapping[str, np.ndarray], prefix: str = PYTORCH_PREFIX,
@@ -265,21 +383,13 @@ def save_weights(folder: str | os.PathLike, tensors: Mapping[str, np.ndarray], p
 
     Earlier weight files of the same prefix are removed first, as they would shadow the new ones.
     """
-    folder = Path(folder)
-    tensors = {key: np.asarray(value) for key, value in tensors.items()}
-    for stale in [*folder.glob(f"{prefix}.safetensors*"), *folder.glob(f"{prefix}-*-of-*.safetensors")]:
-        stale.unlink()
-    shards = _split_shards(tensors, None if max_shard_size is None else parse_size(max_shard_size))
-    if len(shards) == 1:
-        names = [f"{prefix}.safetensors"]
-    else:
-        names = [f"{prefix}-{number:05d}-of-{len(shards):05d}.safetensors" for number in range(1, len(shards) + 1)]
-        index = {"metadata": {"total_size": sum(array.nbytes for array in tensors.values())},
-                 "weight_map": {key: name for name, shard in zip(names, shards, strict=True) for key in shard}}
-        (folder / f"{prefix}.safetensors.index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    for name, shard in zip(names, shards, strict=True):
-        write_safetensors(folder / name, shard, metadata)
-    return [folder / name for name in names]
+    arrays = _widest_first(tensors)
+    # The header of all tensors bounds the header of any shard's.
+    with ShardedWriter(folder, prefix, max_shard_size, metadata, len(_encode_header(_entries(arrays), metadata))) \
+            as writer:
+        for key, array in arrays:
+            writer.add(key, array)
+    return writer.files
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,15 +441,23 @@ def _param_paths(module: nnx.Module) -> dict[str, Any]:
     return tree.flatten(nnx.to_pure_dict(nnx.state(module, nnx.Param)))
 
 
-def _initialize(make_model: Callable[[], nnx.Module], paths: set[str]) -> dict[str, jax.Array]:
+def _initialize(make_model: Callable[[], nnx.Module], paths: set[str], shardings: Mapping[str, Any] | None = None
+                ) -> dict[str, jax.Array]:
     # Under jit, XLA drops the initializers of everything not returned, so asking for a few leaves
     # (RNG streams, parameters a non-strict load did not fill) does not build the whole model.
-    @jax.jit
+    @functools.partial(jax.jit, out_shardings=None if shardings is None else {path: shardings[path] for path in paths})
     def initialized():
         flat = tree.flatten(nnx.to_pure_dict(nnx.state(make_model())))
         return {path: flat[path] for path in paths}
 
     return initialized() if paths else {}
+
+
+def _place(array: np.ndarray, sharding) -> jax.Array:
+    """A host array on the default device, or laid out by `sharding` (each device is given its own slice)."""
+    if sharding is None:
+        return jnp.asarray(array)
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
 class PretrainedModel(nnx.Module):
@@ -349,6 +467,10 @@ class PretrainedModel(nnx.Module):
     `conversion_rules` (config -> rule table of jaxport.convert), and takes
     `(config, *, dtype, param_dtype, rngs)` in its constructor and keeps the config as `self.config`.
     Only nnx.Param leaves are read or written; other state (RNG streams) is freshly initialized.
+
+    Weights move a tensor at a time: read (memory-mapped), converted, cast, then placed on the device or written,
+    before the next is read. Host memory holds the checkpoint shard being read and a tensor or two, never the model
+    (bench/convert_memory.py measures it).
     """
 
     config_class: ClassVar[type]
@@ -360,11 +482,20 @@ class PretrainedModel(nnx.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-                        strict: bool = True, **config_overrides):
+                        strict: bool = True, mesh: Mesh | None = None, sharding_rules=sharding.DEFAULT_RULES,
+                        **config_overrides):
         """Load a folder (or hub repo) holding PyTorch weights (converted) or this project's Flax weights.
 
-        Strict: any missing, unexpected or misshapen key raises ConversionError. Non-strict: those
-        are warned about, and parameters left unfilled are freshly initialized.
+        Args:
+          path: model folder or hub repo id.
+          dtype: the computation's dtype; param_dtype: the parameters' (each tensor is cast on the host as it is
+            read: bfloat16 parameters from a float32 checkpoint never take float32 room on the device).
+          strict: any missing, unexpected or misshapen key raises ConversionError. Non-strict: those are warned
+            about, and parameters left unfilled are freshly initialized.
+          mesh: a jax.sharding.Mesh (jaxport.sharding.make_mesh): each parameter is laid out over it by its logical
+            axes and `sharding_rules` (as the trainer lays them out), each device given its own slice as the tensor
+            is read. None: every parameter on the default device.
+          config_overrides: config fields to replace (runtime keys such as attn_implementation or remat too).
         """
         folder = resolve_folder(path)
         config = cls.folder_config(folder, **config_overrides)
@@ -374,17 +505,59 @@ class PretrainedModel(nnx.Module):
 
         abstract_model = nnx.eval_shape(make_model)
         graphdef, abstract_state = nnx.split(abstract_model)
-        target = _param_paths(abstract_model)
+        shardings = None if mesh is None else sharding.param_shardings(abstract_state, mesh, sharding_rules)
+        flat = {path: _place(array, None if shardings is None else shardings[path])
+                for path, array in cls._read_params(folder, config, _param_paths(abstract_model), strict)}
+        missing = set(tree.flatten(nnx.to_pure_dict(abstract_state))) - flat.keys()
+        flat.update(_initialize(make_model, missing, shardings))
+        return nnx.merge(graphdef, tree.unflatten(flat))
+
+    @classmethod
+    def convert(cls, src: str | os.PathLike, dst: str | os.PathLike, *, dtype: Any = jnp.float32, pytorch: bool = False,
+                max_shard_size: int | str | None = None, **config_overrides) -> None:
+        """What `from_pretrained(src, dtype=dtype, param_dtype=dtype).save_pretrained(dst, ...)` writes, without
+        building the model: each tensor is read, converted and written before the next (python -m convert's plain
+        conversion; an 11B checkpoint converts in the memory of its largest shard)."""
+        folder = resolve_folder(src)
+        config = cls.folder_config(folder, **config_overrides)
+        target = _param_paths(nnx.eval_shape(lambda: cls(config, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0))))
+        cls._write_params(dst, config, target, cls._read_params(folder, config, target, strict=True), pytorch,
+                          max_shard_size)
+
+    @classmethod
+    def _read_params(cls, folder: Path, config, target: Mapping[str, Any], strict: bool
+                     ) -> Iterator[tuple[str, np.ndarray]]:
+        """(Flax path, host array shaped and typed as `target`'s) for each parameter the folder's weights hold, one
+        at a time; the report on missing or unexpected keys at the end (see jaxport.convert)."""
         weights = find_weights(folder)
         tensors = iter_tensors(weights.files)
         if weights.format == "flax":
-            loaded = select_flat(tensors, target, strict)
+            return iter_select_flat(tensors, target, strict)
+        return iter_pytorch_to_flax(tensors, target, cls.conversion_rules(config), strict)
+
+    @classmethod
+    def _write_params(cls, path: str | os.PathLike, config, target: Mapping[str, Any],
+                      params: Iterable[tuple[str, np.ndarray]], pytorch: bool,
+                      max_shard_size: int | str | None) -> None:
+        """config.json and the weights `params` yields (Flax paths and arrays, `target`'s), as Flax or PyTorch
+        (`pytorch`) safetensors."""
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        if pytorch:
+            tensors, prefix, metadata = iter_flax_to_pytorch(params, cls.conversion_rules(config)), PYTORCH_PREFIX, "pt"
         else:
-            loaded = pytorch_to_flax(tensors, target, cls.conversion_rules(config), strict)
-        # Move leaf by leaf so host memory holds at most one extra copy of a single tensor.
-        flat = {path: jnp.asarray(loaded.pop(path)) for path in list(loaded)}
-        flat.update(_initialize(make_model, set(tree.flatten(nnx.to_pure_dict(abstract_state))) - flat.keys()))
-        return nnx.merge(graphdef, tree.unflatten(flat))
+            tensors, prefix, metadata = params, FLAX_PREFIX, "flax"
+        # A header entry takes its key (a PyTorch key runs a few characters longer than its Flax path) and under 160
+        # bytes of dtype, shape and offsets: this bounds the header of any shard.
+        reserve = sum(len(name) + 160 for name in target)
+        with ShardedWriter(folder, prefix, max_shard_size, {"format": metadata}, reserve) as writer:
+            for key, array in tensors:
+                writer.add(key, array)
+        values = config.to_dict()
+        float_dtypes = {jnp.dtype(leaf.dtype) for leaf in target.values() if jnp.issubdtype(leaf.dtype, jnp.floating)}
+        if len(float_dtypes) == 1:  # transformers reads the stored dtype from here
+            values["dtype"] = float_dtypes.pop().name
+        (folder / CONFIG_FILE).write_text(json.dumps(values, indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def folder_config(cls, folder: str | os.PathLike, **config_overrides):
@@ -402,17 +575,10 @@ class PretrainedModel(nnx.Module):
     def save_pretrained(self, path: str | os.PathLike, *, pytorch: bool = False,
                         max_shard_size: int | str | None = None) -> None:
         """Write config.json and flax_model.safetensors (Flax paths), or with `pytorch=True`
-        model.safetensors under the PyTorch key names, loadable by transformers' from_pretrained."""
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        params = {name: np.asarray(value) for name, value in _param_paths(self).items()}
-        config = self.config.to_dict()
-        float_dtypes = {array.dtype for array in params.values() if jnp.issubdtype(array.dtype, jnp.floating)}
-        if len(float_dtypes) == 1:  # transformers reads the stored dtype from here
-            config["dtype"] = float_dtypes.pop().name
-        if pytorch:
-            tensors = flax_to_pytorch(params, type(self).conversion_rules(self.config))
-            save_weights(folder, tensors, PYTORCH_PREFIX, max_shard_size, {"format": "pt"})
-        else:
-            save_weights(folder, params, FLAX_PREFIX, max_shard_size, {"format": "flax"})
-        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        model.safetensors under the PyTorch key names, loadable by transformers' from_pretrained. Parameters come to
+        the host one at a time."""
+        params = _param_paths(self)
+        # Widest dtypes first, as write_safetensors orders them (a conversion's tensors all have one dtype).
+        widest_first = sorted(params, key=lambda name: -jnp.dtype(params[name].dtype).itemsize)
+        on_host = ((name, np.asarray(params[name])) for name in widest_first)
+        type(self)._write_params(path, self.config, params, on_host, pytorch, max_shard_size)

@@ -139,6 +139,15 @@ def layer_drop(apply, x: jax.Array, rate: float, rng: jax.Array | None) -> jax.A
     return jnp.where(skip, x, apply(x))
 
 
+def remat(apply, mode: str):
+    """`apply` (a layer's call; modules may be among its arguments) for the backward pass `mode` asks
+    (jaxport.hf_config.REMAT_MODES): itself ("none"), recomputed whole from its inputs ("full"), or recomputed but
+    for its matmul outputs ("dots"). Training memory for compute; the same numbers."""
+    if mode == "none":
+        return apply
+    return nnx.remat(apply, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable if mode == "dots" else None)
+
+
 def split_rng(rng: jax.Array | None, num: int) -> list:
     """`num` independent keys, or `num` Nones in evaluation."""
     return [None] * num if rng is None else list(jax.random.split(rng, num))

@@ -6,7 +6,7 @@ module (`convert_cli`) that defines `python -m convert`'s hooks for it:
     add_convert_options(parser)   adds one argument group of long options (--name-like-this, no `dest=`)
     check_convert_options(args)   optional: raises ValueError naming the options that do not go together
     run_convert_mode(args) -> bool  runs the conversion the options ask for; False when they ask for none, so
-                                  that the plain conversion (the model class's from_pretrained, save_pretrained) runs
+                                  that the plain conversion (the model class's `convert`) runs
 
 Its options are errors on the command line of another family. The module is imported to build the command line
 (`--help` included), so it imports no JAX at the top: its conversions import what they need when they run.
@@ -21,7 +21,6 @@ class Family:
     package: str  # holds `modeling` (the model class) and `tasks` (get_task, for python -m train)
     model_class: str  # what a plain `python -m convert` reads and writes
     convert_cli: str | None = None  # module of the convert hooks above, if the family has options of its own
-    convert_load_kwargs: dict = dataclasses.field(default_factory=dict)  # from_pretrained's, in a plain conversion
 
 
 FAMILIES = {
@@ -29,9 +28,7 @@ FAMILIES = {
     "flipped": Family("flipped_jax", "FlippedModel"),
     "lsg": Family("lsg_jax", "LSGBartForConditionalGeneration", convert_cli="lsg_jax.convert_cli"),
     "sip_pretrain": Family("sip_jax", "SIPPreTrainingModel"),
-    # A converted sip_finetune checkpoint keeps its NaN (not yet initialised) prefix: the loader initialises it on use.
-    "sip_finetune": Family("sip_jax", "SIPFinetuningModel", convert_cli="sip_jax.convert_cli",
-                           convert_load_kwargs={"initialize_prefix": False}),
+    "sip_finetune": Family("sip_jax", "SIPFinetuningModel", convert_cli="sip_jax.convert_cli"),
     "backpack": Family("backpack_jax", "BackpackGPT2LMHeadModel"),
     # Backpack's contextualization network on its own: the paper's Transformer baseline.
     "gpt2": Family("backpack_jax", "GPT2LMHeadModel"),

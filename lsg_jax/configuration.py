@@ -7,6 +7,7 @@ import dataclasses
 import warnings
 from typing import Any
 
+from jaxport import attention
 from jaxport.hf_config import HFConfig
 
 SPARSITY_TYPES = (None, "none", "norm", "pooling", "lsh", "stride", "block_stride", "bos_pooling")
@@ -16,9 +17,7 @@ LSG_KEYS = ("adaptive", "block_size", "lsh_num_pre_rounds", "mask_first_token", 
             "sparsity_type")
 MAX_GLOBAL_TOKENS = 512  # rows of the original's global embedding table
 POSITION_OFFSET = 2  # BART's learned positions start at row 2
-ATTN_IMPLEMENTATIONS = ("einsum", "xla", "cudnn", "pallas", "auto")
-REMAT_MODES = ("none", "full", "dots")
-RUNTIME_KEYS = ("attn_implementation", "remat")  # how this port runs, not what the model is: not in config.json
+ATTN_IMPLEMENTATIONS = (*attention.IMPLEMENTATIONS, "pallas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,27 +80,25 @@ class LSGBartConfig(HFConfig):
     # float32). All give the same result up to rounding, but an explicit "cudnn" or "pallas" on a GPU computes
     # attention in bfloat16 even for a float32 model.
     attn_implementation: str = "auto"
-    # Encoder layers in the backward pass: "none" keeps their activations; "full" recomputes each layer from its
-    # input; "dots" keeps only the matmul outputs and recomputes the rest (attention, GELU, LayerNorm, dropout
-    # masks). Training memory for compute; the same numbers. from_dict also takes True / False ("full" / "none").
+    # Encoder layers in the backward pass (jaxport.hf_config.REMAT_MODES): "none" keeps their activations; "full"
+    # recomputes each layer from its input; "dots" keeps only the matmul outputs and recomputes the rest (attention,
+    # GELU, LayerNorm, dropout masks). Training memory for compute; the same numbers. from_dict also takes True /
+    # False ("full" / "none").
     remat: str = "none"
     # Keys of config.json this model does not use (architectures, auto_map, task params...), written back unchanged.
     # Left out of the hash (a dict has none), so that the config can be a static argument to jit.
     extra: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
 
+    runtime_keys = ("attn_implementation", "remat")
+
     def __post_init__(self):
         """Validation only: from_dict normalises what the original accepts with a warning."""
+        self.check_runtime_keys(ATTN_IMPLEMENTATIONS)
         if self.sparsity_type not in SPARSITY_TYPES:
             raise ValueError(f"sparsity_type={self.sparsity_type!r} is not supported; valid: "
                              f"{', '.join(map(repr, SPARSITY_TYPES))}")
         if self.activation_function not in ACTIVATIONS:
             raise ValueError(f"activation_function={self.activation_function!r}: expected one of {ACTIVATIONS}")
-        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
-            raise ValueError(f"attn_implementation={self.attn_implementation!r}: expected one of "
-                             f"{ATTN_IMPLEMENTATIONS}")
-        if self.remat not in REMAT_MODES:
-            raise ValueError(f"remat={self.remat!r}: expected one of {REMAT_MODES} (from_dict also takes True / "
-                             "False)")
         if self.d_model % self.encoder_attention_heads or self.d_model % self.decoder_attention_heads:
             raise ValueError("d_model must be divisible by the numbers of attention heads")
         if not self.lsg:
@@ -136,8 +133,6 @@ class LSGBartConfig(HFConfig):
 
     def to_dict(self) -> dict:
         values = super().to_dict()
-        for key in RUNTIME_KEYS:
-            values.pop(key)
         lsg = values.pop("lsg")
         if not lsg:
             for key in LSG_KEYS:
@@ -147,11 +142,9 @@ class LSGBartConfig(HFConfig):
 
 
 def _normalised(values: dict) -> dict:
-    """values with remat True / False as "full" / "none", and, for LSG, what the original clamps with a warning
-    clamped the same way (so that its config.json files load as it loads them)."""
+    """values with, for LSG, what the original clamps with a warning clamped the same way (so that its config.json
+    files load as it loads them)."""
     values = dict(values)
-    if isinstance(values.get("remat"), bool):
-        values["remat"] = "full" if values["remat"] else "none"
     if not values["lsg"]:
         return values
     defaults = {field.name: field.default for field in dataclasses.fields(LSGBartConfig)}

@@ -8,11 +8,12 @@ platform; the encoder and decoder hand it down to their layers, which call `lsg_
 """
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 
+from jaxport import attention
+from jaxport.attention import default_platform
 from lsg_jax.attention import einsum_lsg_attention
-from lsg_jax.fused_attention import HALF, fused_lsg_attention, fused_padded_attention
+from lsg_jax.fused_attention import fused_lsg_attention, fused_padded_attention
 from lsg_jax.pallas_attention import (
     pallas_head_dim_supported,
     pallas_lsg_attention,
@@ -27,54 +28,34 @@ class Implementations(NamedTuple):
     cross: str  # the decoder's cross-attention over the whole encoder output (teacher forcing)
 
 
-def default_platform() -> str:
-    """JAX's default backend, where "gpu" means an NVIDIA GPU (cuDNN, the Triton kernels as tested): "rocm" else."""
-    backend = jax.default_backend()
-    if backend == "gpu" and "cuda" not in jax.devices()[0].client.platform_version.lower():
-        return "rocm"
-    return backend
-
-
-def cudnn_supported(dtype, head_dim: int, platform: str) -> bool:
-    """Whether cuDNN flash attention takes this attention: an NVIDIA GPU, half-precision compute and a head dim that
-    is a multiple of 8 up to 128 (256 on Hopper and later; 128 holds everywhere)."""
-    return (platform == "gpu" and jnp.dtype(dtype) in map(jnp.dtype, HALF) and head_dim % 8 == 0
-            and head_dim <= 128)
-
-
-def _auto(dtype, head_dim: int, platform: str, pallas_takes_it: bool) -> str:
-    if not cudnn_supported(dtype, head_dim, platform):
-        return "einsum"
-    return "pallas" if pallas_takes_it else "cudnn"
-
-
 def resolve(config, dtype, *, training: bool, platform: str | None = None) -> Implementations:
-    """config.attn_implementation for a forward pass of a model computing in `dtype`:
+    """config.attn_implementation for a forward pass of a model computing in `dtype`: jaxport.attention.resolve's
+    choice (einsum in training with attention dropout; auto: cudnn where cudnn_supported, else einsum; cudnn off an
+    NVIDIA GPU an error), with the Pallas kernels on top:
 
-    - "einsum" for both in training with attention dropout (fused attention has none);
-    - "auto": "einsum" where cudnn_supported is False (CPU, TPU, float32 models: their attention stays float32),
-      else "pallas" where its kernels take the attention (LSG attention without sparse keys, cross-attention with a
-      power-of-two head dim: both faster forward and backward on an H100, bench/RESULTS.md), else "cudnn";
-    - another name as given, except a cross-attention head dim that Triton's tiles do not take under "pallas":
-      the platform's dense fused attention then ("cudnn" on a GPU, "xla" elsewhere).
+    - "auto" is "pallas" where jaxport's choice is "cudnn" and the kernels take the attention (LSG attention without
+      sparse keys, cross-attention with a power-of-two head dim: both faster forward and backward on an H100,
+      bench/RESULTS.md);
+    - "pallas" is taken as given, except a cross-attention head dim that Triton's tiles do not take: the platform's
+      dense fused attention then ("cudnn" on a GPU, "xla" elsewhere). A "pallas" the LSG kernels do not take is
+      refused by pallas_lsg_attention.
 
-    platform: default_platform()'s name, this process's by default. "cudnn" off an NVIDIA GPU is an error; a
-    "pallas" the LSG kernels do not take is refused by pallas_lsg_attention."""
+    platform: jaxport.attention.default_platform()'s name, this process's by default."""
     platform = platform or default_platform()
-    if training and config.attention_dropout > 0:
-        return Implementations("einsum", "einsum")
+    dropout = training and config.attention_dropout > 0
     name = config.attn_implementation
+
+    def pick(head_dim: int, pallas_takes_it: bool, pallas_runs_it: bool) -> str:
+        if name == "pallas" and not dropout:
+            return "pallas" if pallas_runs_it else ("cudnn" if platform == "gpu" else "xla")
+        chosen = attention.resolve(name, dtype, head_dim, dropout=dropout, platform=platform)
+        return "pallas" if name == "auto" and chosen == "cudnn" and pallas_takes_it else chosen
+
     lsg_dim = config.d_model // config.encoder_attention_heads
     cross_dim = config.d_model // config.decoder_attention_heads
-    if name == "auto":
-        return Implementations(_auto(dtype, lsg_dim, platform, pallas_supported(config, lsg_dim) is None),
-                               _auto(dtype, cross_dim, platform, pallas_head_dim_supported(cross_dim)))
-    if name == "cudnn" and platform != "gpu":
-        raise ValueError("attn_implementation='cudnn' needs an NVIDIA GPU as JAX's default backend; use 'xla' (the "
-                         "same formulation through XLA), 'einsum' or 'auto'")
-    if name == "pallas" and not pallas_head_dim_supported(cross_dim):
-        return Implementations(name, "cudnn" if platform == "gpu" else "xla")
-    return Implementations(name, name)
+    cross_pallas = pallas_head_dim_supported(cross_dim)
+    return Implementations(pick(lsg_dim, pallas_supported(config, lsg_dim) is None, True),
+                           pick(cross_dim, cross_pallas, cross_pallas))
 
 
 def lsg_attention(q, k, v, bias, cfg, dtype, implementation: str, lsh_projections=None, rng=None):

@@ -19,17 +19,8 @@ all padding attends to a single padding key instead of averaging all of them (it
 import jax
 import jax.numpy as jnp
 
+from jaxport.attention import compute_dtype
 from lsg_jax.attention import sparse_tokens, sparse_window_indices
-
-HALF = (jnp.bfloat16, jnp.float16)
-
-
-def compute_dtype(dtype, implementation: str):
-    """cuDNN takes half precision only: other inputs are computed in bfloat16 there, in their own dtype by XLA."""
-    return jnp.bfloat16 if implementation == "cudnn" and jnp.dtype(dtype) not in map(jnp.dtype, HALF) else dtype
-
-
-# ------------------------------------------------------------------------------------------------------------
 
 
 def _take_rows(x, idx):

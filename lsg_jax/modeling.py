@@ -29,6 +29,7 @@ from jaxport.layers import (
     layer_drop,
     mask_bias,
     padding_mask,
+    remat,
     split_rng,
 )
 from jaxport.seq2seq import Seq2SeqLMOutput, Seq2SeqModelOutput, shift_right
@@ -215,11 +216,7 @@ class Encoder(nnx.Module):
         def apply(layer, x, bias, projections, rng):
             return layer(x, bias, implementation, projections, rng)
 
-        # remat: the backward pass recomputes each layer (all of it, or all but the matmuls) from its input
-        # instead of keeping its activations.
-        if cfg.remat != "none":
-            policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable if cfg.remat == "dots" else None
-            apply = nnx.remat(apply, policy=policy)
+        apply = remat(apply, cfg.remat)  # the backward pass may recompute each layer instead of keeping activations
         for i, (layer, layer_rng) in enumerate(zip(self.layers, rngs[:len(self.layers)], strict=True)):
             projections = None
             if cfg.lsg and cfg.sparsity_type == "lsh" and cfg.has_sparse:

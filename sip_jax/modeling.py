@@ -301,6 +301,14 @@ class SIPFinetuningModel(_PrefixedT5):
             model.initialize_prefix(jax.random.key(0) if prefix_init_rng is None else prefix_init_rng)
         return model
 
+    @classmethod
+    def convert(cls, src, dst, *, dtype=jnp.float32, pytorch: bool = False, max_shard_size=None, **config_overrides):
+        """Through this loader (it takes a checkpoint whose untrained prefix is missing or of another length), keeping
+        a NaN prefix NaN, so that the folder written behaves like the one read, under this loader and the original's:
+        the prefix is initialised where the model is used."""
+        model = cls.from_pretrained(src, dtype=dtype, param_dtype=dtype, initialize_prefix=False, **config_overrides)
+        model.save_pretrained(dst, pytorch=pytorch, max_shard_size=max_shard_size)
+
     # -- the forward pass
 
     @float32_matmuls

@@ -7,6 +7,7 @@ Change a field with `dataclasses.replace(config, name=value)`.
 import dataclasses
 from typing import Any
 
+from jaxport import attention
 from jaxport.hf_config import HFConfig
 
 ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu")
@@ -38,10 +39,22 @@ class T5Config(HFConfig):
     eos_token_id: int = 1
     decoder_start_token_id: int = 0
     model_type: str = "t5"
+    # How attention runs (a runtime key: not written to config.json, so folders from transformers get the default):
+    # "einsum" (scores in float32, attention dropout), "xla" / "cudnn" (jax.nn.dot_product_attention with the
+    # relative-position bias and the mask kept apart; cuDNN flash attention computes in bf16 even for a float32
+    # model), or "auto": cudnn on an NVIDIA GPU when the model computes in bf16/fp16, einsum on a CPU or TPU, for
+    # float32 models and in training with dropout. Resolved per forward pass by jaxport.attention.resolve;
+    # incremental decoding always runs the einsums.
+    attn_implementation: str = "auto"
+    # Encoder and decoder layers in the backward pass (a runtime key): jaxport.hf_config.REMAT_MODES.
+    remat: str = "none"
     # Keys of config.json this model does not use (architectures, task params, ...), written back unchanged.
     extra: dict[str, Any] = dataclasses.field(default_factory=dict, hash=False)
 
+    runtime_keys = ("attn_implementation", "remat")
+
     def __post_init__(self):
+        self.check_runtime_keys(attention.IMPLEMENTATIONS)
         for name in ("num_decoder_layers", "scale_decoder_outputs"):
             if getattr(self, name) is None:
                 raise ValueError(f"{type(self).__name__}({name}=None): build it with {type(self).__name__}.create"

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxport import attention
 from jaxport.generation import seq2seq_cache, seq2seq_generate
 from jaxport.hf import PretrainedModel
 from jaxport.layers import (
@@ -21,6 +22,7 @@ from jaxport.layers import (
     float32_matmuls,
     mask_bias,
     padding_mask,
+    remat,
     split_rng,
 )
 from jaxport.seq2seq import Seq2SeqLMOutput, shift_right
@@ -62,10 +64,20 @@ def relative_position_bucket(relative_position: jax.Array, bidirectional: bool, 
     return buckets + jnp.where(is_small, relative_position, large)
 
 
-def attend(q, k, v, bias, mask, dropout_rate: float, rng) -> jax.Array:
-    """Softmax attention [B, T, heads, d_kv]: scores plus `bias` (float32 position bias [1, heads, T, S], or None)
-    over the keys `mask` (boolean, broadcastable to [B, heads, T, S]) allows; softmax in float32.
-    T5 folds the 1/sqrt(d_kv) scaling into its weight initialisation: no scaling here."""
+def attention_implementation(config: T5Config, dtype, lengths: tuple[int, ...], training: bool) -> str:
+    """config.attn_implementation for one forward pass over queries and keys of these lengths (jaxport.attention.
+    resolve); T5's attention dropout is its dropout_rate."""
+    return attention.resolve(config.attn_implementation, dtype, config.d_kv, lengths=lengths,
+                             dropout=training and config.dropout_rate > 0)
+
+
+def attend(q, k, v, bias, mask, dropout_rate: float, rng, implementation: str = "einsum") -> jax.Array:
+    """Softmax attention [B, T, heads, d_kv] in v's dtype: scores plus `bias` (float32 position bias
+    [1, heads, T, S], or None) over the keys `mask` (boolean, broadcastable to [B, heads, T, S]) allows; softmax in
+    float32. T5 folds the 1/sqrt(d_kv) scaling into its weight initialisation: no scaling here. `implementation`
+    (attention_implementation's): "einsum" below, with attention dropout, or jaxport.attention.fused_attention."""
+    if implementation != "einsum":
+        return attention.fused_attention(q, k, v, bias, mask, implementation, scale=1.0).astype(v.dtype)
     scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
     if bias is not None:
         scores = scores + bias
@@ -107,12 +119,12 @@ class T5Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, mask: jax.Array, position_bias: jax.Array | None = None, *,
                  context: jax.Array | None = None, context_key_value: dict | None = None, cache: dict | None = None,
-                 position=0, rng=None) -> tuple[jax.Array, dict | None]:
+                 position=0, rng=None, implementation: str = "einsum") -> tuple[jax.Array, dict | None]:
         """Attend from x [B, T, D] to context (x itself when None), to the keys the boolean `mask` [B|1, 1, T|1, S]
         allows, with `position_bias` [1, heads, T, S] (the first layer's `position_bias()`) added to the scores.
         `context_key_value`: the context's `key_value`, precomputed (cross-attention while decoding: the encoder
         states do not change from step to step). With `cache` (self-attention while decoding), the new keys/values
-        are written at `position` and the query attends over the whole cache."""
+        are written at `position` and the query attends over the whole cache. `implementation`: see `attend`."""
         q = self.query(x)
         if context_key_value is None:
             context_key_value = self.key_value(x if context is None else context)
@@ -121,7 +133,8 @@ class T5Attention(nnx.Module):
             k = jax.lax.dynamic_update_slice_in_dim(cache["key"], k.astype(cache["key"].dtype), position, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache["value"], v.astype(cache["value"].dtype), position, axis=1)
             cache = {"key": k, "value": v}
-        return self.out(attend(q, k, v.astype(self.dtype), position_bias, mask, self.dropout_rate, rng)), cache
+        out = attend(q, k, v.astype(self.dtype), position_bias, mask, self.dropout_rate, rng, implementation)
+        return self.out(out), cache
 
 
 class T5MLP(nnx.Module):
@@ -152,9 +165,9 @@ class T5EncoderBlock(nnx.Module):
         self.mlp = T5MLP(config, **kw)
         self.dropout_rate = config.dropout_rate
 
-    def __call__(self, x, mask, position_bias, rng=None):
+    def __call__(self, x, mask, position_bias, rng=None, implementation: str = "einsum"):
         rngs = split_rng(rng, 4)
-        h, _ = self.attention(self.attention_norm(x), mask, position_bias, rng=rngs[0])
+        h, _ = self.attention(self.attention_norm(x), mask, position_bias, rng=rngs[0], implementation=implementation)
         x = x + dropout(h, self.dropout_rate, rngs[1])
         return x + dropout(self.mlp(self.mlp_norm(x), rngs[2]), self.dropout_rate, rngs[3])
 
@@ -172,15 +185,15 @@ class T5DecoderBlock(nnx.Module):
         self.dropout_rate = config.dropout_rate
 
     def __call__(self, x, self_mask, position_bias, context, cross_mask, cache=None, cross_key_value=None, position=0,
-                 rng=None):
+                 rng=None, implementation: str = "einsum"):
         """cache: this layer's self-attention keys/values (decoding); cross_key_value: the cross-attention's
         `key_value(context)`, precomputed by init_cache (decoding), else computed here from context."""
         rngs = split_rng(rng, 6)
         h, cache = self.self_attention(self.self_attention_norm(x), self_mask, position_bias, cache=cache,
-                                       position=position, rng=rngs[0])
+                                       position=position, rng=rngs[0], implementation=implementation)
         x = x + dropout(h, self.dropout_rate, rngs[1])
         h, _ = self.cross_attention(self.cross_attention_norm(x), cross_mask, context=context,
-                                    context_key_value=cross_key_value, rng=rngs[2])
+                                    context_key_value=cross_key_value, rng=rngs[2], implementation=implementation)
         x = x + dropout(h, self.dropout_rate, rngs[3])
         x = x + dropout(self.mlp(self.mlp_norm(x), rngs[4]), self.dropout_rate, rngs[5])
         return x, cache
@@ -194,6 +207,8 @@ class T5Encoder(nnx.Module):
                                 for i in range(config.num_layers)])
         self.final_norm = RMSNorm(config.d_model, config.layer_norm_epsilon, **kw)
         self.dropout_rate = config.dropout_rate
+        self.config = config
+        self.dtype = dtype
 
     def __call__(self, embeds: jax.Array, attention_mask: jax.Array, rng=None) -> jax.Array:
         positions = jnp.arange(embeds.shape[1])
@@ -201,8 +216,14 @@ class T5Encoder(nnx.Module):
         mask = padding_mask(attention_mask)
         rngs = split_rng(rng, len(self.layers) + 2)
         x = constrain(dropout(embeds, self.dropout_rate, rngs[-2]), HIDDEN)
+        implementation = attention_implementation(self.config, self.dtype, (embeds.shape[1],), rng is not None)
+
+        def apply(layer, x, mask, position_bias, rng):
+            return layer(x, mask, position_bias, rng, implementation)
+
+        apply = remat(apply, self.config.remat)
         for layer, layer_rng in zip(self.layers, rngs[:len(self.layers)], strict=True):
-            x = constrain(layer(x, mask, position_bias, layer_rng), HIDDEN)
+            x = constrain(apply(layer, x, mask, position_bias, layer_rng), HIDDEN)
         return dropout(self.final_norm(x), self.dropout_rate, rngs[-1])
 
 
@@ -213,6 +234,8 @@ class T5Decoder(nnx.Module):
                                 for i in range(config.num_decoder_layers)])
         self.final_norm = RMSNorm(config.d_model, config.layer_norm_epsilon, **kw)
         self.dropout_rate = config.dropout_rate
+        self.config = config
+        self.dtype = dtype
 
     def __call__(self, embeds, encoder_hidden, encoder_attention_mask, decoder_attention_mask=None, cache=None,
                  position=0, rng=None):
@@ -227,11 +250,23 @@ class T5Decoder(nnx.Module):
         cross_mask = padding_mask(encoder_attention_mask)
         rngs = split_rng(rng, len(self.layers) + 2)
         x = constrain(dropout(embeds, self.dropout_rate, rngs[-2]), HIDDEN)
+        # Teacher forcing (training, evaluation, scoring) as configured; incremental decoding (one query a step, no
+        # backward pass) through the einsums.
+        teacher_forcing = cache is None
+        implementation = "einsum" if not teacher_forcing else attention_implementation(
+            self.config, self.dtype, (num_queries, encoder_hidden.shape[1]), rng is not None)
+
+        def apply(layer, x, self_mask, position_bias, encoder_hidden, cross_mask, layer_cache, cross_key_value, rng):
+            return layer(x, self_mask, position_bias, encoder_hidden, cross_mask, layer_cache, cross_key_value,
+                         position, rng, implementation)
+
+        if teacher_forcing:
+            apply = remat(apply, self.config.remat)
         new_cache = []
         for i, (layer, layer_rng) in enumerate(zip(self.layers, rngs[:len(self.layers)], strict=True)):
             layer_cache, cross_key_value = (None, None) if cache is None else (cache["layers"][i], cache["cross"][i])
-            x, layer_cache = layer(x, self_mask, position_bias, encoder_hidden, cross_mask, layer_cache,
-                                   cross_key_value, position, layer_rng)
+            x, layer_cache = apply(layer, x, self_mask, position_bias, encoder_hidden, cross_mask, layer_cache,
+                                   cross_key_value, layer_rng)
             x = constrain(x, HIDDEN)
             new_cache.append(layer_cache)
         x = dropout(self.final_norm(x), self.dropout_rate, rngs[-1])

@@ -253,14 +253,10 @@ def toy_family(tmp_path, monkeypatch):
 
         class ToyModel:
             @classmethod
-            def from_pretrained(cls, src, **kwargs):
-                model = cls()
-                model.loaded = {"src": src, **{k: str(v) for k, v in kwargs.items()}}
-                return model
-
-            def save_pretrained(self, dst, pytorch, max_shard_size):
+            def convert(cls, src, dst, **kwargs):
                 Path(dst).mkdir()
-                (Path(dst) / "plain.json").write_text(json.dumps({**self.loaded, "pytorch": pytorch}))
+                given = {"src": src, **{k: str(v) for k, v in kwargs.items()}}
+                (Path(dst) / "plain.json").write_text(json.dumps(given))
         """))
     (package / "convert.py").write_text(textwrap.dedent("""\
         from pathlib import Path
@@ -286,7 +282,7 @@ def toy_family(tmp_path, monkeypatch):
         """))
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setitem(registry.FAMILIES, "toy", registry.Family(
-        "toy_family", "ToyModel", convert_cli="toy_family.convert", convert_load_kwargs={"answer": 42}))
+        "toy_family", "ToyModel", convert_cli="toy_family.convert"))
     yield
     for module in ("toy_family", "toy_family.modeling", "toy_family.convert"):
         sys.modules.pop(module, None)
@@ -295,10 +291,10 @@ def toy_family(tmp_path, monkeypatch):
 def test_a_new_family_brings_its_options_and_modes_through_its_registry_entry(toy_family, tmp_path, capsys):
     assert convert_cli.main(["toy", "src", str(tmp_path / "loud"), "--shout", "--volume", "11"]) == 0
     assert (tmp_path / "loud" / "shouted").read_text() == "11"
-    # No mode asked: the plain conversion, with the entry's from_pretrained arguments.
+    # No mode asked: the plain conversion, the model class's `convert`.
     assert convert_cli.main(["toy", "src", str(tmp_path / "plain"), "--to-pytorch", "--dtype", "bfloat16"]) == 0
     assert json.loads((tmp_path / "plain" / "plain.json").read_text()) == {
-        "src": "src", "dtype": "bfloat16", "param_dtype": "bfloat16", "answer": "42", "pytorch": True}
+        "src": "src", "dtype": "bfloat16", "pytorch": "True", "max_shard_size": "None"}
     with pytest.raises(SystemExit):
         convert_cli.parse_args(["toy", "src", "dst", "--volume", "4"])
     assert "--volume goes with --shout" in capsys.readouterr().err

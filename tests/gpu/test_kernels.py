@@ -1,6 +1,7 @@
-"""The GPU paths, compiled (not interpreted), at LSG-BART-base's width: `auto` picks the fused kernels on the GPU,
-every fused path agrees with the einsum formulation forward and backward within tolerances that a wrong softmax scale
-or a dropped bias would break, and the Hopper GEMM computes the exact GELU, not tanh's approximation."""
+"""The GPU paths, compiled (not interpreted), at LSG-BART-base's width and at ByT5-small's head shape: `auto` picks
+the fused kernels on the GPU, every fused path (LSG's; T5's cuDNN attention with its relative-position bias) agrees
+with the einsum formulation forward and backward within tolerances that a wrong softmax scale or a dropped bias would
+break, and the Hopper GEMM computes the exact GELU, not tanh's approximation."""
 import dataclasses
 import zlib
 
@@ -10,7 +11,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from jaxport import tree
 from lsg_jax import LSGBartConfig, LSGBartForConditionalGeneration, dispatch, hopper_gemm
+from t5_jax import T5Config, T5ForConditionalGeneration
+from t5_jax.modeling import attention_implementation
 from tests.helpers import rel_err
 
 SHAPE = dict(vocab_size=1024, d_model=768, encoder_layers=1, decoder_layers=1, encoder_attention_heads=12,
@@ -33,9 +37,10 @@ def test_auto_picks_the_fused_kernels_on_the_gpu():
     assert dispatch.resolve(config, jnp.float32, training=False) == ("einsum", "einsum")
 
 
-def random_model(config, dtype):
-    """Every parameter random, biases too (zeros would hide a dropped bias); LayerNorm scales near 1."""
-    model = LSGBartForConditionalGeneration(config, dtype=dtype, rngs=nnx.Rngs(0))
+def random_model(config, dtype, model_class=LSGBartForConditionalGeneration):
+    """Every parameter random, biases too (zeros would hide a dropped bias; T5's relative-position tables among
+    them); LayerNorm scales near 1."""
+    model = model_class(config, dtype=dtype, rngs=nnx.Rngs(0))
     params = nnx.state(model, nnx.Param)
 
     def draw(path, value):
@@ -99,6 +104,69 @@ def test_fused_paths_match_einsum_forward_and_backward(references, sparsity, imp
         print(f"\nFUSED {implementation} {sparsity} {dtype} {name}: rel. err {ours_err:.2e} "
               f"(einsum bf16 {bf16_err:.2e})")
         assert np.isfinite(ours).all()
+        assert ours_err <= FUSED_SLACK * bf16_err + 1e-4
+
+
+# ByT5-small's heads (6 of 64) and lengths; one layer per stack. The second row is padded; lengths are even (cuDNN
+# takes no odd length with a bias in training).
+T5_SHAPE = dict(vocab_size=384, d_model=384, d_kv=64, num_heads=6, d_ff=1024, num_layers=1, num_decoder_layers=1,
+                feed_forward_proj="gated-gelu", tie_word_embeddings=False, dropout_rate=0.0)
+T5_LENGTH, T5_VALID, T5_TARGETS = 512, [512, 301], 128
+T5_TABLES = ("encoder/layers/0/attention/relative_attention_bias/embedding",
+             "decoder/layers/0/self_attention/relative_attention_bias/embedding")
+
+
+def test_t5_auto_picks_cudnn_on_the_gpu():
+    config = T5Config.create(**T5_SHAPE)
+    assert config.attn_implementation == "auto"
+    for training in (False, True):
+        assert attention_implementation(config, jnp.bfloat16, (T5_LENGTH, T5_TARGETS), training) == "cudnn"
+    assert attention_implementation(config, jnp.float32, (T5_LENGTH,), False) == "einsum"
+
+
+def t5_logits_and_grads(implementation, dtype):
+    """Logits, every parameter gradient (flat) and the relative-position tables' gradients, float32 numpy."""
+    config = T5Config.create(**T5_SHAPE, attn_implementation=implementation)
+    model = random_model(config, dtype, T5ForConditionalGeneration)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(2, T5_SHAPE["vocab_size"], (2, T5_LENGTH)).astype(np.int32)
+    mask = (np.arange(T5_LENGTH)[None] < np.asarray(T5_VALID)[:, None]).astype(np.int32)
+    dec = rng.integers(2, T5_SHAPE["vocab_size"], (2, T5_TARGETS)).astype(np.int32)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    cotangent = jax.random.normal(jax.random.key(7), (2, T5_TARGETS, T5_SHAPE["vocab_size"]))
+
+    @jax.jit
+    def run(params):
+        def loss(params):
+            logits = nnx.merge(graphdef, params, rest)(ids, mask, dec, dropout_rng=jax.random.key(0)).logits
+            return jnp.sum(logits * cotangent), logits
+        (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        flat = tree.flatten(nnx.to_pure_dict(grads))
+        return (logits, jnp.concatenate([g.ravel().astype(jnp.float32) for g in flat.values()]),
+                [flat[path].astype(jnp.float32) for path in T5_TABLES])
+
+    return jax.tree.map(np.asarray, run(params))
+
+
+@pytest.fixture(scope="module")
+def t5_references():
+    """einsum in float32 (the reference) and einsum in bf16 (the error bf16 itself brings)."""
+    return t5_logits_and_grads("einsum", jnp.float32), t5_logits_and_grads("einsum", jnp.bfloat16)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_t5_cudnn_attention_matches_einsum_forward_and_backward(t5_references, dtype):
+    """cuDNN flash attention with the relative-position bias and the padding mask apart: logits, all gradients and
+    the relative-position tables' gradients (the bias is trained through cuDNN's bias gradient) within FUSED_SLACK of
+    einsum-in-bf16's error against float32 einsum."""
+    (ref_logits, ref_grads, ref_tables), (bf16_logits, bf16_grads, bf16_tables) = t5_references
+    logits, grads, tables = t5_logits_and_grads("cudnn", jnp.dtype(dtype))
+    pairs = [("logits", logits, ref_logits, bf16_logits), ("grads", grads, ref_grads, bf16_grads)]
+    pairs += [(path, *arrays) for path, *arrays in zip(T5_TABLES, tables, ref_tables, bf16_tables, strict=True)]
+    for name, ours, ref, bf16 in pairs:
+        ours_err, bf16_err = rel_err(ours, ref), rel_err(bf16, ref)
+        print(f"\nT5 cudnn {dtype} {name}: rel. err {ours_err:.2e} (einsum bf16 {bf16_err:.2e})")
+        assert np.isfinite(ours).all() and np.abs(ref).max() > 0
         assert ours_err <= FUSED_SLACK * bf16_err + 1e-4
 
 
