@@ -23,8 +23,8 @@ with 0.1; T5's attention dropout would keep attention on the einsums, and bench/
    memory; that batch is compiled and timed (one step down by 15% if it runs out of memory). 11B, whether it fits:
    batch 8, else 2, by the same compiled memory, with float32 parameters, then with bfloat16 parameters if those do
    not fit; the first that fits is timed. MFU: model FLOPs counted
-   analytically (bench/t5.py's train_flops, printed; rematerialised work not counted) over the step time, against
-   the bf16 matmul peak measured in the run.
+   analytically (bench/measure.py's t5_train_flops, printed; rematerialised work not counted) over the step time,
+   against the bf16 matmul peak measured in the run.
 
 `--budget` (seconds, default 540) bounds the run: an item starts only with enough of it left; skipped items are named.
 `--train-batch N` skips the search. The last lines are a compact table; `--out` writes everything as JSON.
@@ -53,9 +53,10 @@ import numpy as np
 import torch
 import transformers
 from flax import nnx
+from measure import t5_train_flops
 from project_train import last_loss, train_setup
 from rates import jax_matmul_peak
-from t5 import median_ms, torch_sync, train_flops, versions
+from t5 import median_ms, torch_sync, versions
 
 from flipped_jax import FlippedModel, score_options
 from flipped_jax.tasks import FlippedTask
@@ -348,7 +349,7 @@ def train_part(name: str, shape: dict, tcfg: dict, cfg: dict, peak: float, fixed
         free_memory()
         results["attempts"].append(r)
         if r["fits"]:
-            flops = train_flops(shape, 2 * r["batch"], tcfg["inputs"], tcfg["targets"])
+            flops = t5_train_flops(shape, 2 * r["batch"], tcfg["inputs"], tcfg["targets"])
             r.update(flops=flops, mfu=flops["total"] / (r["ms"] / 1e3) / peak,
                      examples_per_s=r["batch"] / (r["ms"] / 1e3),
                      tokens_per_s=2 * r["batch"] * (tcfg["inputs"] + tcfg["targets"]) / (r["ms"] / 1e3),

@@ -4,7 +4,7 @@ its bias followed by the GELU pass (what runs without the kernel), error against
     python bench/hopper_gemm.py [--rows 16448] [--out gemm.json]
 
 Both take bf16 x [rows, 768], kernel [768, 3072] and bias; the figure is the mean of 50 calls dispatched back to
-back (lsg.time_jax: median of three blocks). Needs an H100 (sm90).
+back (measure.time_jax: median of three blocks). Needs an H100 (sm90).
 """
 import argparse
 import json
@@ -12,7 +12,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-from lsg import time_jax  # bench/ on sys.path
+from measure import time_jax  # bench/ on sys.path
 
 from lsg_jax import hopper_gemm
 

@@ -73,22 +73,24 @@ import project_train
 import torch
 import transformers
 from flax import nnx
+from measure import (
+    LSG_BART_BASE,
+    chained_steps,
+    compiled_memory,
+    lsg_encoder_cost,
+    lsg_train_flops,
+    pool_peak,
+    time_jax,
+)
 from project_train import FixedBatchTask, last_loss
 from rates import jax_matmul_peak
 
 from jaxport import runtime, trainer
 from jaxport.hf import read_config
+from jaxport.hf_config import REMAT_MODES
 from lsg_jax import LSGBartConfig, LSGBartForConditionalGeneration
-from lsg_jax.configuration import ATTN_IMPLEMENTATIONS, REMAT_MODES
+from lsg_jax.configuration import ATTN_IMPLEMENTATIONS
 
-LSG_BART_BASE = dict(
-    vocab_size=50265, d_model=768, encoder_layers=6, decoder_layers=6, encoder_attention_heads=12,
-    decoder_attention_heads=12, encoder_ffn_dim=3072, decoder_ffn_dim=3072, max_position_embeddings=16384,
-    activation_function="gelu", dropout=0.1, attention_dropout=0.0, activation_dropout=0.1, init_std=0.02,
-    scale_embedding=False, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
-    forced_eos_token_id=2, block_size=256, num_global_tokens=64, sparse_block_size=0, sparsity_factor=0,
-    sparsity_type="none", adaptive=True, mask_first_token=False, pass_global_tokens_to_decoder=True,
-    pool_with_global=True)
 LSG_KEYS = ("block_size", "num_global_tokens", "sparse_block_size", "sparsity_factor", "sparsity_type", "adaptive",
             "mask_first_token", "pass_global_tokens_to_decoder", "pool_with_global")
 FULL = dict(model=LSG_BART_BASE, encoder_lengths=[4096, 8192, 16384, 32768], train_lengths=[4096, 8192, 16384, 32768],
@@ -131,52 +133,6 @@ def error_record(e):
 
 # ------------------------------------------------------------------------------------------------ arithmetic
 
-def encoder_cost(m: dict, tokens: int) -> dict:
-    """FLOPs and minimum HBM bytes of one LSG encoder forward (batch 1, `tokens` input tokens, bf16).
-
-    FLOPs (2 per multiply-add): per layer, Q/K/V/O projections 2*L*4*d^2 and the MLP 2*L*2*d*ff over L = G + T
-    tokens; block attention 4*T*(G + 3*block)*d (scores and values; each block of queries sees the globals and
-    three blocks of keys) and the global queries 4*G*L*d. Bytes: the weights once, plus per layer and token
-    18*d + 2*ff bf16 values (read x, write q/k/v, a fused attention reading q/k/v once and writing its output,
-    out-projection in/out, residual + LayerNorm reading two and writing one, fc1 in and ff-wide out with GELU
-    fused, fc2 ff-wide in and out, residual + LayerNorm), plus the embedding gathers. Scores never reach HBM in
-    this count: it is the floor of a fused kernel, not of the einsum formulation."""
-    d, ff, layers = m["d_model"], m["encoder_ffn_dim"], m["encoder_layers"]
-    G, bs = m["num_global_tokens"], m["block_size"]
-    T = tokens
-    L = G + T
-    local_keys = G + 3 * bs if T > 2 * bs else L
-    terms = {
-        "projections": layers * 2 * L * 4 * d * d,
-        "mlp": layers * 2 * L * 2 * d * ff,
-        "block_attention": layers * 4 * T * local_keys * d,
-        "global_attention": layers * 4 * G * L * d,
-    }
-    weight_bytes = 2 * layers * (4 * d * d + 2 * d * ff + 4 * d + ff + d + 4 * d)
-    activation_bytes = 2 * layers * L * (18 * d + 2 * ff) + 2 * 3 * L * d  # + token/position gathers, first LN
-    return {"flops_terms": terms, "flops": sum(terms.values()), "bytes_weights": weight_bytes,
-            "bytes_activations": activation_bytes, "bytes": weight_bytes + activation_bytes,
-            "formula": f"per layer 2*L*4*d^2 + 2*L*2*d*ff + 4*T*(G+3*block)*d + 4*G*L*d with L={L}, T={T}, d={d}, "
-                       f"ff={ff}, G={G}, block={bs}; bytes = weights + 2*layers*L*(18*d + 2*ff) + 6*L*d"}
-
-
-def train_flops(m: dict, tokens_in: int, tokens_out: int) -> dict:
-    """Model FLOPs of one training step (3 x forward): the encoder as in encoder_cost; the decoder's matmuls
-    (self Q/K/V/O, cross Q/O and MLP over the target tokens, cross K/V over the G + T encoder states), its
-    attention (self T_out^2 counted in full, cross T_out x (G + T)) and the LM head over the target tokens."""
-    d, ff, V = m["d_model"], m["decoder_ffn_dim"], m["vocab_size"]
-    L_enc = m["num_global_tokens"] + tokens_in
-    layers = m["decoder_layers"]
-    terms = {
-        "encoder": 3 * encoder_cost(m, tokens_in)["flops"],
-        "decoder": 3 * layers * 2 * tokens_out * (6 * d * d + 2 * d * ff),
-        "cross_kv": 3 * layers * 2 * L_enc * 2 * d * d,
-        "decoder_attention": 3 * layers * 4 * d * (tokens_out * tokens_out + tokens_out * L_enc),
-        "lm_head": 3 * 2 * tokens_out * d * V,
-    }
-    return {"terms": terms, "total": sum(terms.values())}
-
-
 # ------------------------------------------------------------------------------------------------ device rates
 
 def jax_bandwidth(nbytes: int, iters: int = 20, repeats: int = 3) -> float:
@@ -193,26 +149,6 @@ def jax_bandwidth(nbytes: int, iters: int = 20, repeats: int = 3) -> float:
         y.block_until_ready()
         best = min(best, time.perf_counter() - start)
     return 2 * nbytes * iters / best
-
-
-def compiled_memory(compiled) -> dict | None:
-    """Device bytes a compiled program holds while it runs: arguments + outputs + its temporary slab - what the
-    outputs alias (donated inputs). XLA's own peak field is kept beside it."""
-    try:
-        m = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001 - some backends have none
-        return None
-    if m is None:
-        return None
-    total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
-    return {"peak_bytes": total, "argument_bytes": m.argument_size_in_bytes, "output_bytes": m.output_size_in_bytes,
-            "temp_bytes": m.temp_size_in_bytes, "alias_bytes": m.alias_size_in_bytes,
-            "xla_peak_memory_in_bytes": getattr(m, "peak_memory_in_bytes", None)}
-
-
-def pool_peak():
-    stats = jax.devices()[0].memory_stats()
-    return None if not stats else stats.get("peak_bytes_in_use")
 
 
 # ------------------------------------------------------------------------------------------------ inputs, folders
@@ -429,9 +365,6 @@ def load_bf16(folder: Path, variant: dict):
                                                            **variant)
 
 
-B2B_BLOCKS = 3  # back-to-back blocks: the median block is kept, so one host hiccup cannot make the figure
-
-
 def encoder_program(model):
     """(encode(weights, ids, mask) -> encoder states, weights): model.encode as a function of the weights it reads,
     as the original's timed call, model.model.encoder, reads only the encoder's. The decoder's weights stay out of
@@ -442,43 +375,6 @@ def encoder_program(model):
     def encode(weights, ids, mask):
         return nnx.merge(graphdef, decoder, weights).encode(ids, mask)
     return encode, nnx.to_pure_dict(weights)  # plain dicts: a quicker dispatch than nnx.State's nodes
-
-
-def time_jax(fn, warmup: int, runs: int) -> dict:
-    """`fn`'s calls timed three ways after `warmup` calls: each synchronised ("times", s), the host time until each
-    returns ("dispatch", median s), and back to back ("back_to_back", s): the median over B2B_BLOCKS blocks of the
-    mean call of `runs` calls dispatched back to back ("back_to_back_blocks"; each block waits on its last call
-    only: calls run in order on one stream, and earlier training states are donated)."""
-    for _ in range(warmup):
-        jax.block_until_ready(fn())
-    times, dispatch = [], []
-    for _ in range(runs):
-        start = time.perf_counter()
-        out = fn()
-        dispatch.append(time.perf_counter() - start)
-        jax.block_until_ready(out)
-        times.append(time.perf_counter() - start)
-        del out
-    blocks = []
-    for _ in range(B2B_BLOCKS):
-        start = time.perf_counter()
-        outs = [fn() for _ in range(runs)]
-        jax.block_until_ready(outs[-1])
-        blocks.append((time.perf_counter() - start) / runs)
-        del outs
-    return {"times": times, "dispatch": statistics.median(dispatch), "back_to_back": statistics.median(blocks),
-            "back_to_back_blocks": blocks}
-
-
-def chained_steps(compiled, state, batch):
-    """A call that runs one training step on the last call's (donated) state and returns the new state; the call's
-    `last` holds it."""
-    def step():
-        step.last = compiled(step.last, batch)
-        return step.last
-
-    step.last = state
-    return step
 
 
 def jax_encoder(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], deadline: float,
@@ -567,7 +463,7 @@ def jax_train(cfg: dict, folders: Folders, inputs: dict, lengths: list[int], dea
             setup_for[key][0] = state
             if int(state.nonfinite_step) >= 0:
                 raise FloatingPointError(f"loss became non-finite at step {int(state.nonfinite_step)}")
-            flops = train_flops(cfg["model"], n, cfg["train_targets"])
+            flops = lsg_train_flops(cfg["model"], n, cfg["train_targets"])
             results[str(n)] = {"ms": 1e3 * statistics.median(timed["times"]),
                                "times_ms": [1e3 * t for t in timed["times"]],
                                "ms_pipelined": 1e3 * timed["back_to_back"],
@@ -715,7 +611,7 @@ def report(results: dict, cfg: dict) -> list[str]:
     for n in cfg["train_lengths"]:
         j, r = value(jx, "train", n), value(ref, "train", n)
         jm, rm = value(jx, "train", n, field="peak_bytes"), value(ref, "train", n, field="peak_bytes")
-        flops = train_flops(m, n, cfg["train_targets"])["total"]
+        flops = lsg_train_flops(m, n, cfg["train_targets"])["total"]
         mfu = None if j is None or not peak_flops else flops / (j / 1e3) / peak_flops
         notes = "; ".join(f"{who} {s}" for who, s in (("jax", status(jx, "train", n)),
                                                        ("lsg", status(ref, "train", n))) if s)
@@ -1000,7 +896,7 @@ def main(argv=None) -> dict:
     # Floor and targets.
     m = cfg["model"]
     n_floor = 16384 if not args.tiny else max(n for n in cfg["encoder_lengths"] if n <= m["max_position_embeddings"])
-    cost = encoder_cost(m, n_floor)
+    cost = lsg_encoder_cost(m, n_floor)
     rates = results.get("rates", {})
     floor = {"tokens": n_floor, **cost,
              "sheet_compute_ms": 1e3 * cost["flops"] / H100_SXM["bf16_dense_flops"],

@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from lsg import LSG_BART_BASE, time_jax  # bench/ on sys.path
+from measure import LSG_BART_BASE, time_jax  # bench/ on sys.path
 
 from jaxport.layers import NEG_INF
 from lsg_jax import pallas_attention

@@ -27,15 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from lsg import (  # bench/ on sys.path
-    LSG_BART_BASE,
-    chained_steps,
-    compiled_memory,
-    encoder_program,
-    time_jax,
-    train_batch,
-    train_setup,
-)
+from lsg import encoder_program, train_batch, train_setup  # bench/ on sys.path
+from measure import LSG_BART_BASE, chained_steps, compiled_memory, time_jax
 
 from jaxport import runtime
 from lsg_jax.configuration import LSGBartConfig

@@ -19,11 +19,13 @@ class FixedBatchTask(Seq2SeqTask):
 
 
 def train_setup(task: Seq2SeqTask, init_from: str | Path | None, learning_rate: float, weight_decay: float,
-                optimizer: dict | None = None):
+                optimizer: dict | None = None, mesh: dict | None = None, devices=None):
     """(initial TrainState, jitted donating step(state, batch) -> state, the batch sharding). With log_every 1 the
     state's metric_sums hold the last step's loss and gradient norm (`last_loss`). optimizer: config.optimizer
-    fields to set besides (e.g. name="adafactor")."""
+    fields to set besides (e.g. name="adafactor"); `mesh`: sizes of the mesh axes (default: data parallel over every
+    device), over `devices` (default all)."""
     config = base_config.base()
+    config.mesh.update(mesh or {})
     config.init_from = str(init_from or "")
     config.train.compute_dtype = "bfloat16"
     config.optimizer.learning_rate = learning_rate
@@ -33,7 +35,7 @@ def train_setup(task: Seq2SeqTask, init_from: str | Path | None, learning_rate: 
     config.optimizer.clip_norm = 0.0
     config.optimizer.update(optimizer or {})
     runtime.configure()  # the settings python -m train applies
-    setup = trainer.build(config, task)
+    setup = trainer.build(config, task, devices)
     step = jax.jit(trainer.make_train_step(setup, task, accumulation=1, log_every=1),
                    in_shardings=(setup.state_shardings, setup.batch_sharding),
                    out_shardings=setup.state_shardings, donate_argnums=0)

@@ -42,6 +42,7 @@ import optax
 import torch
 import transformers
 from flax import nnx
+from measure import BYT5_SMALL, t5_train_flops
 from project_train import FixedBatchTask, last_loss, train_setup
 from rates import jax_matmul_peak
 
@@ -49,9 +50,6 @@ from jaxport import trainer
 from t5_jax import T5Config, T5ForConditionalGeneration
 from t5_jax.modeling import attention_implementation
 
-BYT5_SMALL = dict(vocab_size=384, d_model=1472, d_kv=64, num_heads=6, d_ff=3584, num_layers=12,
-                  num_decoder_layers=4, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
-                  dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
 FULL = dict(model=BYT5_SMALL, train_batch=32, train_inputs=512, train_targets=128,
             gen_batch=32, gen_inputs=256, gen_new_tokens=128, matmul_size=8192,
             warmup=5, steps=20, compile_warmup=10, gen_warmup=1, gen_calls=5)
@@ -76,35 +74,6 @@ def torch_sync(device):
 
 def median_ms(times):
     return 1e3 * statistics.median(times)
-
-
-def train_flops(m: dict, batch: int, t_in: int, t_out: int) -> dict:
-    """Model FLOPs of one training step (fwd + bwd = 3 x fwd), counted analytically.
-
-    Matmul weights: 6 FLOPs per weight per token that passes through it. Cross-attention's key/value
-    projections run over the encoder tokens, its query/output over the decoder tokens. Attention scores
-    and values: 2 matmuls x 2 FLOPs x B x heads x d_kv x T_q x T_k per layer forward (the decoder's causal
-    self-attention is counted in full, as both implementations compute it), x 3 for fwd + bwd.
-    Embedding lookups, norms, softmax and the optimizer are not counted."""
-    d, hk, ff, vocab = m["d_model"], m["num_heads"] * m["d_kv"], m["d_ff"], m["vocab_size"]
-    mlp = (3 if m["feed_forward_proj"].startswith("gated-") else 2) * d * ff
-    enc_tokens, dec_tokens = batch * t_in, batch * t_out
-    encoder_params = m["num_layers"] * (4 * d * hk + mlp)
-    decoder_params = m["num_decoder_layers"] * (4 * d * hk + 2 * d * hk + mlp)  # self q,k,v,o; cross q,o; mlp
-    cross_kv_params = m["num_decoder_layers"] * 2 * d * hk
-    head_params = d * vocab
-    terms = {
-        "encoder": 6 * encoder_params * enc_tokens,
-        "decoder": 6 * decoder_params * dec_tokens,
-        "cross_kv": 6 * cross_kv_params * enc_tokens,
-        "lm_head": 6 * head_params * dec_tokens,
-        "attention": 3 * 4 * batch * hk * (m["num_layers"] * t_in * t_in
-                                           + m["num_decoder_layers"] * (t_out * t_out + t_out * t_in)),
-    }
-    formula = (f"6*({encoder_params:,} enc params x {enc_tokens:,} tok + {decoder_params:,} dec params x "
-               f"{dec_tokens:,} tok + {cross_kv_params:,} cross-kv params x {enc_tokens:,} tok + {head_params:,} "
-               f"lm_head params x {dec_tokens:,} tok) + 3*4*B*H*dk*(Le*Ti^2 + Ld*(To^2 + To*Ti))")
-    return {"terms": terms, "total": sum(terms.values()), "formula": formula}
 
 
 # ------------------------------------------------------------------------------------------------ peak
@@ -355,7 +324,7 @@ def main(argv=None) -> dict:
     m = cfg["model"]
     model_config = T5Config.create(**m, attn_implementation=args.attn_impl)
     b, t_in, t_out = cfg["train_batch"], cfg["train_inputs"], cfg["train_targets"]
-    flops = train_flops(m, b, t_in, t_out)
+    flops = t5_train_flops(m, b, t_in, t_out)
     results["train_flops"] = flops
     results["jax_attention"] = {
         "attn_implementation": args.attn_impl,

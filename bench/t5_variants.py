@@ -42,7 +42,7 @@ def main():
     cfg = dict(bench.FULL, steps=10, warmup=3)
     model_config = T5Config.create(**cfg["model"])
     batch, _ = bench.make_batches(cfg, model_config.vocab_size)
-    flops = bench.train_flops(cfg["model"], cfg["train_batch"], cfg["train_inputs"], cfg["train_targets"])["total"]
+    flops = bench.t5_train_flops(cfg["model"], cfg["train_batch"], cfg["train_inputs"], cfg["train_targets"])["total"]
     rows = []
     only = sys.argv[1:] or list(VARIANTS)
     for name in only:

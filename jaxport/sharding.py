@@ -1,7 +1,10 @@
 """One device mesh with axes (data, fsdp, tensor); parameters name their axes logically (embed, mlp, heads,
 kv, vocab, ...) and the config's rules map those names to mesh axes. Data parallel, FSDP and tensor
-parallel are therefore config changes: mesh sizes plus rules.
+parallel are therefore config changes: mesh sizes plus rules. Activations at block boundaries follow the same
+rules (`constrain`), so XLA's partitioner does not have to guess their layout.
 """
+import contextlib
+import contextvars
 import logging
 import math
 import os
@@ -12,9 +15,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxport import tree
+from jaxport import launch, tree
 
 MESH_AXES = ("data", "fsdp", "tensor")
+# The logical axes of the hidden states between blocks (the residual stream), for `constrain`.
+HIDDEN = ("batch", "length", "embed")
 
 # Default rules: batch over data and fsdp; weights' embed axis over fsdp; mlp/heads/vocab over tensor.
 DEFAULT_RULES = (
@@ -29,16 +34,22 @@ DEFAULT_RULES = (
 
 
 def maybe_initialize_distributed() -> None:
-    """Join a multi-process run when launched as one (coordinator address set, or a multi-host TPU slice)."""
-    launched = "JAX_COORDINATOR_ADDRESS" in os.environ or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ
+    """Join a multi-process run when launched as one: by jaxport.launch (`python -m train --num-processes N`), a
+    cluster JAX detects itself (coordinator address set: SLURM, Open MPI, ...), or a multi-host TPU slice."""
+    launched = launch.COORDINATOR in os.environ or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ
     tpu_pod = len(os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1
     if launched or tpu_pod:
-        jax.distributed.initialize()
+        own = {name: int(os.environ[key]) for name, key in (("num_processes", launch.NUM_PROCESSES),
+                                                             ("process_id", launch.PROCESS_ID)) if key in os.environ}
+        jax.distributed.initialize(**own)
 
 
 def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence | None = None) -> Mesh:
-    """Mesh over all devices; one size may be -1 to take the devices the others leave."""
-    devices = list(jax.devices() if devices is None else devices)
+    """Mesh over all devices (process by process, so each process's devices are neighbours along the batch
+    axes); one size may be -1 to take the devices the others leave."""
+    if devices is None:
+        devices = sorted(jax.devices(), key=lambda device: (device.process_index, device.id))
+    devices = list(devices)
     sizes = [data, fsdp, tensor]
     if sizes.count(-1) > 1:
         raise ValueError(f"mesh sizes {dict(zip(MESH_AXES, sizes, strict=True))}: at most one may be -1")
@@ -54,9 +65,11 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence 
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 
-def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules) -> PartitionSpec:
+def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules,
+                    warn: bool = True) -> PartitionSpec:
     """PartitionSpec for one array: each logical axis takes its rule's mesh axes, unless those are
-    already used by another axis of the array or do not divide its size (then it stays replicated)."""
+    already used by another axis of the array or do not divide its size (then it stays replicated, with a
+    warning if `warn`)."""
     rules = dict(rules)
     used: set[str] = set()
     spec = []
@@ -65,8 +78,9 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh
         mesh_axes = () if target is None else ((target,) if isinstance(target, str) else tuple(target))
         mesh_axes = tuple(a for a in mesh_axes if a not in used and mesh.shape[a] > 1)
         if size % math.prod(mesh.shape[a] for a in mesh_axes):
-            logging.warning("axis %s of size %d is not divisible by mesh axes %s: replicated", name, size,
-                            mesh_axes)
+            if warn:
+                logging.warning("axis %s of size %d is not divisible by mesh axes %s: replicated", name, size,
+                                mesh_axes)
             mesh_axes = ()
         used.update(mesh_axes)
         spec.append(None if not mesh_axes else mesh_axes[0] if len(mesh_axes) == 1 else mesh_axes)
@@ -91,3 +105,52 @@ def batch_sharding(mesh: Mesh, rules) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+def check_process_rows(batch_sharding: NamedSharding) -> None:
+    """Each process feeds its own slice of every global batch, rows [p*B/P, (p+1)*B/P) for process p of P
+    (jaxport.data's iterators); the batch sharding must give process p's devices exactly those rows."""
+    count = jax.process_count()
+    if count == 1:
+        return
+    rows = batch_sharding.mesh.size * count  # any multiple of both the shard and the process count
+    held: dict[int, set[int]] = {}
+    for device, index in batch_sharding.devices_indices_map((rows,)).items():
+        held.setdefault(device.process_index, set()).update(range(rows)[index[0]])
+    for process, indices in sorted(held.items()):
+        block = set(range(process * rows // count, (process + 1) * rows // count))
+        if indices != block:
+            raise ValueError(
+                f"mesh {dict(batch_sharding.mesh.shape)} does not split the batch between the {count} processes "
+                f"(batch axis {batch_sharding.spec[0]}): process {process} would hold rows {min(indices)}-"
+                f"{max(indices)} of {rows}, but reads rows {min(block)}-{max(block)}. Every mesh axis that spans "
+                "processes must shard the batch: with one process per GPU keep mesh.tensor=1; tensor parallelism "
+                "runs within a process (one process over all GPUs, the default)")
+
+
+# Activation sharding: the rules in force while a step is traced (`activation_rules`), applied by `constrain`.
+_ACTIVATION_RULES: contextvars.ContextVar[tuple[Mesh, tuple] | None] = contextvars.ContextVar(
+    "activation_rules", default=None)
+
+
+@contextlib.contextmanager
+def activation_rules(mesh: Mesh, rules):
+    """Within this context (entered while a jitted step is traced), `constrain` lays activations out on `mesh`
+    by `rules`; outside any, it does nothing."""
+    token = _ACTIVATION_RULES.set((mesh, tuple(rules)))
+    try:
+        yield
+    finally:
+        _ACTIVATION_RULES.reset(token)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+    """`x` constrained to the layout its logical `axes` (e.g. ("batch", "length", "embed")) get from the active
+    `activation_rules`, as parameters get theirs; `x` itself when none are active (a model called on its own).
+    An axis its mesh axes do not divide stays replicated."""
+    active = _ACTIVATION_RULES.get()
+    if active is None:
+        return x
+    mesh, rules = active
+    spec = logical_to_spec(axes, x.shape, mesh, rules, warn=False)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))

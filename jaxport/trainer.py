@@ -186,7 +186,8 @@ def make_train_step(setup: "Setup", task: Task, accumulation: int, log_every: in
     tx = setup.tx
 
     def loss_of(params, batch, rng):
-        return task.loss(setup.model(params), batch, rng)
+        with setup.activation_rules():
+            return task.loss(setup.model(params), batch, rng)
 
     grad_fn = jax.value_and_grad(loss_of, has_aux=True)
 
@@ -229,13 +230,15 @@ def make_train_step(setup: "Setup", task: Task, accumulation: int, log_every: in
 
 def make_eval_step(setup: "Setup", task: Task) -> Callable:
     def eval_step(params, batch):
-        return task.eval_metrics(setup.model(params), batch)
+        with setup.activation_rules():
+            return task.eval_metrics(setup.model(params), batch)
     return eval_step
 
 
 def make_predict_step(setup: "Setup", task: Task) -> Callable:
     def predict_step(params, batch):
-        return task.predict(setup.model(params), batch)
+        with setup.activation_rules():
+            return task.predict(setup.model(params), batch)
     return predict_step
 
 
@@ -284,14 +287,20 @@ class Setup:
     tx: Any
     schedule: Any
     packing: ParamPacking  # the layout of state.params
+    rules: tuple  # logical axis -> mesh axes, for parameters and activations
 
     def model(self, params) -> nnx.Module:
         """The model with the train state's (packed) params."""
         return nnx.merge(self.graphdef, self.packing.unpack(params))
 
     def model_on_host(self, params) -> nnx.Module:
-        """The model with the train state's params copied to the host (export, predictions from a checkpoint)."""
-        return nnx.merge(self.graphdef, jax.device_get(self.packing.unpack(params)))
+        """The model with the train state's params copied whole to the host (export, predictions from a
+        checkpoint). With several processes, a collective: every process calls it."""
+        return nnx.merge(self.graphdef, all_rows(self.packing.unpack(params)))
+
+    def activation_rules(self):
+        """The context in which a step is traced: sharding.constrain lays activations out by the rules."""
+        return sharding.activation_rules(self.mesh, self.rules)
 
 
 def opt_state_shardings(abstract_opt_state, abstract_params: dict, param_shardings: dict, replicated):
@@ -310,10 +319,13 @@ def opt_state_shardings(abstract_opt_state, abstract_params: dict, param_shardin
     return jax.tree_util.tree_map_with_path(pick, abstract_opt_state)
 
 
-def build(config, task: Task) -> Setup:
-    """Mesh, model, optimizer and a sharded initial train state (no full copy on one device)."""
-    mesh = sharding.make_mesh(**config.mesh)
+def build(config, task: Task, devices=None) -> Setup:
+    """Mesh (over `devices`, default all), model, optimizer and a sharded initial train state (no full copy on one
+    device)."""
+    mesh = sharding.make_mesh(**config.mesh, devices=devices)
     rules = tuple(config.sharding_rules)
+    batch_sharding = sharding.batch_sharding(mesh, rules)
+    sharding.check_process_rows(batch_sharding)
     abstract_model = nnx.eval_shape(lambda: task.create_model(config, nnx.Rngs(config.seed)))
     graphdef, abstract_params = nnx.split(abstract_model)
     param_shardings = tree.unflatten(sharding.param_shardings(abstract_params, mesh, rules))
@@ -348,7 +360,33 @@ def build(config, task: Task) -> Setup:
         params = tree.unflatten({path: jax.device_put(value, tree.flatten(param_shardings)[path])
                                  for path, value in pretrained.items()})
         state = jax.jit(state_from, out_shardings=state_shardings)(params)
-    return Setup(mesh, graphdef, state, state_shardings, sharding.batch_sharding(mesh, rules), tx, schedule, packing)
+    return Setup(mesh, graphdef, state, state_shardings, batch_sharding, tx, schedule, packing, rules)
+
+
+def abstract_train_state(setup: Setup):
+    """The train state's shapes, dtypes and shardings: what a checkpoint is restored into."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), setup.state,
+                        setup.state_shardings)
+
+
+def checkpointer(config, workdir: Path, **options) -> checkpoint.Checkpointer:
+    """WORKDIR/checkpoints, refusing checkpoints of another family or model config."""
+    metadata = {"family": config.family, "model": config.model.to_dict()}
+    return checkpoint.Checkpointer(Path(workdir) / "checkpoints", keep=config.train.keep_checkpoints,
+                                   metadata=metadata, **options)
+
+
+def model_from_checkpoint(config, task: Task, workdir, devices=None) -> tuple[nnx.Module, int]:
+    """(the model with the params of WORKDIR's latest intact checkpoint, copied to the host; its step). The mesh
+    is the config's over `devices` (default all), whatever mesh wrote the checkpoint: orbax reads each array
+    straight into its new shards. With several processes, every process calls it."""
+    setup = build(config, task, devices)
+    with checkpointer(config, workdir, async_save=False) as ckpt:
+        restored = ckpt.restore_latest(abstract_train_state(setup))
+    if restored is None:
+        raise FileNotFoundError(f"no checkpoint in {Path(workdir) / 'checkpoints'}")
+    step, state, _ = restored
+    return setup.model_on_host(state.params), step
 
 
 def global_batch(batch: dict, batch_sharding) -> dict:
@@ -453,13 +491,10 @@ def train(config, workdir: str | Path, task: Task) -> dict[str, float]:
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = config.train
     setup = build(config, task)
-    abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                  setup.state, setup.state_shardings)
-    metadata = {"family": config.family, "model": config.model.to_dict()}
-    ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=cfg.keep_checkpoints, metadata=metadata)
+    ckpt = checkpointer(config, workdir)
     train_iter = task.train_data(config)
     state = setup.state
-    restored = ckpt.restore_latest(abstract_state)
+    restored = ckpt.restore_latest(abstract_train_state(setup))
     if restored is not None:
         step, state, data_state = restored
         train_iter.set_state(data_state)
@@ -486,7 +521,7 @@ def train(config, workdir: str | Path, task: Task) -> dict[str, float]:
             wait_start = time.perf_counter()
             batch = next(train_iter)
             input_wait += time.perf_counter() - wait_start
-            tokens += task.num_tokens(batch)
+            tokens += task.num_tokens(batch) * jax.process_count()  # every process reads as many rows
             steps += 1
             state = train_step(state, global_batch(batch, setup.batch_sharding))
             progress.update(1)
@@ -525,13 +560,13 @@ def train(config, workdir: str | Path, task: Task) -> dict[str, float]:
         ckpt.wait()
         ckpt.close()
         writer.close()
-    after_training = getattr(task, "after_training", None) if jax.process_index() == 0 else None
+    after_training = getattr(task, "after_training", None)
     after_metrics = None
     if cfg.get("export_dir") or callable(after_training):
-        model = setup.model_on_host(state.params)
-        if cfg.get("export_dir"):
+        model = setup.model_on_host(state.params)  # every process takes part; process 0 writes
+        if cfg.get("export_dir") and jax.process_index() == 0:
             model.save_pretrained(cfg.export_dir)
-        if callable(after_training):
+        if callable(after_training) and jax.process_index() == 0:
             after_metrics = after_training(model, config, workdir)
     if jax.process_index() == 0:
         print(run_summary(workdir, logged, after_metrics, first_step=start, num_steps=cfg.num_steps,

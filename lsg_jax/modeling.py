@@ -33,6 +33,7 @@ from jaxport.layers import (
     split_rng,
 )
 from jaxport.seq2seq import Seq2SeqLMOutput, Seq2SeqModelOutput, shift_right
+from jaxport.sharding import HIDDEN, constrain
 from lsg_jax.attention import draw_lsh_projections
 from lsg_jax.configuration import MAX_GLOBAL_TOKENS, POSITION_OFFSET, LSGBartConfig
 from lsg_jax.convert import lsg_bart_rules
@@ -208,7 +209,7 @@ class Encoder(nnx.Module):
             x = jnp.concatenate([jnp.broadcast_to(glob[None], (B, G, glob.shape[-1])), x], axis=1)
             bias = jnp.concatenate([jnp.zeros((B, G), jnp.float32), bias], axis=1)
         rngs = split_rng(rng, len(self.layers) + 1)
-        x = dropout(self.layernorm_embedding(x), cfg.dropout, rngs[-1])
+        x = constrain(dropout(self.layernorm_embedding(x), cfg.dropout, rngs[-1]), HIDDEN)
         heads, head_dim = cfg.encoder_attention_heads, cfg.d_model // cfg.encoder_attention_heads
         implementation = resolve(cfg, self.dtype, training=rng is not None).lsg
 
@@ -220,8 +221,8 @@ class Encoder(nnx.Module):
             projections = None
             if cfg.lsg and cfg.sparsity_type == "lsh" and cfg.has_sparse:
                 projections = draw_lsh_projections(jax.random.fold_in(lsh_key, i), cfg, heads, head_dim)
-            x = layer_drop(lambda x: apply(layer, x, bias, projections, layer_rng), x, cfg.encoder_layerdrop,
-                           layer_rng)
+            x = constrain(layer_drop(lambda x: apply(layer, x, bias, projections, layer_rng), x,
+                                     cfg.encoder_layerdrop, layer_rng), HIDDEN)
         return x
 
 
@@ -249,7 +250,7 @@ class Decoder(nnx.Module):
         if decoder_attention_mask is not None:
             self_mask = self_mask & padding_mask(decoder_attention_mask)
         rngs = split_rng(rng, len(self.layers) + 1)
-        x = dropout(self.layernorm_embedding(x), cfg.dropout, rngs[-1])
+        x = constrain(dropout(self.layernorm_embedding(x), cfg.dropout, rngs[-1]), HIDDEN)
         cross = resolve(cfg, self.dtype, training=rng is not None).cross
         new_cache = []
         for i, (layer, layer_rng) in enumerate(zip(self.layers, rngs[:len(self.layers)], strict=True)):
@@ -260,6 +261,7 @@ class Decoder(nnx.Module):
             else:
                 x, layer_cache = layer(x, self_mask, encoder_hidden, encoder_valid, layer_cache, cross_key_value,
                                        position, layer_rng)
+            x = constrain(x, HIDDEN)
             new_cache.append(layer_cache)
         return x, (None if cache is None else {"layers": new_cache, "cross": cache["cross"]})
 

@@ -16,24 +16,6 @@ from pathlib import Path
 from jaxport import config as config_lib
 
 
-def load_from_checkpoint(config, task, workdir):
-    import jax
-
-    from jaxport import checkpoint, trainer
-
-    setup = trainer.build(config, task)
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), setup.state,
-                            setup.state_shardings)
-    metadata = {"family": config.family, "model": config.model.to_dict()}
-    with checkpoint.Checkpointer(Path(workdir) / "checkpoints", keep=config.train.keep_checkpoints,
-                                 async_save=False, metadata=metadata) as ckpt:
-        restored = ckpt.restore_latest(abstract)
-    if restored is None:
-        raise FileNotFoundError(f"no checkpoint in {Path(workdir) / 'checkpoints'}")
-    step, state, _ = restored
-    return setup.model_on_host(state.params), step
-
-
 def main(argv=None) -> dict:
     overrides, rest = config_lib.split_config_args(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="python -m sip_jax.predict", description=__doc__,
@@ -55,7 +37,8 @@ def main(argv=None) -> dict:
     if args.model:
         model = SIPFinetuningModel.from_pretrained(args.model)
     else:
-        model, _ = load_from_checkpoint(config, task, args.workdir)
+        from jaxport.trainer import model_from_checkpoint
+        model, _ = model_from_checkpoint(config, task, args.workdir)
     source = finetuning_source(config.data, "test")
     if source is None:
         parser.error("no test data: set --config.data.test_path (or data.num_train with the training TSV)")

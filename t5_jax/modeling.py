@@ -26,6 +26,7 @@ from jaxport.layers import (
     split_rng,
 )
 from jaxport.seq2seq import Seq2SeqLMOutput, shift_right
+from jaxport.sharding import HIDDEN, constrain
 from t5_jax.configuration import T5Config
 from t5_jax.convert import t5_rules
 
@@ -214,7 +215,7 @@ class T5Encoder(nnx.Module):
         position_bias = self.layers[0].attention.position_bias(positions, positions)
         mask = padding_mask(attention_mask)
         rngs = split_rng(rng, len(self.layers) + 2)
-        x = dropout(embeds, self.dropout_rate, rngs[-2])
+        x = constrain(dropout(embeds, self.dropout_rate, rngs[-2]), HIDDEN)
         implementation = attention_implementation(self.config, self.dtype, (embeds.shape[1],), rng is not None)
 
         def apply(layer, x, mask, position_bias, rng):
@@ -222,7 +223,7 @@ class T5Encoder(nnx.Module):
 
         apply = remat(apply, self.config.remat)
         for layer, layer_rng in zip(self.layers, rngs[:len(self.layers)], strict=True):
-            x = apply(layer, x, mask, position_bias, layer_rng)
+            x = constrain(apply(layer, x, mask, position_bias, layer_rng), HIDDEN)
         return dropout(self.final_norm(x), self.dropout_rate, rngs[-1])
 
 
@@ -248,7 +249,7 @@ class T5Decoder(nnx.Module):
             self_mask = self_mask & padding_mask(decoder_attention_mask)
         cross_mask = padding_mask(encoder_attention_mask)
         rngs = split_rng(rng, len(self.layers) + 2)
-        x = dropout(embeds, self.dropout_rate, rngs[-2])
+        x = constrain(dropout(embeds, self.dropout_rate, rngs[-2]), HIDDEN)
         # Teacher forcing (training, evaluation, scoring) as configured; incremental decoding (one query a step, no
         # backward pass) through the einsums.
         teacher_forcing = cache is None
@@ -266,6 +267,7 @@ class T5Decoder(nnx.Module):
             layer_cache, cross_key_value = (None, None) if cache is None else (cache["layers"][i], cache["cross"][i])
             x, layer_cache = apply(layer, x, self_mask, position_bias, encoder_hidden, cross_mask, layer_cache,
                                    cross_key_value, layer_rng)
+            x = constrain(x, HIDDEN)
             new_cache.append(layer_cache)
         x = dropout(self.final_norm(x), self.dropout_rate, rngs[-1])
         return x, (None if cache is None else {"layers": new_cache, "cross": cache["cross"]})

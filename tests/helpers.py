@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -409,19 +410,45 @@ def write_gpt2_style_tokenizer(folder: Path, texts, vocab_size: int = 300) -> Pa
 TIMING_KEYS = {"tokens_per_sec", "steps_per_sec", "input_wait_fraction"}
 
 
-def run_train(workdir, config: str, *args) -> subprocess.Popen:
-    """Start `python -m train --config CONFIG --workdir WORKDIR ARGS`; its stderr goes to a file (a pipe nobody
-    reads would block it), whose path is `process.log_path`."""
+def run_train(workdir, config: str, *args, env: dict | None = None) -> subprocess.Popen:
+    """Start `python -m train --config CONFIG --workdir WORKDIR ARGS` (in this environment updated by `env`); its
+    stderr goes to a file (a pipe nobody reads would block it), whose path is `process.log_path`."""
     Path(workdir).mkdir(parents=True, exist_ok=True)
     with open(Path(workdir) / f"stderr-{time.time_ns()}.txt", "w") as log:
         process = subprocess.Popen([sys.executable, "-m", "train", "--config", config, "--workdir", str(workdir),
-                                    *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log)
+                                    *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log,
+                                   env={**os.environ, **(env or {})})
     process.log_path = log.name
     return process
 
 
 def stderr_of(process) -> str:
     return Path(process.log_path).read_text()
+
+
+def launched_pid(launcher, index: int) -> int:
+    """The pid of process `index` of a `--num-processes` run (`run_train`), from the launcher's log."""
+    deadline = time.time() + 120
+    while not (found := re.search(rf"process {index} of \d+: pid (\d+)", stderr_of(launcher))):
+        assert launcher.poll() is None and time.time() < deadline, stderr_of(launcher)[-3000:]
+        time.sleep(0.05)
+    return int(found[1])
+
+
+def is_running(pid: int) -> bool:
+    """Whether `pid` is alive (a zombie, dead but not yet reaped by whoever adopted it, is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_for_checkpoint(process, workdir, timeout: float = 900) -> None:
+    """Until WORKDIR has a complete checkpoint; fails if `process` ends first."""
+    deadline = time.time() + timeout
+    while not finalized_steps(workdir):
+        assert process.poll() is None and time.time() < deadline, stderr_of(process)[-3000:]
+        time.sleep(0.02)
 
 
 def read_metrics(workdir) -> dict[int, dict]:

@@ -52,6 +52,8 @@ NOT_RUN = {
     'python -m pytest -q -m "slow or not slow" tests': "the whole test suite with the slow tests, as CI runs it",
     "python -m train --config configs/lsg_arxiv.py --workdir runs/lsg_arxiv --config.init_from=path/to/lsg-bart-folder":
         "reads TFDS scientific_papers/arxiv (array_record), which `tfds build` downloads: no local substitute",
+    "python -m train --config configs/t5_reverse.py --workdir runs/x --num-processes 4 --config.mesh.fsdp=4":
+        "one process per GPU: tests/test_multiprocess.py runs this launch (two CPU processes)",
     "python -m flipped_jax.evaluate --model FOLDER --data FILE":
         "reads a FLIPPED model folder with its tokenizer and an evaluation JSONL: tests/test_flipped_data.py runs it "
         "on a tiny model and tokenizer it builds",
