@@ -60,7 +60,7 @@ from t5 import median_ms, torch_sync, versions
 
 from flipped_jax import FlippedModel, score_options
 from flipped_jax.tasks import FlippedTask
-from jaxport import trainer
+from jaxport import runtime, trainer
 from jaxport.seq2seq import shift_right
 from t5_jax import T5Config
 from t5_jax.modeling import attention_implementation
@@ -176,18 +176,28 @@ def time_calls(call, sync, warmup: int, calls: int) -> dict:
 def jax_score(shape: dict, cfg: dict, inputs) -> dict:
     """(The model goes with the call: the caller frees its memory.)"""
     config = T5Config.create(**shape)
+    start = time.perf_counter()
     model = random_jax_model(config, jnp.bfloat16)
+    jax.block_until_ready(nnx.state(model))
+    init_s = time.perf_counter() - start
+    log(f"  jax: random bf16 weights in {init_s:.0f} s")
     out = time_calls(lambda: score_options(model, *inputs), jax.block_until_ready, cfg["warmup"], cfg["calls"])
+    out["init_s"] = init_s
     out["attention"] = attention_implementation(config, jnp.bfloat16, (cfg["inputs"], cfg["instruction"]), False)
     return out
 
 
 def torch_score(shape: dict, cfg: dict, inputs, device) -> dict:
+    start = time.perf_counter()
     model = random_torch_model(shape, device, torch.bfloat16)
+    torch_sync(device)
+    init_s = time.perf_counter() - start
+    log(f"  torch: random bf16 weights in {init_s:.0f} s")
     tensors = [torch.from_numpy(x).long().to(device) for x in inputs]
     with torch.inference_mode():
         out = time_calls(lambda: torch_score_options(model, *tensors), lambda _: torch_sync(device), cfg["warmup"],
                          cfg["calls"])
+    out["init_s"] = init_s
     out["attention"] = model.config._attn_implementation
     return out
 
@@ -407,6 +417,8 @@ def main(argv=None) -> dict:
     if set(what) - set(WHAT):
         parser.error(f"--what: unknown {sorted(set(what) - set(WHAT))}; choose from {WHAT}")
     shapes = TINY_SHAPES if args.tiny else SHAPES
+    runtime.configure()  # before the random weights are drawn: XLA's default threefry lowering compiled a 300M
+    # T5's random init for over 200 s on an H100 (bench/RESULTS.md), the GPU kernel lowering in seconds
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 

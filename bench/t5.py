@@ -46,7 +46,7 @@ from measure import BYT5_SMALL, t5_train_flops
 from project_train import FixedBatchTask, last_loss, train_setup
 from rates import jax_matmul_peak
 
-from jaxport import trainer
+from jaxport import runtime, trainer
 from t5_jax import T5Config, T5ForConditionalGeneration
 from t5_jax.modeling import attention_implementation
 
@@ -310,6 +310,7 @@ def main(argv=None) -> dict:
     cfg = dict(TINY if args.tiny else FULL)
     if args.steps:
         cfg["steps"] = args.steps
+    runtime.configure()  # before anything draws random numbers, as python -m train (train_setup applied it later)
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 
