@@ -63,8 +63,10 @@ import optax
 import torch
 import transformers
 from flax import nnx
+from measure import median_ms
 from project_train import last_loss, train_setup
 from rates import jax_matmul_peak
+from torch_measure import torch_adamw, torch_matmul_peak, torch_sync
 
 from backpack_jax import BackpackGPT2Config, BackpackGPT2LMHeadModel, GPT2Config, GPT2LMHeadModel
 from backpack_jax.tasks import CausalLMTask
@@ -92,15 +94,6 @@ def log(*args):
     print(*args, flush=True)
 
 
-def median_ms(times):
-    return 1e3 * statistics.median(times)
-
-
-def torch_sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def error_record(e) -> dict:
     traceback.print_exc()
     return {"error": f"{type(e).__name__}: {e}"[:2000]}
@@ -125,23 +118,6 @@ def train_flops(m: dict, batch: int, length: int, backpack: bool) -> dict:
     return {"terms": terms, "total": sum(terms.values()),
             "formula": f"{formula} with N={tokens:,} tokens, T={length}, d={d}, layers={layers}, V={vocab}"
                        + (f", k={m['num_senses']}, s={m['sense_intermediate_scale']}" if backpack else "")}
-
-
-def torch_matmul_peak(n: int, device, iters: int = 20, repeats: int = 3) -> float:
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        torch_sync(device)
-        start = time.perf_counter()
-        for _ in range(iters):
-            c = a @ b
-        torch_sync(device)
-        best = min(best, time.perf_counter() - start)
-    del a, b, c
-    return 2 * n ** 3 * iters / best
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -226,16 +202,9 @@ def jax_train(cfg: dict, model_class, model_config, folder, np_batch: dict) -> d
             "last_loss": last_loss(state)}
 
 
-def torch_adamw(params):
-    try:
-        return torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, fused=True), "fused"
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, foreach=True), "foreach"
-
-
 def torch_train(cfg: dict, make_model, np_batch: dict, device, compiled: bool) -> dict:
     model = make_model().to(device).train()
-    optimizer, kind = torch_adamw(model.parameters())
+    optimizer, kind = torch_adamw(model.parameters(), LEARNING_RATE, WEIGHT_DECAY)
     forward = torch.compile(model) if compiled else model
     inputs = torch.from_numpy(np_batch["input_ids"]).long().to(device)
     labels = torch.from_numpy(np_batch["labels"]).long().to(device)

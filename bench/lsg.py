@@ -84,6 +84,7 @@ from measure import (
 )
 from project_train import FixedBatchTask, last_loss
 from rates import jax_matmul_peak
+from torch_measure import torch_sync
 
 from jaxport import runtime, trainer
 from jaxport.hf import read_config
@@ -326,11 +327,6 @@ def dense_encoder(cfg: dict, folders: Folders, inputs: dict, device, deadline: f
     encoder = own = None
     torch_free(device)
     return results
-
-
-def torch_sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def torch_free(device):

@@ -107,6 +107,11 @@ def lsg_train_flops(m: dict, tokens_in: int, tokens_out: int) -> dict:
 B2B_BLOCKS = 3  # back-to-back blocks: the median block is kept, so one host hiccup cannot make the figure
 
 
+def median_ms(times) -> float:
+    """The median of times in seconds, in milliseconds."""
+    return 1e3 * statistics.median(times)
+
+
 def time_jax(fn, warmup: int, runs: int) -> dict:
     """`fn`'s calls timed three ways after `warmup` calls: each synchronised ("times", s), the host time until each
     returns ("dispatch", median s), and back to back ("back_to_back", s): the median over B2B_BLOCKS blocks of the

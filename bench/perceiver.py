@@ -35,7 +35,6 @@ import copy
 import gc
 import json
 import platform
-import statistics
 import tempfile
 import time
 import traceback
@@ -48,8 +47,10 @@ import optax
 import torch
 import transformers
 from flax import nnx
+from measure import median_ms
 from project_train import last_loss, train_setup
 from rates import jax_matmul_peak
+from torch_measure import torch_matmul_peak, torch_sync
 
 from jaxport import config as config_lib
 from jaxport import trainer, tree
@@ -69,19 +70,10 @@ def log(*args):
     print(*args, flush=True)
 
 
-def torch_sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def torch_free(device):
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def median_ms(times):
-    return 1e3 * statistics.median(times)
 
 
 # ------------------------------------------------------------------------------------------------ arithmetic
@@ -123,23 +115,6 @@ def forward_flops(model: PerceiverForMaskedLM, batch: int, length: int) -> dict:
               for i in self_layers)
         + 2 * queries * config.num_latents * channels("perceiver/decoder/decoding_cross_attention"))
     return {"terms": terms, "total": sum(terms.values())}
-
-
-def torch_matmul_peak(n: int, device, iters: int = 20, repeats: int = 3) -> float:
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        torch_sync(device)
-        start = time.perf_counter()
-        for _ in range(iters):
-            c = a @ b
-        torch_sync(device)
-        best = min(best, time.perf_counter() - start)
-    del a, b, c
-    return 2 * n ** 3 * iters / best
 
 
 # ------------------------------------------------------------------------------------------------ inputs, models

@@ -42,9 +42,10 @@ import optax
 import torch
 import transformers
 from flax import nnx
-from measure import BYT5_SMALL, t5_train_flops
+from measure import BYT5_SMALL, median_ms, t5_train_flops
 from project_train import FixedBatchTask, last_loss, train_setup
 from rates import jax_matmul_peak
+from torch_measure import torch_adamw, torch_matmul_peak, torch_sync
 
 from jaxport import runtime, trainer
 from t5_jax import T5Config, T5ForConditionalGeneration
@@ -67,33 +68,7 @@ def log(*args):
 
 # ------------------------------------------------------------------------------------------------ shared
 
-def torch_sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_ms(times):
-    return 1e3 * statistics.median(times)
-
-
 # ------------------------------------------------------------------------------------------------ peak
-
-def torch_matmul_peak(n: int, device, iters: int = 20, repeats: int = 3) -> float:
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        torch_sync(device)
-        start = time.perf_counter()
-        for _ in range(iters):
-            c = a @ b
-        torch_sync(device)
-        best = min(best, time.perf_counter() - start)
-    del a, b, c
-    return 2 * n ** 3 * iters / best
-
 
 # ------------------------------------------------------------------------------------------------ models
 
@@ -171,16 +146,9 @@ def jax_train(cfg: dict, model_config: T5Config, folder, np_batch: dict) -> dict
             "last_loss": last_loss(state)}
 
 
-def torch_adamw(params):
-    try:
-        return torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, fused=True), "fused"
-    except (RuntimeError, TypeError, ValueError):
-        return torch.optim.AdamW(params, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY, foreach=True), "foreach"
-
-
 def torch_train(cfg: dict, reference, np_batch: dict, device, compiled: bool) -> dict:
     model = torch_copy(reference, device).train()
-    optimizer, kind = torch_adamw(model.parameters())
+    optimizer, kind = torch_adamw(model.parameters(), LEARNING_RATE, WEIGHT_DECAY)
     forward = torch.compile(model) if compiled else model
     batch = {k: torch.from_numpy(v).long().to(device) for k, v in np_batch.items()}
 
