@@ -66,7 +66,7 @@ def byte_bert(num_layers: int, width: int = 768, heads: int = 12, mlp: int = 307
             return self.norm2(x + self.fc2(layers.gelu(self.fc1(x))))
 
     class ByteBert(nnx.Module):
-        def __init__(self, rngs, dtype=jnp.float32):
+        def __init__(self, rngs, dtype=jnp.bfloat16):
             self.dtype = dtype
             self.embed = layers.Embed(262, width, ("vocab", "embed"), 0.02, dtype=dtype, rngs=rngs)
             self.positions = layers.Embed(positions, width, (None, "embed"), 0.02, dtype=dtype, rngs=rngs)
@@ -103,7 +103,8 @@ def scaling(args) -> dict:
     model = config_lib.load_config(str(ROOT / ("configs/perceiver_mlm.py" if args.tiny
                                                else "configs/perceiver_mlm.py:paper"))).model.to_dict()
     model.update(max_position_embeddings=max(lengths), attention_probs_dropout_prob=0.0)
-    perceiver = PerceiverForMaskedLM(PerceiverConfig.from_dict(model), rngs=nnx.Rngs(0))
+    # bf16 compute over float32 parameters, as training runs (the modules' dtype is their compute dtype)
+    perceiver = PerceiverForMaskedLM(PerceiverConfig.from_dict(model), dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
     match_at = lengths[len(lengths) // 2]
     width, mlp = (64, 256) if args.tiny else (768, 3072)
     num_layers = max(1, round((forward_flops(perceiver, 1, match_at)["total"] - 2 * match_at * width * 262)
@@ -118,23 +119,24 @@ def scaling(args) -> dict:
         mask = jnp.ones_like(inputs)
         labels = inputs
 
-        def logits(params, dtype):
-            model = nnx.merge(graphdef, jax.tree.map(lambda p: p.astype(dtype), params))
+        def logits(params):
+            model = nnx.merge(graphdef, params)
             return model(inputs=inputs, attention_mask=mask).logits if name == "perceiver" else model(inputs, mask)
 
         tx = optax.adamw(1e-4, weight_decay=0.01)
 
         def train_step(params, opt_state):
             def loss(params):
-                return optax.softmax_cross_entropy_with_integer_labels(logits(params, jnp.bfloat16), labels).mean()
+                return optax.softmax_cross_entropy_with_integer_labels(logits(params), labels).mean()
             grads = jax.grad(loss)(params)
             updates, opt_state = tx.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state
 
         out = {}
-        for kind, fn, call_args in (("forward", jax.jit(lambda p: logits(p, jnp.bfloat16)), (params,)),
+        # the training step donates its state: a copy, so that the model's own arrays serve the next length
+        for kind, fn, call_args in (("forward", jax.jit(logits), (params,)),
                                     ("train", jax.jit(train_step, donate_argnums=(0, 1)),
-                                     (params, tx.init(params)))):
+                                     (jax.tree.map(jnp.copy, params), tx.init(params)))):
             try:
                 compiled = fn.lower(*call_args).compile()
                 memory = compiled_memory(compiled)
