@@ -17,6 +17,7 @@ from flax import nnx
 
 from backpack_jax.configuration import BackpackGPT2Config, GPT2Config
 from backpack_jax.convert import backpack_rules, gpt2_rules
+from jaxport import attention
 from jaxport.generation import causal_lm_generate
 from jaxport.hf import PretrainedModel
 from jaxport.layers import (
@@ -28,6 +29,7 @@ from jaxport.layers import (
     dropout,
     float32_matmuls,
     mask_bias,
+    remat,
     split_rng,
 )
 
@@ -94,18 +96,22 @@ class GPT2Attention(nnx.Module):
         self.attn_pdrop, self.resid_pdrop = config.attn_pdrop, config.resid_pdrop
         self.dtype = dtype
 
-    def __call__(self, x, mask, cache=None, position=0, rng=None):
+    def __call__(self, x, mask, cache=None, position=0, rng=None, implementation: str = "einsum"):
         """x [B, T, D] attends to the keys the boolean `mask` [1, 1, T, S] allows: its own, or with `cache`
-        ({"key", "value"} [B, max_length, heads, kv]) the cache's after writing its own at `position`."""
+        ({"key", "value"} [B, max_length, heads, kv]) the cache's after writing its own at `position`.
+        implementation: "einsum", or fused (jaxport.attention; without a cache, causal over x itself)."""
         rngs = split_rng(rng, 2)
         qkv = self.c_attn(x)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if cache is not None:
             k, v = write_cache(cache["key"], k, position), write_cache(cache["value"], v, position)
             cache = {"key": k, "value": v}
-        probs = causal_weights(q, k, self.scale, mask, self.attn_pdrop, rngs[0]).astype(self.dtype)
-        out = jnp.einsum("bhts,bshd->bthd", probs, v.astype(self.dtype))
-        return dropout(self.c_proj(out), self.resid_pdrop, rngs[1]), cache
+        if implementation != "einsum":
+            out = attention.fused_attention(q, k, v, None, None, implementation, scale=self.scale, is_causal=True)
+        else:
+            probs = causal_weights(q, k, self.scale, mask, self.attn_pdrop, rngs[0]).astype(self.dtype)
+            out = jnp.einsum("bhts,bshd->bthd", probs, v.astype(self.dtype))
+        return dropout(self.c_proj(out.astype(self.dtype)), self.resid_pdrop, rngs[1]), cache
 
 
 class GPT2MLP(nnx.Module):
@@ -134,9 +140,9 @@ class GPT2Block(nnx.Module):
         self.mlp = GPT2MLP(config, d, config.inner_dim, (d,), ("embed",),
                            config.initializer_range / (2 * config.n_layer) ** 0.5, **kw)
 
-    def __call__(self, x, mask, cache=None, position=0, rng=None):
+    def __call__(self, x, mask, cache=None, position=0, rng=None, implementation: str = "einsum"):
         rngs = split_rng(rng, 2)
-        h, cache = self.attn(self.ln_1(x), mask, cache, position, rngs[0])
+        h, cache = self.attn(self.ln_1(x), mask, cache, position, rngs[0], implementation)
         x = x + h
         return x + self.mlp(self.ln_2(x), rngs[1]), cache
 
@@ -170,11 +176,23 @@ class GPT2Model(PretrainedModel):
         x = dropout(self.wte(input_ids) + self.wpe(position_ids), self.config.embd_pdrop, rngs[-1])
         num_keys = length if cache is None else cache["layers"][0]["key"].shape[1]
         mask = causal_mask(places, jnp.arange(num_keys))
-        new_cache = []
-        for i, (block, block_rng) in enumerate(zip(self.h, rngs[:-1], strict=True)):
-            x, layer_cache = block(x, mask, None if cache is None else cache["layers"][i], position, block_rng)
-            new_cache.append(layer_cache)
-        return self.ln_f(x), (None if cache is None else {"layers": new_cache})
+        if cache is not None:
+            new_cache = []
+            for block, layer_cache, block_rng in zip(self.h, cache["layers"], rngs[:-1], strict=True):
+                x, layer_cache = block(x, mask, layer_cache, position, block_rng)
+                new_cache.append(layer_cache)
+            return self.ln_f(x), {"layers": new_cache}
+        implementation = attention.resolve(self.config.attn_implementation, self.dtype, self.config.head_dim,
+                                           dropout=rng is not None and self.config.attn_pdrop > 0,
+                                           lengths=(length,))
+
+        def apply(block, x, mask, rng):
+            return block(x, mask, rng=rng, implementation=implementation)[0]
+
+        apply = remat(apply, self.config.remat)
+        for block, block_rng in zip(self.h, rngs[:-1], strict=True):
+            x = apply(block, x, mask, block_rng)
+        return self.ln_f(x), None
 
     def init_cache(self, batch_size: int, max_length: int) -> dict:
         """Empty key/value buffers [batch_size, max_length, heads, kv] per layer."""

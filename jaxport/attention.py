@@ -58,10 +58,12 @@ def compute_dtype(dtype, implementation: str):
     return jnp.bfloat16 if implementation == "cudnn" and jnp.dtype(dtype) not in map(jnp.dtype, HALF) else dtype
 
 
-def fused_attention(q, k, v, bias, mask, implementation: str, *, scale: float | None = None) -> jax.Array:
+def fused_attention(q, k, v, bias, mask, implementation: str, *, scale: float | None = None,
+                    is_causal: bool = False) -> jax.Array:
     """softmax(scale * q k^T + bias) v over the keys `mask` allows, through jax.nn.dot_product_attention
     (implementation "xla" or "cudnn"). q [B, T, H, D], k/v [B, S, H, D]; bias float [B | 1, H | 1, T, S] or None
-    (differentiable: T5's learned relative positions); mask boolean, broadcastable to [B, H, T, S], or None; scale
+    (differentiable: T5's learned relative positions); mask boolean, broadcastable to [B, H, T, S], or None;
+    is_causal: query t sees keys up to t (the kernel's own mask: cuDNN skips the blocks above the diagonal); scale
     None for 1/sqrt(D). Returns [B, T, H, D] in the computation's dtype (compute_dtype of q's).
 
     Bias and mask stay apart, as the API takes them. cuDNN adds them into one bias in q's dtype (so the bias is cast
@@ -74,4 +76,5 @@ def fused_attention(q, k, v, bias, mask, implementation: str, *, scale: float | 
             bias = bias.astype(compute)
         elif mask is not None:
             mask = jnp.broadcast_to(mask, (mask.shape[0], mask.shape[1], q.shape[1], k.shape[1]))
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale, implementation=implementation)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale, is_causal=is_causal,
+                                        implementation=implementation)

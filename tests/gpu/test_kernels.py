@@ -1,7 +1,8 @@
 """The GPU paths, compiled (not interpreted), at LSG-BART-base's width and at ByT5-small's head shape: `auto` picks
-the fused kernels on the GPU, every fused path (LSG's; T5's cuDNN attention with its relative-position bias) agrees
-with the einsum formulation forward and backward within tolerances that a wrong softmax scale or a dropped bias would
-break, and the Hopper GEMM computes the exact GELU, not tanh's approximation."""
+the fused kernels on the GPU, every fused path (LSG's; T5's cuDNN attention with its relative-position bias; GPT-2's
+causal cuDNN attention, Backpack's contextualization network) agrees with the einsum formulation forward and
+backward within tolerances that a wrong softmax scale or a dropped bias would break, and the Hopper GEMM computes
+the exact GELU, not tanh's approximation."""
 import dataclasses
 import zlib
 
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxport import tree
+from backpack_jax import BackpackGPT2Config, BackpackGPT2LMHeadModel
+from jaxport import attention, tree
 from lsg_jax import LSGBartConfig, LSGBartForConditionalGeneration, dispatch, hopper_gemm
 from t5_jax import T5Config, T5ForConditionalGeneration
 from t5_jax.modeling import attention_implementation
@@ -47,7 +49,8 @@ def random_model(config, dtype, model_class=LSGBartForConditionalGeneration):
         name = jax.tree_util.keystr(path)
         noise = jax.random.normal(jax.random.key(zlib.crc32(name.encode())), value.shape, jnp.float32)
         scale = 0.5 if "bias" in name else 0.05
-        return (1.0 + 0.1 * noise if "norm" in name and "scale" in name else scale * noise).astype(value.dtype)
+        layer_norm = ("norm" in name or "ln" in name) and "scale" in name
+        return (1.0 + 0.1 * noise if layer_norm else scale * noise).astype(value.dtype)
 
     nnx.replace_by_pure_dict(params, jax.tree_util.tree_map_with_path(draw, nnx.to_pure_dict(params)))
     nnx.update(model, params)
@@ -166,6 +169,48 @@ def test_t5_cudnn_attention_matches_einsum_forward_and_backward(t5_references, d
     for name, ours, ref, bf16 in pairs:
         ours_err, bf16_err = rel_err(ours, ref), rel_err(bf16, ref)
         print(f"\nT5 cudnn {dtype} {name}: rel. err {ours_err:.2e} (einsum bf16 {bf16_err:.2e})")
+        assert np.isfinite(ours).all() and np.abs(ref).max() > 0
+        assert ours_err <= FUSED_SLACK * bf16_err + 1e-4
+
+
+BACKPACK_SHAPE = dict(vocab_size=1024, n_positions=512, n_embd=768, n_layer=2, n_head=12, num_senses=16,
+                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+
+
+def backpack_logits_and_grads(implementation, dtype):
+    """Backpack-GPT2 (its GPT-2 stack is where the implementation acts): logits and every parameter gradient."""
+    config = BackpackGPT2Config.create(**BACKPACK_SHAPE, attn_implementation=implementation)
+    graphdef, params, rest = nnx.split(random_model(config, dtype, BackpackGPT2LMHeadModel), nnx.Param, ...)
+    ids = np.random.default_rng(0).integers(0, BACKPACK_SHAPE["vocab_size"], (2, 512)).astype(np.int32)
+    cotangent = jax.random.normal(jax.random.key(7), (2, 512, BACKPACK_SHAPE["vocab_size"]))
+
+    @jax.jit
+    def run(params):
+        def loss(params):
+            logits = nnx.merge(graphdef, params, rest)(ids, dropout_rng=jax.random.key(0)).logits
+            return jnp.sum(logits * cotangent), logits
+        (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        return logits, jnp.concatenate([g.ravel().astype(jnp.float32) for g in jax.tree.leaves(grads)])
+
+    return jax.tree.map(np.asarray, run(params))
+
+
+def test_gpt2_auto_picks_causal_cudnn_on_the_gpu():
+    head_dim = BackpackGPT2Config.create(**BACKPACK_SHAPE).head_dim
+    assert attention.resolve("auto", jnp.bfloat16, head_dim, dropout=False, lengths=(512,)) == "cudnn"
+    assert attention.resolve("auto", jnp.bfloat16, head_dim, dropout=True, lengths=(512,)) == "einsum"
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_gpt2_cudnn_attention_matches_einsum_forward_and_backward(dtype):
+    """GPT-2's causal attention through cuDNN (inverse-layer scaling on, as Backpack's): logits and every gradient
+    within FUSED_SLACK of einsum-in-bf16's error against float32 einsum."""
+    ref_logits, ref_grads = backpack_logits_and_grads("einsum", jnp.float32)
+    bf16_logits, bf16_grads = backpack_logits_and_grads("einsum", jnp.bfloat16)
+    logits, grads = backpack_logits_and_grads("cudnn", jnp.dtype(dtype))
+    for name, ours, ref, bf16 in (("logits", logits, ref_logits, bf16_logits), ("grads", grads, ref_grads, bf16_grads)):
+        ours_err, bf16_err = rel_err(ours, ref), rel_err(bf16, ref)
+        print(f"\nGPT-2 cudnn {dtype} {name}: rel. err {ours_err:.2e} (einsum bf16 {bf16_err:.2e})")
         assert np.isfinite(ours).all() and np.abs(ref).max() > 0
         assert ours_err <= FUSED_SLACK * bf16_err + 1e-4
 

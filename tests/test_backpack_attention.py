@@ -1,0 +1,98 @@
+"""GPT-2's (and so Backpack's contextualization network's) attention dispatch: `attn_implementation` resolves once
+per forward pass without a cache (auto: cuDNN's causal flash attention on an NVIDIA GPU with half-precision compute
+and no attention dropout, einsum elsewhere); the fused formulation ("xla" here, the code path cuDNN takes on a GPU:
+tests/gpu/test_kernels.py) equals the einsums forward and backward, as does each remat mode; decoding with a cache
+stays on the einsums."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from backpack_jax import BackpackGPT2Config, BackpackGPT2LMHeadModel, GPT2Config, GPT2LMHeadModel
+from jaxport import attention, tree
+from tests import helpers
+from tests.helpers import rel_err
+
+MODELS = {"gpt2": (GPT2LMHeadModel, GPT2Config, {}),
+          "backpack": (BackpackGPT2LMHeadModel, BackpackGPT2Config, {"num_senses": 3})}
+# Dropout in the embeddings and residuals (the same masks either way: one key); attention dropout off, as the
+# fused path requires. Inverse-layer scaling: the scale reaches the fused kernel.
+FIELDS = {**helpers.GPT2_TINY, "n_layer": 3, "resid_pdrop": 0.1, "embd_pdrop": 0.1,
+          "scale_attn_by_inverse_layer_idx": True}
+
+
+def logits_and_grads(name: str, **runtime):
+    model_class, config_class, extra = MODELS[name]
+    config = config_class.create(**FIELDS, **extra, **runtime)
+    graphdef, params, rest = nnx.split(model_class(config, rngs=nnx.Rngs(0)), nnx.Param, ...)
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, FIELDS["vocab_size"], (2, 11)))
+
+    def loss(params):
+        logits = nnx.merge(graphdef, params, rest)(ids[:, :-1], dropout_rng=jax.random.key(3)).logits
+        return -jnp.take_along_axis(jax.nn.log_softmax(logits), ids[:, 1:, None], -1).mean(), logits
+
+    (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    return logits, {path: np.asarray(g) for path, g in tree.flatten(nnx.to_pure_dict(grads)).items()}
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def einsum_run(request):
+    return request.param, logits_and_grads(request.param, attn_implementation="einsum")
+
+
+@pytest.mark.parametrize("runtime", [dict(attn_implementation="xla"), dict(attn_implementation="xla", remat="dots"),
+                                     dict(attn_implementation="einsum", remat="full")])
+def test_fused_path_and_remat_give_the_same_logits_and_gradients(einsum_run, runtime, monkeypatch):
+    name, (expected_logits, expected_grads) = einsum_run
+    calls = []
+    fused = attention.fused_attention
+    monkeypatch.setattr(attention, "fused_attention", lambda *args, **kw: calls.append(kw) or fused(*args, **kw))
+    logits, grads = logits_and_grads(name, **runtime)
+    assert rel_err(logits, expected_logits) < 1e-5
+    assert grads.keys() == expected_grads.keys()
+    for path, grad in grads.items():
+        assert rel_err(grad, expected_grads[path]) < 1e-4, path
+    fused_calls = FIELDS["n_layer"] if runtime["attn_implementation"] == "xla" else 0
+    assert len(calls) == fused_calls and all(kw["is_causal"] for kw in calls)
+
+
+def test_attention_dropout_keeps_the_einsums(monkeypatch):
+    """resolve hears of attention dropout when training with attn_pdrop > 0 (auto then stays on the einsums),
+    not in evaluation; with its heads of 64 in bf16 on an NVIDIA GPU, auto is cuDNN."""
+    config = GPT2Config.create(**{**FIELDS, "attn_pdrop": 0.1})
+    model = GPT2LMHeadModel(config, rngs=nnx.Rngs(0))
+    seen = []
+    resolve = attention.resolve
+    monkeypatch.setattr(attention, "resolve", lambda *args, **kw: seen.append(kw["dropout"]) or resolve(*args, **kw))
+    ids = jnp.zeros((1, 5), jnp.int32)
+    model(ids, dropout_rng=jax.random.key(0))
+    model(ids)
+    assert seen == [True, False]
+    assert attention.resolve("auto", jnp.bfloat16, GPT2Config.create().head_dim, dropout=False, lengths=(512,),
+                             platform="gpu") == "cudnn"
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_decoding_with_a_cache_stays_on_the_einsums(name, monkeypatch):
+    model_class, config_class, extra = MODELS[name]
+    model = model_class(config_class.create(**FIELDS, **extra, attn_implementation="xla"), rngs=nnx.Rngs(1))
+    calls = []
+    fused = attention.fused_attention
+    monkeypatch.setattr(attention, "fused_attention", lambda *args, **kw: calls.append(kw) or fused(*args, **kw))
+    prompt = np.random.default_rng(2).integers(0, FIELDS["vocab_size"], (2, 4))
+    sequences = model.generate(prompt, max_new_tokens=3).sequences
+    assert calls == []
+    # and greedy decoding agrees with the fused full pass over what it produced
+    full = np.asarray(model(jnp.asarray(sequences[:, :-1])).logits)
+    np.testing.assert_array_equal(full[:, 3:].argmax(-1), np.asarray(sequences[:, 4:]))
+    assert len(calls) == FIELDS["n_layer"]
+
+
+def test_runtime_keys_are_checked_and_stay_out_of_config_json():
+    config = GPT2Config.create(**helpers.GPT2_TINY, attn_implementation="xla", remat="dots")
+    assert {"attn_implementation", "remat"}.isdisjoint(config.to_dict())
+    with pytest.raises(ValueError, match="attn_implementation='flash'"):
+        GPT2Config.create(attn_implementation="flash")
+    with pytest.raises(ValueError, match="remat='some'"):
+        BackpackGPT2Config.create(remat="some")
