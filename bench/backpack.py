@@ -63,14 +63,13 @@ import optax
 import torch
 import transformers
 from flax import nnx
-from measure import median_ms
-from project_train import last_loss, train_setup
+from measure import median_ms, write_results
+from project_train import timed_train
 from rates import jax_matmul_peak
 from torch_measure import torch_adamw, torch_matmul_peak, torch_sync
 
 from backpack_jax import BackpackGPT2Config, BackpackGPT2LMHeadModel, GPT2Config, GPT2LMHeadModel
 from backpack_jax.tasks import CausalLMTask
-from jaxport import trainer
 
 BACKPACK = dict(vocab_size=50264, n_positions=512, n_embd=768, n_layer=12, n_head=12, num_senses=16,
                 sense_intermediate_scale=4, scale_attn_by_inverse_layer_idx=True, activation_function="gelu_new",
@@ -181,25 +180,8 @@ class FixedBatchLMTask(CausalLMTask):
 # ------------------------------------------------------------------------------------------------ training
 
 def jax_train(cfg: dict, model_class, model_config, folder, np_batch: dict) -> dict:
-    task = FixedBatchLMTask(model_class, model_config)
-    state, step, batch_sharding = train_setup(task, folder, LEARNING_RATE, WEIGHT_DECAY)
-    batch = trainer.global_batch(np_batch, batch_sharding)
-    first_loss, times = None, []
-    for i in range(cfg["warmup"] + cfg["steps"]):
-        jax.block_until_ready(state)
-        start = time.perf_counter()
-        state = step(state, batch)
-        jax.block_until_ready(state)
-        elapsed = time.perf_counter() - start
-        if i >= cfg["warmup"]:
-            times.append(elapsed)
-        if i == 0:
-            first_loss = last_loss(state)
-            log(f"   jax first step (incl. compile) {elapsed:.1f}s, loss {first_loss:.6f}")
-    if int(state.nonfinite_step) >= 0:
-        raise FloatingPointError(f"JAX loss became non-finite at step {int(state.nonfinite_step)}")
-    return {"ms": median_ms(times), "times_ms": [1e3 * t for t in times], "first_loss": first_loss,
-            "last_loss": last_loss(state)}
+    return timed_train(FixedBatchLMTask(model_class, model_config), folder, np_batch, LEARNING_RATE, WEIGHT_DECAY,
+                       cfg["warmup"], cfg["steps"])
 
 
 def torch_train(cfg: dict, make_model, np_batch: dict, device, compiled: bool) -> dict:
@@ -489,9 +471,7 @@ def main(argv=None) -> dict:
             except Exception as e:  # noqa: BLE001
                 results["parts"] = error_record(e)
     report(results)
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2, default=float) + "\n")
-        log(f"wrote {args.out}")
+    write_results(results, args.out)
     return results
 
 

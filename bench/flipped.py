@@ -42,7 +42,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # flipped_jax, 
 
 import argparse
 import gc
-import json
 import tempfile
 import time
 import types
@@ -53,7 +52,7 @@ import numpy as np
 import torch
 import transformers
 from flax import nnx
-from measure import t5_train_flops
+from measure import t5_train_flops, write_results
 from project_train import last_loss, train_setup
 from rates import jax_matmul_peak
 from t5 import median_ms, torch_sync, versions
@@ -457,9 +456,7 @@ def main(argv=None) -> dict:
         f"transformers {info['transformers']}")
     for line in table(results):
         log(line)
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2, default=float) + "\n")
-        log(f"wrote {args.out}")
+    write_results(results, args.out)
     return results
 
 

@@ -81,6 +81,7 @@ from measure import (
     lsg_train_flops,
     pool_peak,
     time_jax,
+    write_results,
 )
 from project_train import FixedBatchTask, last_loss
 from rates import jax_matmul_peak
@@ -918,9 +919,7 @@ def main(argv=None) -> dict:
                         results["skipped"].append(f"{side} {part} {n}")
     log(f"FLOP count: {cost['formula']}")
     print("\n" + "\n".join(report(results, cfg)), flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2, default=float) + "\n")
-        log(f"wrote {args.out}")
+    write_results(results, args.out)
     return results
 
 

@@ -1,6 +1,7 @@
 """What several benchmarks share, without torch (so a JAX-only benchmark does not load it): model shapes, analytic
 FLOP counts, and the timing and memory of JAX programs. Importing it puts the repository root on sys.path, so the
 scripts that import it (run as `python bench/NAME.py`) find jaxport and the families without installation."""
+import json
 import statistics
 import sys
 import time
@@ -167,3 +168,10 @@ def compiled_memory(compiled) -> dict | None:
 def pool_peak():
     stats = jax.devices()[0].memory_stats()
     return None if not stats else stats.get("peak_bytes_in_use")
+
+
+def write_results(results: dict, out: str | None) -> None:
+    """The run's whole record as JSON at `out` (nothing without one), said on stdout."""
+    if out:
+        Path(out).write_text(json.dumps(results, indent=2, default=float) + "\n")
+        print(f"wrote {out}", flush=True)

@@ -47,7 +47,7 @@ import optax
 import torch
 import transformers
 from flax import nnx
-from measure import median_ms
+from measure import compiled_memory, median_ms
 from project_train import last_loss, train_setup
 from rates import jax_matmul_peak
 from torch_measure import torch_matmul_peak, torch_sync
@@ -174,17 +174,6 @@ def jax_train(cfg, model_config, folder, batch) -> dict:
     back_to_back = (time.perf_counter() - start) / cfg["steps"]
     return {"ms": median_ms(times), "times_ms": [1e3 * t for t in times], "back_to_back_ms": 1e3 * back_to_back,
             "first_loss": first_loss, "last_loss": last_loss(state), "memory": memory}
-
-
-def compiled_memory(compiled) -> dict | None:
-    try:
-        m = compiled.memory_analysis()
-    except Exception:  # noqa: BLE001 - some backends have none
-        return None
-    if m is None:
-        return None
-    return {"peak_bytes": m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-            - m.alias_size_in_bytes, "temp_bytes": m.temp_size_in_bytes}
 
 
 def jax_forward(cfg, folder, batch) -> dict:

@@ -93,7 +93,8 @@ def scaling(args) -> dict:
     import numpy as np
     import optax
     from flax import nnx
-    from perceiver import compiled_memory, forward_flops  # bench/perceiver.py
+    from measure import compiled_memory
+    from perceiver import forward_flops  # bench/perceiver.py
 
     from jaxport import config as config_lib
     from perceiver_jax import PerceiverConfig, PerceiverForMaskedLM

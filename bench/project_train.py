@@ -2,9 +2,11 @@
 AdamW, a TrainState from a weights folder or random) and the jitted, state-donating make_train_step that
 train.py runs; bf16 compute over float32 weights, constant learning rate, no clipping (the PyTorch sides do not
 clip either)."""
+import time
 from pathlib import Path
 
 import jax
+from measure import median_ms
 
 from jaxport import base_config, runtime, trainer
 from jaxport.tasks import Seq2SeqTask
@@ -45,3 +47,27 @@ def train_setup(task: Seq2SeqTask, init_from: str | Path | None, learning_rate: 
 def last_loss(state: trainer.TrainState) -> float:
     """The loss of the step that made `state` (train_setup's step sums over one step)."""
     return float(state.metric_sums["loss"])
+
+
+def timed_train(task, init_from, np_batch: dict, learning_rate: float, weight_decay: float, warmup: int,
+                steps: int) -> dict:
+    """`warmup` + `steps` training steps (train_setup's) on one fixed batch, each timed on its own: median ms, every
+    step's ms, the first and the last step's loss."""
+    state, step, batch_sharding = train_setup(task, init_from, learning_rate, weight_decay)
+    batch = trainer.global_batch(np_batch, batch_sharding)
+    first_loss, times = None, []
+    for i in range(warmup + steps):
+        jax.block_until_ready(state)
+        start = time.perf_counter()
+        state = step(state, batch)
+        jax.block_until_ready(state)
+        elapsed = time.perf_counter() - start
+        if i >= warmup:
+            times.append(elapsed)
+        if i == 0:
+            first_loss = last_loss(state)
+            print(f"   jax first step (incl. compile) {elapsed:.1f}s, loss {first_loss:.6f}", flush=True)
+    if int(state.nonfinite_step) >= 0:
+        raise FloatingPointError(f"JAX loss became non-finite at step {int(state.nonfinite_step)}")
+    return {"ms": median_ms(times), "times_ms": [1e3 * t for t in times], "first_loss": first_loss,
+            "last_loss": last_loss(state)}

@@ -27,7 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # t5_jax / jaxp
 import argparse
 import copy
 import gc
-import json
 import platform
 import statistics
 import tempfile
@@ -42,12 +41,12 @@ import optax
 import torch
 import transformers
 from flax import nnx
-from measure import BYT5_SMALL, median_ms, t5_train_flops
-from project_train import FixedBatchTask, last_loss, train_setup
+from measure import BYT5_SMALL, median_ms, t5_train_flops, write_results
+from project_train import FixedBatchTask, timed_train
 from rates import jax_matmul_peak
 from torch_measure import torch_adamw, torch_matmul_peak, torch_sync
 
-from jaxport import runtime, trainer
+from jaxport import runtime
 from t5_jax import T5Config, T5ForConditionalGeneration
 from t5_jax.modeling import attention_implementation
 
@@ -125,25 +124,8 @@ def make_batches(cfg: dict, vocab: int):
 def jax_train(cfg: dict, model_config: T5Config, folder, np_batch: dict) -> dict:
     """The project's own path: trainer.build (mesh, shardings, optimizer, TrainState) and the jitted step
     train.py runs, with donated state; bf16 compute over fp32 parameters."""
-    task = FixedBatchTask(T5ForConditionalGeneration, model_config)
-    state, step, batch_sharding = train_setup(task, folder, LEARNING_RATE, WEIGHT_DECAY)
-    batch = trainer.global_batch(np_batch, batch_sharding)
-    first_loss, times = None, []
-    for i in range(cfg["warmup"] + cfg["steps"]):
-        jax.block_until_ready(state)
-        start = time.perf_counter()
-        state = step(state, batch)
-        jax.block_until_ready(state)
-        elapsed = time.perf_counter() - start
-        if i >= cfg["warmup"]:
-            times.append(elapsed)
-        if i == 0:
-            first_loss = last_loss(state)
-            log(f"   jax first step (incl. compile) {elapsed:.1f}s, loss {first_loss:.6f}")
-    if int(state.nonfinite_step) >= 0:
-        raise FloatingPointError(f"JAX loss became non-finite at step {int(state.nonfinite_step)}")
-    return {"ms": median_ms(times), "times_ms": [1e3 * t for t in times], "first_loss": first_loss,
-            "last_loss": last_loss(state)}
+    return timed_train(FixedBatchTask(T5ForConditionalGeneration, model_config), folder, np_batch, LEARNING_RATE,
+                       WEIGHT_DECAY, cfg["warmup"], cfg["steps"])
 
 
 def torch_train(cfg: dict, reference, np_batch: dict, device, compiled: bool) -> dict:
@@ -396,9 +378,7 @@ def main(argv=None) -> dict:
         f"shapes {shapes}, token agreement {gen['token_agreement']}")
     if "fp32_loss_check" in results:
         log(f"fp32 loss rel diff {results['fp32_loss_check']['rel_diff']:.2e}")
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=2, default=float) + "\n")
-        log(f"wrote {args.out}")
+    write_results(results, args.out)
     return results
 
 
