@@ -70,6 +70,7 @@ from torch_measure import torch_adamw, torch_matmul_peak, torch_sync
 
 from backpack_jax import BackpackGPT2Config, BackpackGPT2LMHeadModel, GPT2Config, GPT2LMHeadModel
 from backpack_jax.tasks import CausalLMTask
+from jaxport import attention
 
 BACKPACK = dict(vocab_size=50264, n_positions=512, n_embd=768, n_layer=12, n_head=12, num_senses=16,
                 sense_intermediate_scale=4, scale_attn_by_inverse_layer_idx=True, activation_function="gelu_new",
@@ -411,6 +412,12 @@ def main(argv=None) -> dict:
     b, t = cfg["train_batch"], cfg["train_length"]
     flops = {name: train_flops(cfg[name], b, t, backpack=name == "backpack") for name in ("backpack", "gpt2")}
     results["train_flops"] = flops
+    # What GPT-2's attention runs in the JAX training step (attn_implementation "auto"; cuDNN needs attention dropout
+    # off: --dropout 0).
+    results["jax_attention_train"] = attention.resolve("auto", jnp.bfloat16, cfg["backpack"]["n_embd"]
+                                                       // cfg["backpack"]["n_head"], dropout=args.dropout > 0,
+                                                       lengths=(t,))
+    log(f"JAX attention in training: {results['jax_attention_train']}")
     for name, f in flops.items():
         log(f"{name} train FLOPs/step = {f['formula']}\n  = "
             + " + ".join(f"{k} {v:.4g}" for k, v in f["terms"].items()) + f" = {f['total']:.4g}")
