@@ -6,13 +6,12 @@ import math
 
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from backpack_jax.configuration import BackpackGPT2Config, GPT2Config
 from backpack_jax.modeling import BackpackGPT2LMHeadModel, GPT2LMHeadModel
 from jaxport import config as config_lib
-from jaxport import data, tree
-from jaxport.tasks import check_params_fit, real_rows, token_cross_entropy
+from jaxport import data
+from jaxport.tasks import ModelTask, eval_batches, real_rows, token_cross_entropy, train_batches
 
 MODELS = {"backpack": (BackpackGPT2LMHeadModel, BackpackGPT2Config), "gpt2": (GPT2LMHeadModel, GPT2Config)}
 
@@ -23,7 +22,7 @@ def get_task(config):
     return CausalLMTask(config, *MODELS[config.family])
 
 
-class CausalLMTask:
+class CausalLMTask(ModelTask):
     def __init__(self, config, model_class, config_class, tokenizer=None):
         """tokenizer: an object of jaxport.data.tokenizers' interface; None loads `config.data.tokenizer`."""
         if not isinstance(config_lib.section_object("data", config.data), data.LanguageModelData):
@@ -41,28 +40,16 @@ class CausalLMTask:
             raise ValueError(f"data.sequence_length={config.data.sequence_length} is longer than the model's "
                              f"n_positions={self.model_config.n_positions}")
 
-    def create_model(self, config, rngs: nnx.Rngs):
-        return self.model_class(self.model_config, dtype=jnp.dtype(config.train.compute_dtype), rngs=rngs)
-
-    def pretrained_params(self, config):
-        if not config.init_from:
-            return None
-        model = self.model_class.from_pretrained(config.init_from)
-        return check_params_fit(self, config, tree.flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
-
     def windows(self, config, split: str):
         """The corpus windows of `split` ('train' or 'eval'; None: no eval data), one token longer than the model
         reads: inputs and their next tokens."""
         return config_lib.section_object("data", config.data).make(split, tokenizer=self.tokenizer, overlap=1)
 
     def train_data(self, config):
-        return data.make_iterator(self.windows(config, "train"), data.next_token_example,
-                                  batch_size=config.train.batch_size, seed=config.seed)
+        return train_batches(config, self.windows(config, "train"), data.next_token_example)
 
     def eval_data(self, config):
-        windows = self.windows(config, "eval")
-        return None if windows is None else data.make_eval_iterator(windows, data.next_token_example,
-                                                                    batch_size=config.eval.batch_size)
+        return eval_batches(config, self.windows(config, "eval"), data.next_token_example)
 
     @staticmethod
     def num_tokens(batch) -> int:

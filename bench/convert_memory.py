@@ -37,9 +37,8 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from jaxport import tree  # noqa: E402
 from jaxport.convert import iter_flax_to_pytorch, iter_pytorch_to_flax  # noqa: E402
-from jaxport.hf import ShardedWriter, find_weights, iter_tensors  # noqa: E402
+from jaxport.hf import ShardedWriter, find_weights, iter_tensors, param_paths  # noqa: E402
 from t5_jax import T5Config, T5ForConditionalGeneration  # noqa: E402
 from t5_jax.convert import t5_rules  # noqa: E402
 
@@ -63,7 +62,7 @@ def log(*args):
 
 def abstract_params(config: T5Config) -> dict:
     model = nnx.eval_shape(lambda: T5ForConditionalGeneration(config, rngs=nnx.Rngs(0)))
-    return tree.flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    return param_paths(model)
 
 
 def write_checkpoint(folder: Path, config: T5Config, shard_bytes: int, kind: str) -> dict:
@@ -150,7 +149,7 @@ CHILD = textwrap.dedent("""\
         config = cls.folder_config(folder)
         abstract = hf.nnx.eval_shape(lambda: cls(config, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16,
                                                  rngs=hf.nnx.Rngs(0)))
-        for path, array in cls._read_params(folder, config, hf._param_paths(abstract), strict=True):
+        for path, array in cls._read_params(folder, config, hf.param_paths(abstract), strict=True):
             del array
     else:
         model = T5ForConditionalGeneration.from_pretrained(src, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16,

@@ -53,7 +53,8 @@ from rates import jax_matmul_peak
 from torch_measure import torch_matmul_peak, torch_sync
 
 from jaxport import config as config_lib
-from jaxport import trainer, tree
+from jaxport import trainer
+from jaxport.hf import param_paths
 from perceiver_jax import PerceiverConfig, PerceiverForMaskedLM
 from perceiver_jax.masking import MaskedBytes
 from perceiver_jax.tasks import MaskedLanguageModelTask
@@ -85,7 +86,7 @@ def forward_flops(model: PerceiverForMaskedLM, batch: int, length: int) -> dict:
     queries), attention scores and values 2 x queries x keys x channels each, and the logits against the byte
     embeddings. Embedding gathers, norms and softmax are not counted."""
     config = model.config
-    params = tree.flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    params = param_paths(model)
     latents, queries = batch * config.num_latents, batch * length
     terms = {"cross_attention": 0, "self_attention": 0, "decoder": 0, "attention": 0,
              "logits": 2 * queries * config.d_model * config.vocab_size}

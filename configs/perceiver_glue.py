@@ -25,18 +25,9 @@ import ml_collections
 
 from jaxport.base_config import base
 from jaxport.data import data_section
+from perceiver_jax.configuration import LANGUAGE_PERCEIVER, PAPER_LAMB, TINY_PERCEIVER
 from perceiver_jax.glue import GLUE_TASKS, GlueTfdsData, SyntheticSentimentData
 
-LANGUAGE_PERCEIVER = dict(
-    num_latents=256, d_latents=1280, d_model=768, num_blocks=1, num_self_attends_per_block=26,
-    num_self_attention_heads=8, num_cross_attention_heads=8, qk_channels=256, v_channels=1280,
-    cross_attention_shape_for_attention="kv", self_attention_widening_factor=1, cross_attention_widening_factor=1,
-    hidden_act="gelu", attention_probs_dropout_prob=0.1, initializer_range=0.02, use_query_residual=True,
-    vocab_size=262, max_position_embeddings=2048)
-# configs/perceiver_mlm.py's tiny shape, so that its models fine-tune here.
-TINY = dict(LANGUAGE_PERCEIVER, num_latents=32, d_latents=64, d_model=64, num_self_attends_per_block=2,
-            num_self_attention_heads=4, num_cross_attention_heads=4, qk_channels=64, v_channels=64,
-            attention_probs_dropout_prob=0.0, max_position_embeddings=128)
 EPOCHS, BATCH_SIZE = 10, 32
 
 
@@ -45,13 +36,9 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
         raise ValueError(f"configs/perceiver_glue.py:{arg}: choose tiny or a GLUE task: {sorted(GLUE_TASKS)}")
     c = base()
     c.family = "perceiver_cls"
-    c.model = ml_collections.ConfigDict(TINY if arg == "tiny" else LANGUAGE_PERCEIVER)
+    c.model = ml_collections.ConfigDict(TINY_PERCEIVER if arg == "tiny" else LANGUAGE_PERCEIVER)
     c.eval.generate = True  # the task's metrics are computed from every eval prediction (Task.corpus_metrics)
-    c.optimizer.name = "lamb"
-    c.optimizer.weight_decay = 0.01
-    c.optimizer.eps = 1e-6
-    c.optimizer.decay = "cosine"
-    c.optimizer.clip_norm = 0.0
+    c.optimizer.update(PAPER_LAMB)
     if arg == "tiny":
         c.data = data_section(SyntheticSentimentData, max_length=128)
         c.train.num_steps = 300

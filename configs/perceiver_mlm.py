@@ -22,18 +22,8 @@ import ml_collections
 
 from jaxport.base_config import base
 from jaxport.data import data_section
+from perceiver_jax.configuration import LANGUAGE_PERCEIVER, PAPER_LAMB, TINY_PERCEIVER
 from perceiver_jax.corpus import PythonDocsData, TfdsMixtureData
-
-# transformers' PerceiverConfig defaults with the masked-LM checkpoint's channels (deepmind/language-perceiver).
-LANGUAGE_PERCEIVER = dict(
-    num_latents=256, d_latents=1280, d_model=768, num_blocks=1, num_self_attends_per_block=26,
-    num_self_attention_heads=8, num_cross_attention_heads=8, qk_channels=256, v_channels=1280,
-    cross_attention_shape_for_attention="kv", self_attention_widening_factor=1, cross_attention_widening_factor=1,
-    hidden_act="gelu", attention_probs_dropout_prob=0.1, initializer_range=0.02, use_query_residual=True,
-    vocab_size=262, max_position_embeddings=2048)
-TINY = dict(LANGUAGE_PERCEIVER, num_latents=32, d_latents=64, d_model=64, num_self_attends_per_block=2,
-            num_self_attention_heads=4, num_cross_attention_heads=4, qk_channels=64, v_channels=64,
-            attention_probs_dropout_prob=0.0, max_position_embeddings=128)
 
 
 def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
@@ -42,18 +32,14 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
     paper = arg == "paper"
     c = base()
     c.family = "perceiver"
-    c.model = ml_collections.ConfigDict(LANGUAGE_PERCEIVER if paper else TINY)
+    c.model = ml_collections.ConfigDict(LANGUAGE_PERCEIVER if paper else TINY_PERCEIVER)
     if paper:
         c.data = data_section(TfdsMixtureData, sequence_length=2048, tokenizer="perceiver",
                               cache_dir="~/.cache/jaxport/perceiver", num_eval_windows=4096)
     else:
         c.data = data_section(PythonDocsData, sequence_length=128, tokenizer="perceiver", num_eval_windows=64)
 
-    c.optimizer.name = "lamb"
-    c.optimizer.weight_decay = 0.01
-    c.optimizer.eps = 1e-6
-    c.optimizer.decay = "cosine"
-    c.optimizer.clip_norm = 0.0  # LAMB's trust ratio bounds each update already
+    c.optimizer.update(PAPER_LAMB)
     if paper:
         c.train.num_steps = 500_000
         c.train.batch_size = 2048

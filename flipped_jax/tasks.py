@@ -17,7 +17,6 @@ import dataclasses
 from pathlib import Path
 
 import jax.numpy as jnp
-from flax import nnx
 
 from flipped_jax import data as flipped_data
 from flipped_jax import synthetic
@@ -26,8 +25,8 @@ from flipped_jax.modeling import FlippedModel
 from flipped_jax.scoring import masked_predictions, option_log_likelihoods
 from flipped_jax.templates import load_templates
 from jaxport import config as config_lib
-from jaxport import data, tree
-from jaxport.tasks import check_params_fit, make_tokenizer
+from jaxport import data
+from jaxport.tasks import ModelTask, eval_batches, make_tokenizer, train_batches
 from t5_jax.configuration import T5Config
 
 EVAL_SEED_OFFSET = 1_000_003  # held-out synthetic examples come from the stream of seed + this
@@ -119,7 +118,9 @@ def dataset_names(rows) -> tuple[str, ...]:
     return tuple(dict.fromkeys(row.get(flipped_data.DATASET_FIELD, "") for row in rows))
 
 
-class FlippedTask:
+class FlippedTask(ModelTask):
+    model_class = FlippedModel
+
     def __init__(self, config, tokenizer=None):
         """tokenizer: the data interface's tokenizer object; None makes one from `config.data.tokenizer`."""
         self.model_config = T5Config.from_dict(config.model.to_dict())
@@ -130,26 +131,16 @@ class FlippedTask:
         self.eval_rows = cfg.eval_rows()
         self.datasets = dataset_names(self.eval_rows or [])
 
-    def create_model(self, config, rngs: nnx.Rngs):
-        return FlippedModel(self.model_config, dtype=jnp.dtype(config.train.compute_dtype), rngs=rngs)
-
-    def pretrained_params(self, config):
-        if not config.init_from:
-            return None
-        model = FlippedModel.from_pretrained(config.init_from)
-        return check_params_fit(self, config, tree.flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
-
     def train_data(self, config):
         preprocess = flipped_data.TrainPreprocessor(self.encoder, self.model_config.decoder_start_token_id,
                                                     config.seed)
-        return data.make_iterator(self.data_config.mixture(config.seed), preprocess,
-                                  batch_size=config.train.batch_size, seed=config.seed)
+        return train_batches(config, self.data_config.mixture(config.seed), preprocess)
 
     def eval_data(self, config):
         if not self.eval_rows:
             return None
         preprocess = flipped_data.OptionsPreprocessor(self.encoder, self.data_config.num_options, self.datasets)
-        return data.make_eval_iterator(self.eval_rows, preprocess, batch_size=config.eval.batch_size)
+        return eval_batches(config, self.eval_rows, preprocess)
 
     @staticmethod
     def num_tokens(batch) -> int:

@@ -437,7 +437,8 @@ def _torch_to_numpy(torch, tensor) -> np.ndarray:
 # from_pretrained / save_pretrained
 
 
-def _param_paths(module: nnx.Module) -> dict[str, Any]:
+def param_paths(module: nnx.Module) -> dict[str, Any]:
+    """A module's parameters, flat {path: array}."""
     return tree.flatten(nnx.to_pure_dict(nnx.state(module, nnx.Param)))
 
 
@@ -507,7 +508,7 @@ class PretrainedModel(nnx.Module):
         graphdef, abstract_state = nnx.split(abstract_model)
         shardings = None if mesh is None else sharding.param_shardings(abstract_state, mesh, sharding_rules)
         flat = {path: _place(array, None if shardings is None else shardings[path])
-                for path, array in cls._read_params(folder, config, _param_paths(abstract_model), strict)}
+                for path, array in cls._read_params(folder, config, param_paths(abstract_model), strict)}
         missing = set(tree.flatten(nnx.to_pure_dict(abstract_state))) - flat.keys()
         flat.update(_initialize(make_model, missing, shardings))
         return nnx.merge(graphdef, tree.unflatten(flat))
@@ -520,7 +521,7 @@ class PretrainedModel(nnx.Module):
         conversion; an 11B checkpoint converts in the memory of its largest shard)."""
         folder = resolve_folder(src)
         config = cls.folder_config(folder, **config_overrides)
-        target = _param_paths(nnx.eval_shape(lambda: cls(config, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0))))
+        target = param_paths(nnx.eval_shape(lambda: cls(config, dtype=dtype, param_dtype=dtype, rngs=nnx.Rngs(0))))
         cls._write_params(dst, config, target, cls._read_params(folder, config, target, strict=True), pytorch,
                           max_shard_size)
 
@@ -577,7 +578,7 @@ class PretrainedModel(nnx.Module):
         """Write config.json and flax_model.safetensors (Flax paths), or with `pytorch=True`
         model.safetensors under the PyTorch key names, loadable by transformers' from_pretrained. Parameters come to
         the host one at a time."""
-        params = _param_paths(self)
+        params = param_paths(self)
         # Widest dtypes first, as write_safetensors orders them (a conversion's tensors all have one dtype).
         widest_first = sorted(params, key=lambda name: -jnp.dtype(params[name].dtype).itemsize)
         on_host = ((name, np.asarray(params[name])) for name in widest_first)

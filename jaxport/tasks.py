@@ -6,7 +6,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxport import data, tree
+from jaxport import data
+from jaxport.hf import param_paths
 
 
 def token_cross_entropy(logits, labels, mask):
@@ -48,7 +49,7 @@ def check_params_fit(task, config, params: dict, include=lambda path: True) -> d
     limits the check to the model's parameters whose paths it accepts (a fine-tuning model that loads an encoder)."""
     abstract = nnx.eval_shape(lambda: task.create_model(config, nnx.Rngs(0)))
     expected = {path: tuple(value.shape)
-                for path, value in tree.flatten(nnx.to_pure_dict(nnx.state(abstract, nnx.Param))).items()
+                for path, value in param_paths(abstract).items()
                 if include(path)}
     problems = [f"{path}: init_from has {tuple(params[path].shape)}, config.model gives {shape}"
                 for path, shape in expected.items() if path in params and tuple(params[path].shape) != shape]
@@ -64,7 +65,35 @@ def check_params_fit(task, config, params: dict, include=lambda path: True) -> d
 make_tokenizer = data.load_tokenizer  # "bytes", or a transformers tokenizer's folder or hub id
 
 
-class Seq2SeqTask:
+def train_batches(config, examples, preprocess, **kwargs):
+    """Endless shuffled training batches of `examples` through `preprocess` (config.train.batch_size, config.seed);
+    kwargs: data.make_iterator's others (num_workers)."""
+    return data.make_iterator(examples, preprocess, batch_size=config.train.batch_size, seed=config.seed, **kwargs)
+
+
+def eval_batches(config, examples, preprocess):
+    """One pass over the evaluation `examples` (config.eval.batch_size, the last batch padded), or None without any."""
+    return None if examples is None else data.make_eval_iterator(examples, preprocess,
+                                                                 batch_size=config.eval.batch_size)
+
+
+class ModelTask:
+    """What every family's task (jaxport.trainer.Task) shares: `model_class` built from `model_config` in the
+    training's compute dtype, and config.init_from's weights loaded by that class and checked against it."""
+
+    model_class: type
+    model_config: object
+
+    def create_model(self, config, rngs: nnx.Rngs):
+        return self.model_class(self.model_config, dtype=jnp.dtype(config.train.compute_dtype), rngs=rngs)
+
+    def pretrained_params(self, config):
+        if not config.init_from:
+            return None
+        return check_params_fit(self, config, param_paths(self.model_class.from_pretrained(config.init_from)))
+
+
+class Seq2SeqTask(ModelTask):
     def __init__(self, config, model_class, config_class, tokenizer=None):
         """tokenizer: the data interface's tokenizer object; None makes one from `config.data.tokenizer`."""
         self.model_class = model_class
@@ -76,27 +105,15 @@ class Seq2SeqTask:
             input_key=cfg.input_key, target_key=cfg.target_key, truncate=cfg.truncate,
             decoder_start_token_id=self.model_config.decoder_start_token_id)
 
-    def create_model(self, config, rngs: nnx.Rngs):
-        return self.model_class(self.model_config, dtype=jnp.dtype(config.train.compute_dtype), rngs=rngs)
-
-    def pretrained_params(self, config):
-        if not config.init_from:
-            return None
-        model = self.model_class.from_pretrained(config.init_from)
-        return check_params_fit(self, config, tree.flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
-
     def source(self, config, split: str):
         """The examples of `split` ('train' or 'eval'; None: no eval data), as config.data describes them."""
         return data.make_source(config.data, split)
 
     def train_data(self, config):
-        return data.make_iterator(self.source(config, "train"), self.preprocess,
-                                  batch_size=config.train.batch_size, seed=config.seed)
+        return train_batches(config, self.source(config, "train"), self.preprocess)
 
     def eval_data(self, config):
-        source = self.source(config, "eval")
-        return None if source is None else data.make_eval_iterator(source, self.preprocess,
-                                                                   batch_size=config.eval.batch_size)
+        return eval_batches(config, self.source(config, "eval"), self.preprocess)
 
     @staticmethod
     def num_tokens(batch) -> int:

@@ -95,3 +95,19 @@ class PerceiverConfig(HFConfig):
         values["id2label"] = {str(index): name for index, name in self.id2label.items()}
         values["label2id"] = {name: index for index, name in self.id2label.items()}
         return values
+
+
+# The shape of deepmind/language-perceiver (transformers' PerceiverConfig defaults with the masked-LM checkpoint's
+# channels), and a tiny one of the same kind that trains on a CPU: configs/perceiver_mlm.py and perceiver_glue.py.
+LANGUAGE_PERCEIVER = dict(
+    num_latents=256, d_latents=1280, d_model=768, num_blocks=1, num_self_attends_per_block=26,
+    num_self_attention_heads=8, num_cross_attention_heads=8, qk_channels=256, v_channels=1280,
+    cross_attention_shape_for_attention="kv", self_attention_widening_factor=1, cross_attention_widening_factor=1,
+    hidden_act="gelu", attention_probs_dropout_prob=0.1, initializer_range=0.02, use_query_residual=True,
+    vocab_size=262, max_position_embeddings=2048)
+TINY_PERCEIVER = dict(LANGUAGE_PERCEIVER, num_latents=32, d_latents=64, d_model=64, num_self_attends_per_block=2,
+                      num_self_attention_heads=4, num_cross_attention_heads=4, qk_channels=64, v_channels=64,
+                      attention_probs_dropout_prob=0.0, max_position_embeddings=128)
+# The paper's optimizer for pre-training and fine-tuning alike (config.optimizer fields; LAMB's trust ratio bounds
+# each update, so no clipping); learning rates and warmups differ.
+PAPER_LAMB = dict(name="lamb", weight_decay=0.01, eps=1e-6, decay="cosine", clip_norm=0.0)

@@ -14,9 +14,8 @@ import optax
 from flax import nnx
 
 from jaxport import config as config_lib
-from jaxport import data, tree
-from jaxport.hf import read_config, resolve_folder
-from jaxport.tasks import check_params_fit
+from jaxport.hf import param_paths, read_config, resolve_folder
+from jaxport.tasks import ModelTask, check_params_fit, eval_batches, real_rows, train_batches
 from perceiver_jax.configuration import PerceiverConfig
 from perceiver_jax.corpus import CorpusTokenizer
 from perceiver_jax.masking import MaskedBytes
@@ -36,12 +35,7 @@ def data_section(config):
     return config_lib.section_object("data", config.data)
 
 
-def real_rows(batch, rows: int) -> jnp.ndarray:
-    """float32 [B]: 1 for the batch's real examples, 0 for the rows padding it."""
-    return batch.get(data.EXAMPLE_MASK, jnp.ones(rows, jnp.int32)).astype(jnp.float32)
-
-
-class _PerceiverTask:
+class _PerceiverTask(ModelTask):
     model_class: type
 
     def __init__(self, config, model_config: PerceiverConfig):
@@ -49,12 +43,6 @@ class _PerceiverTask:
         if config.data.get("tokenizer", "perceiver") != "perceiver":
             raise ValueError(f"data.tokenizer={config.data.tokenizer!r}: Perceiver IO reads its own byte ids; set "
                              "it to 'perceiver'")
-
-    def create_model(self, config, rngs: nnx.Rngs):
-        return self.model_class(self.model_config, dtype=jnp.dtype(config.train.compute_dtype), rngs=rngs)
-
-    def params(self, model) -> dict:
-        return tree.flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
     @staticmethod
     def num_tokens(batch) -> int:
@@ -72,24 +60,17 @@ class MaskedLanguageModelTask(_PerceiverTask):
                              f"{self.model_config.max_position_embeddings}")
         self.mask = MaskedBytes(seed=config.seed, rate=config.data.get("mask_rate", 0.15))
 
-    def pretrained_params(self, config):
-        if not config.init_from:
-            return None
-        return check_params_fit(self, config, self.params(self.model_class.from_pretrained(config.init_from)))
-
     @staticmethod
     def windows(config, split: str):
         """The corpus' windows of `split` in Perceiver's byte ids, or None (no eval data)."""
         return data_section(config).make(split, tokenizer=CorpusTokenizer())
 
     def train_data(self, config):
-        return data.make_iterator(self.windows(config, "train"), self.mask, batch_size=config.train.batch_size,
-                                  seed=config.seed, num_workers=config.data.get("num_workers", 0))
+        return train_batches(config, self.windows(config, "train"), self.mask,
+                             num_workers=config.data.get("num_workers", 0))
 
     def eval_data(self, config):
-        windows = self.windows(config, "eval")
-        return None if windows is None else data.make_eval_iterator(windows, self.mask,
-                                                                    batch_size=config.eval.batch_size)
+        return eval_batches(config, self.windows(config, "eval"), self.mask)
 
     @staticmethod
     def logits(model, batch, dropout_rng=None):
@@ -98,8 +79,7 @@ class MaskedLanguageModelTask(_PerceiverTask):
     @staticmethod
     def weights(batch) -> jnp.ndarray:
         """float32 [B, L]: the chosen bytes of the real examples."""
-        labels = batch["labels"]
-        return batch["label_mask"].astype(jnp.float32) * real_rows(batch, labels.shape[0])[:, None]
+        return batch["label_mask"].astype(jnp.float32) * real_rows(batch)[:, None]
 
     def loss(self, model, batch, dropout_rng):
         logits, weights = self.logits(model, batch, dropout_rng), self.weights(batch)
@@ -204,19 +184,16 @@ class ClassificationTask(_PerceiverTask):
         architectures = read_config(folder).get("architectures") or ["PerceiverForMaskedLM"]
         source_class = (PerceiverForSequenceClassification if architectures[0] == "PerceiverForSequenceClassification"
                         else PerceiverForMaskedLM)
-        loaded = self.params(source_class.from_pretrained(folder))
+        loaded = param_paths(source_class.from_pretrained(folder))
         encoder = {path: value for path, value in loaded.items() if is_encoder(path)}
         fitted = check_params_fit(self, config, encoder, include=is_encoder)
-        return {**self.params(self.create_model(config, nnx.Rngs(config.seed))), **fitted}
+        return {**param_paths(self.create_model(config, nnx.Rngs(config.seed))), **fitted}
 
     def train_data(self, config):
-        return data.make_iterator(self.section.make("train"), self.preprocess, batch_size=config.train.batch_size,
-                                  seed=config.seed)
+        return train_batches(config, self.section.make("train"), self.preprocess)
 
     def eval_data(self, config):
-        examples = self.section.make("eval")
-        return None if not examples else data.make_eval_iterator(examples, self.preprocess,
-                                                                 batch_size=config.eval.batch_size)
+        return eval_batches(config, self.section.make("eval") or None, self.preprocess)
 
     def outputs(self, model, batch, dropout_rng=None):
         return model(inputs=batch["inputs"], attention_mask=batch["attention_mask"], dropout_rng=dropout_rng).logits
@@ -227,12 +204,12 @@ class ClassificationTask(_PerceiverTask):
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
     def loss(self, model, batch, dropout_rng):
-        rows = real_rows(batch, batch["labels"].shape[0])
+        rows = real_rows(batch)
         losses = self.example_losses(self.outputs(model, batch, dropout_rng), batch["labels"])
         return jnp.sum(losses * rows), jnp.sum(rows)
 
     def eval_metrics(self, model, batch):
-        rows = real_rows(batch, batch["labels"].shape[0])
+        rows = real_rows(batch)
         logits = self.outputs(model, batch)
         metrics = {"loss": (jnp.sum(self.example_losses(logits, batch["labels"]) * rows), jnp.sum(rows))}
         if not self.regression:

@@ -19,9 +19,11 @@ import numpy as np
 from flax import nnx
 
 from jaxport import data, trainer, tree
+from jaxport.hf import param_paths
 from jaxport.records import write_tsv
 from jaxport.seq2seq import cut_at_eos
 from jaxport.tasks import (
+    ModelTask,
     Seq2SeqTask,
     check_params_fit,
     make_tokenizer,
@@ -187,7 +189,7 @@ class FinetuningTask(Seq2SeqTask):
         overrides = {name: config.model[name] for name in PREFIX_INIT_FIELDS if name in config.model}
         model = SIPFinetuningModel.from_pretrained(config.init_from, prefix_init_rng=jax.random.key(config.seed),
                                                    **overrides)
-        return check_params_fit(self, config, tree.flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
+        return check_params_fit(self, config, param_paths(model))
 
     def train_data(self, config):
         source = finetuning_source(config.data, "train")
@@ -244,8 +246,10 @@ def predict_tsv(task, model, config, source, out_path) -> dict:
 # Pre-training
 
 
-class PretrainingTask:
+class PretrainingTask(ModelTask):
     """FST-simulation pre-training: the model reads an FST and a string and writes the FST's output for it."""
+
+    model_class = SIPPreTrainingModel
 
     def __init__(self, config):
         from sip_jax.fst_data import pretraining_preprocessor
@@ -261,9 +265,6 @@ class PretrainingTask:
                              f"{self.model_config.fst_tokenizer_vocab_size}")
         self.max_new_tokens = _max_new_tokens(config)
 
-    def create_model(self, config, rngs: nnx.Rngs):
-        return SIPPreTrainingModel(self.model_config, dtype=jnp.dtype(config.train.compute_dtype), rngs=rngs)
-
     def pretrained_params(self, config):
         """From a sip_pretrain folder (all weights), or from a plain T5 folder such as google/byt5-small (the
         paper's start: sip/fst_pretrain.py:90-95), whose weights fill `model/` beside a fresh FST encoder."""
@@ -275,13 +276,12 @@ class PretrainingTask:
         folder = resolve_folder(config.init_from)
         if read_config(folder).get("model_type") == "sip_pretrain":
             model = SIPPreTrainingModel.from_pretrained(folder)
-            params = tree.flatten(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+            params = param_paths(model)
         else:
             t5 = T5ForConditionalGeneration.from_pretrained(folder)
             fresh = jax.jit(lambda: nnx.to_pure_dict(nnx.state(self.create_model(config, nnx.Rngs(config.seed)))))()
             params = tree.flatten(fresh)
-            params.update({f"model/{path}": value
-                           for path, value in tree.flatten(nnx.to_pure_dict(nnx.state(t5, nnx.Param))).items()})
+            params.update({f"model/{path}": value for path, value in param_paths(t5).items()})
         return check_params_fit(self, config, params)
 
     def train_data(self, config):
