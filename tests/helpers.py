@@ -29,6 +29,17 @@ CONFIGS = ROOT / "configs"
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# The default run and CI's
+
+
+def slow_but(fast: tuple[str, ...], names, ids=str) -> list:
+    """pytest params of `names`, all but those `fast` names marked slow: a check repeated per family or per
+    document runs for one or two of them by default (under 20 minutes on 2 cores) and for all in CI, which adds
+    `-m "slow or not slow"`."""
+    return [pytest.param(name, id=ids(name), marks=() if ids(name) in fast else pytest.mark.slow) for name in names]
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Missing references: a skip on a laptop, a failure in CI
 
 

@@ -35,6 +35,7 @@ from jax.experimental.compilation_cache import compilation_cache
 
 from jaxport import config as config_lib
 from jaxport import registry, trainer
+from tests import helpers
 
 ROOT = Path(__file__).resolve().parents[1]
 SETUP = "sets up or changes the Python environment these tests run in"
@@ -270,7 +271,8 @@ def persistent_compilation_cache(tmp_path_factory):
     compilation_cache.reset_cache()
 
 
-@pytest.mark.parametrize("source", sorted(TEXTS))
+# Every document's commands in CI; by default the README's and one config's (the others take 10-20 s each).
+@pytest.mark.parametrize("source", helpers.slow_but(("README.md", "configs/t5_reverse.py"), sorted(TEXTS)))
 def test_shown_commands_run(source, tmp_path, monkeypatch, capsys, persistent_compilation_cache):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").symlink_to(ROOT / "configs")

@@ -399,8 +399,7 @@ def kill_after_first_checkpoint(process, workdir: Path):
 
 
 # Three training processes per family: T5's runs by default, every family's in CI (`-m "slow or not slow"`).
-@pytest.mark.parametrize("family", [pytest.param(f, id=f.name, marks=() if f.name == "t5" else pytest.mark.slow)
-                                    for f in FAMILIES])
+@pytest.mark.parametrize("family", helpers.slow_but(("t5",), FAMILIES, ids=lambda f: f.name))
 def test_resume_after_sigkill_ends_as_an_uninterrupted_run(family, tmp_path):
     config, args = str(helpers.ROOT / family.config), train_args(family, tmp_path)
     export = lambda workdir: f"--config.train.export_dir={workdir / 'export'}"

@@ -34,6 +34,7 @@ def measured(tmp_path_factory):
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow  # the measuring subprocesses: 25 s
 @pytest.mark.parametrize("kind", ["safetensors", "bin"])
 def test_conversion_holds_about_one_shard(measured, kind):
     runs = measured["runs"][kind]
@@ -47,6 +48,7 @@ def test_conversion_holds_about_one_shard(measured, kind):
     assert runs["tensors_checked"] == 282  # the converted folder equals the source, tensor by tensor
 
 
+@pytest.mark.slow  # the measuring subprocesses: 25 s
 @pytest.mark.parametrize("kind", ["safetensors", "bin"])
 def test_loading_onto_a_mesh_holds_about_one_shard_besides_the_parameters(measured, kind):
     runs = measured["runs"][kind]

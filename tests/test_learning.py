@@ -176,7 +176,8 @@ def expected_learning_rate(opt, num_steps: int, count: int) -> float:
     return opt.learning_rate * shape
 
 
-@pytest.fixture(scope="module", params=list(JOBS))
+# Every family learns in CI; by default T5's and Backpack's runs (the others take 15-40 s each).
+@pytest.fixture(scope="module", params=helpers.slow_but(("t5_reverse", "backpack_owt"), JOBS))
 def float32_run(request, tmp_path_factory):
     """(job, its overrides, the float32 run's metrics by step), one run per family for every test here."""
     job = JOBS[request.param]

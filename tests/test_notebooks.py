@@ -97,6 +97,7 @@ def test_sip_notebook_fine_tunes_and_scores_a_tiny_model(tmp_path):
     assert all(isinstance(text, str) for text in summary["new_predictions"].values())
 
 
+@pytest.mark.slow  # every notebook in CI; SIP's by default
 def test_lsg_notebook_converts_summarizes_and_fine_tunes_a_tiny_model(tmp_path):
     summary, notebook = run_notebook("lsg.ipynb", {"TINY": True, "WORKDIR": str(tmp_path / "lsg")}, tmp_path)
     assert_install_cell_did_nothing(notebook)
@@ -115,6 +116,7 @@ def test_lsg_notebook_converts_summarizes_and_fine_tunes_a_tiny_model(tmp_path):
     assert (Path(summary["export_dir"]) / "config.json").is_file()
 
 
+@pytest.mark.slow  # every notebook in CI; SIP's by default
 def test_perceiver_notebook_fills_masks_and_fine_tunes_a_tiny_model(tmp_path):
     summary, notebook = run_notebook("perceiver.ipynb", {"TINY": True, "WORKDIR": str(tmp_path / "perceiver")},
                                      tmp_path)
@@ -130,6 +132,7 @@ def test_perceiver_notebook_fills_masks_and_fine_tunes_a_tiny_model(tmp_path):
     assert len(summary["new_predictions"]) == 2
 
 
+@pytest.mark.slow  # every notebook in CI; SIP's by default
 def test_flipped_notebook_scores_options_and_fine_tunes_a_tiny_model(tmp_path):
     summary, notebook = run_notebook("flipped.ipynb", {"TINY": True, "WORKDIR": str(tmp_path / "flipped"),
                                                        "FINETUNE_STEPS": 20}, tmp_path)
@@ -145,6 +148,7 @@ def test_flipped_notebook_scores_options_and_fine_tunes_a_tiny_model(tmp_path):
     assert (Path(summary["export_dir"]) / "config.json").is_file()
 
 
+@pytest.mark.slow  # every notebook in CI; SIP's by default
 def test_backpack_notebook_reads_senses_intervenes_and_fine_tunes_a_tiny_model(tmp_path):
     summary, notebook = run_notebook("backpack.ipynb", {"TINY": True, "WORKDIR": str(tmp_path / "backpack")},
                                      tmp_path)
