@@ -19,7 +19,7 @@
    (text.jsonl); classification: the movie sentences labelled positive (rating > 0) or negative (< 0), shuffled
    with seed 0 and split 80/20 (train.tsv, dev.tsv in SST-2's layout). No movie sentence is in the pre-training text.
 3. learn: project commands only: `python -m train --config configs/perceiver_mlm.py` on text.jsonl (a small
-   Perceiver: 128 latents of 512, 6 self-attention layers, 256 bytes, 20k steps), exported, then
+   Perceiver: 128 latents of 512, 6 self-attention layers, 256 bytes, 20k steps by default), exported, then
    `python -m train --config configs/perceiver_glue.py:sst2` on the movie sentences twice: from the pre-trained
    encoder and from scratch; report.json gives their dev accuracy against the majority class.
 """
@@ -212,7 +212,7 @@ def run(command: list[str]) -> None:
 def learn(args) -> dict:
     workdir = Path(args.workdir).resolve()
     model_flags = [f"--config.model.{k}={v}" for k, v in SMALL_MODEL.items()]
-    steps = 40 if args.tiny else 20_000
+    steps = 40 if args.tiny else args.pretrain_steps
     if args.tiny:
         model_flags = []  # the tiny config's own model
     pretrain = workdir / "pretrain"
@@ -227,7 +227,7 @@ def learn(args) -> dict:
     report = {}
     for name, init in (("pretrained", str(pretrain / "export")), ("scratch", "")):
         finetune = workdir / f"finetune_{name}"
-        fine_steps = 30 if args.tiny else 3000
+        fine_steps = 30 if args.tiny else args.finetune_steps
         run([sys.executable, "-m", "train", "--config", "configs/perceiver_glue.py:sst2", "--workdir", str(finetune),
              *(model_flags or [f"--config.model.{k}={v}" for k, v in _tiny_model().items()]),
              f"--config.init_from={init}", "--config.data.source=glue_tsv",
@@ -259,6 +259,8 @@ def main(argv=None):
     parser.add_argument("--sdist", help="vaderSentiment-3.3.2.tar.gz (data)")
     parser.add_argument("--out", help="scaling: JSON file of the results")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke test")
+    parser.add_argument("--pretrain-steps", type=int, default=20_000, help="learn: masked-byte pre-training steps")
+    parser.add_argument("--finetune-steps", type=int, default=3000, help="learn: steps of each fine-tuning run")
     args = parser.parse_args(argv)
     return {"scaling": scaling, "data": data, "learn": learn}[args.stage](args)
 

@@ -237,8 +237,10 @@ def logging_kept():
 
 
 def run_module(module: str, args: list[str], monkeypatch, capsys) -> str:
-    """`python -m MODULE ARGS` in this process; its standard output."""
+    """`python -m MODULE ARGS` in this process; its standard output. The module runs as a fresh `python -m` would
+    find it, unimported (runpy warns when another test has imported it already)."""
     monkeypatch.setattr(sys, "argv", [module, *args])
+    monkeypatch.delitem(sys.modules, module, raising=False)
     with logging_kept():
         try:
             runpy.run_module(module, run_name="__main__", alter_sys=True)
