@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # backpack_jax / jaxport without installation
 
 import argparse
+import functools
 import gc
 import importlib.util
 import json
@@ -66,7 +67,7 @@ from flax import nnx
 from measure import median_ms, write_results
 from project_train import timed_train
 from rates import jax_matmul_peak
-from torch_measure import torch_adamw, torch_matmul_peak, torch_sync
+from torch_measure import timed_torch_steps, torch_adamw, torch_free, torch_matmul_peak, torch_sync
 
 from backpack_jax import BackpackGPT2Config, BackpackGPT2LMHeadModel, GPT2Config, GPT2LMHeadModel
 from backpack_jax.tasks import CausalLMTask
@@ -202,27 +203,13 @@ def torch_train(cfg: dict, make_model, np_batch: dict, device, compiled: bool) -
         return loss
 
     warmup = cfg["compile_warmup"] if compiled else cfg["warmup"]
-    first_loss, times = None, []
     try:
-        for i in range(warmup + cfg["steps"]):
-            torch_sync(device)
-            start = time.perf_counter()
-            loss = step(forward, inputs, labels, optimizer)
-            torch_sync(device)
-            elapsed = time.perf_counter() - start
-            if i >= warmup:
-                times.append(elapsed)
-            if i == 0:
-                first_loss = loss.item()
-                log(f"   torch {'compile' if compiled else 'eager'} first step {elapsed:.1f}s, loss {first_loss:.6f}")
-        final_loss = loss.item()
+        record = timed_torch_steps(functools.partial(step, forward, inputs, labels, optimizer), device, warmup,
+                                   cfg["steps"], "compile" if compiled else "eager")
     finally:
         del model, optimizer, forward, inputs, labels
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    return {"ms": median_ms(times), "times_ms": [1e3 * t for t in times], "first_loss": first_loss,
-            "last_loss": final_loss, "optimizer": f"torch.optim.AdamW ({kind})"}
+        torch_free(device)
+    return {**record, "optimizer": f"torch.optim.AdamW ({kind})"}
 
 
 def compare_training(cfg, name, jax_side, make_torch_model, np_batch, device, flops, peak, skip_compile) -> dict:

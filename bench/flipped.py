@@ -41,7 +41,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # flipped_jax, jaxport, t5_jax without installation
 
 import argparse
-import gc
 import tempfile
 import time
 import types
@@ -52,10 +51,11 @@ import numpy as np
 import torch
 import transformers
 from flax import nnx
-from measure import t5_train_flops, write_results
+from measure import median_ms, t5_train_flops, write_results
 from project_train import last_loss, train_setup
 from rates import jax_matmul_peak
-from t5 import median_ms, torch_sync, versions
+from t5 import versions
+from torch_measure import torch_free, torch_sync
 
 from flipped_jax import FlippedModel, score_options
 from flipped_jax.tasks import FlippedTask
@@ -96,12 +96,6 @@ WHAT = ("score", "train3b", "train11b")
 
 def log(*args):
     print(*args, flush=True)
-
-
-def free_memory():
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -227,10 +221,10 @@ def score_part(shapes: dict, cfg: dict, device, tiny: bool) -> dict:
             r["parity_float32"] = parity_check(shape, cfg, inputs)
             log(f"  float32 parity with transformers: {r['parity_float32']}")
         r["torch"] = torch_score(shape, cfg, inputs, device)
-        free_memory()
+        torch_free(device)
         log(f"  torch ({r['torch']['attention']} attention): {r['torch']['ms']:.1f} ms")
         r["jax"] = jax_score(shape, cfg, inputs)
-        free_memory()
+        torch_free(device)
         log(f"  jax ({r['jax']['attention']} attention): {r['jax']['ms']:.1f} ms (first call incl. compile "
             f"{r['jax']['first_call_s']:.1f} s)")
         for side in ("torch", "jax"):
@@ -350,12 +344,13 @@ def train_one(shape: dict, tcfg: dict, cfg: dict, param_dtype: str, fixed_batch:
     return r
 
 
-def train_part(name: str, shape: dict, tcfg: dict, cfg: dict, peak: float, fixed_batch: int | None) -> dict:
+def train_part(name: str, shape: dict, tcfg: dict, cfg: dict, peak: float, fixed_batch: int | None,
+               device) -> dict:
     results = {"inputs": tcfg["inputs"], "targets": tcfg["targets"], "attempts": []}
     for param_dtype in tcfg["param_dtypes"]:
         log(f"training {name}: Adafactor, bf16 compute over {param_dtype} parameters, remat {tcfg['remat']} ...")
         r = train_one(shape, tcfg, cfg, param_dtype, fixed_batch)
-        free_memory()
+        torch_free(device)
         results["attempts"].append(r)
         if r["fits"]:
             flops = t5_train_flops(shape, 2 * r["batch"], tcfg["inputs"], tcfg["targets"])
@@ -447,7 +442,7 @@ def main(argv=None) -> dict:
             if left() < cfg["needs"][part]:
                 results["skipped"].append(part)
                 continue
-            results[part] = train_part(name, shapes[name], cfg["train"][name], cfg, peak, args.train_batch)
+            results[part] = train_part(name, shapes[name], cfg["train"][name], cfg, peak, args.train_batch, device)
     if device.type == "cuda":
         results["torch_max_memory_allocated"] = torch.cuda.max_memory_allocated(device)
     results["total_s"] = time.perf_counter() - start

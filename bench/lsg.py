@@ -85,7 +85,7 @@ from measure import (
 )
 from project_train import FixedBatchTask, last_loss
 from rates import jax_matmul_peak
-from torch_measure import torch_sync
+from torch_measure import torch_free, torch_sync
 
 from jaxport import runtime, trainer
 from jaxport.hf import read_config
@@ -328,12 +328,6 @@ def dense_encoder(cfg: dict, folders: Folders, inputs: dict, device, deadline: f
     encoder = own = None
     torch_free(device)
     return results
-
-
-def torch_free(device):
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def torch_time(fn, device, warmup: int, runs: int) -> dict:

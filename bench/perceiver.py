@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))  # perceiver_jax / jaxport without installation
 
 import argparse
 import copy
+import functools
 import gc
 import json
 import platform
@@ -50,7 +51,7 @@ from flax import nnx
 from measure import compiled_memory, median_ms
 from project_train import last_loss, train_setup
 from rates import jax_matmul_peak
-from torch_measure import torch_matmul_peak, torch_sync
+from torch_measure import timed_torch_steps, torch_adamw, torch_free, torch_matmul_peak, torch_sync
 
 from jaxport import config as config_lib
 from jaxport import trainer
@@ -69,12 +70,6 @@ TARGET_TRAIN_MS, TARGET_FORWARD_MS = 45.0, 10.0
 
 def log(*args):
     print(*args, flush=True)
-
-
-def torch_free(device):
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 # ------------------------------------------------------------------------------------------------ arithmetic
@@ -198,8 +193,7 @@ def jax_forward(cfg, folder, batch) -> dict:
 
 def torch_train(cfg, reference, batch, device, compiled: bool) -> dict:
     model = copy.deepcopy(reference).to(device).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY,
-                                  fused=device.type == "cuda")
+    optimizer, kind = torch_adamw(model.parameters(), LEARNING_RATE, WEIGHT_DECAY)
     forward = torch.compile(model) if compiled else model
     inputs = torch.from_numpy(batch["inputs"]).long().to(device)
     mask = torch.from_numpy(batch["attention_mask"]).long().to(device)
@@ -216,24 +210,14 @@ def torch_train(cfg, reference, batch, device, compiled: bool) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     warmup = cfg["compile_warmup"] if compiled else cfg["warmup"]
-    times, first_loss = [], None
     try:
-        for i in range(warmup + cfg["steps"]):
-            torch_sync(device)
-            start = time.perf_counter()
-            loss = step(forward, optimizer)
-            torch_sync(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-            if i == 0:
-                first_loss = loss.item()
-        result = {"ms": median_ms(times), "times_ms": [1e3 * t for t in times], "first_loss": first_loss,
-                  "last_loss": loss.item(),
-                  "peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}
+        record = timed_torch_steps(functools.partial(step, forward, optimizer), device, warmup, cfg["steps"],
+                                   "compile" if compiled else "eager")
+        record["peak_bytes"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     finally:
         del model, optimizer, forward
         torch_free(device)
-    return result
+    return {**record, "optimizer": f"torch.optim.AdamW ({kind})"}
 
 
 def torch_forward(cfg, reference, batch, device, compiled: bool) -> dict:

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # t5_jax / jaxp
 
 import argparse
 import copy
+import functools
 import gc
 import platform
 import statistics
@@ -41,10 +42,10 @@ import optax
 import torch
 import transformers
 from flax import nnx
-from measure import BYT5_SMALL, median_ms, t5_train_flops, write_results
+from measure import BYT5_SMALL, t5_train_flops, write_results
 from project_train import FixedBatchTask, timed_train
 from rates import jax_matmul_peak
-from torch_measure import torch_adamw, torch_matmul_peak, torch_sync
+from torch_measure import timed_torch_steps, torch_adamw, torch_free, torch_matmul_peak, torch_sync
 
 from jaxport import runtime
 from t5_jax import T5Config, T5ForConditionalGeneration
@@ -143,27 +144,13 @@ def torch_train(cfg: dict, reference, np_batch: dict, device, compiled: bool) ->
         return loss
 
     warmup = cfg["compile_warmup"] if compiled else cfg["warmup"]
-    first_loss, times = None, []
     try:
-        for i in range(warmup + cfg["steps"]):
-            torch_sync(device)
-            start = time.perf_counter()
-            loss = step(forward, batch, optimizer)
-            torch_sync(device)
-            elapsed = time.perf_counter() - start
-            if i >= warmup:
-                times.append(elapsed)
-            if i == 0:
-                first_loss = loss.item()
-                log(f"   torch {'compile' if compiled else 'eager'} first step {elapsed:.1f}s, loss {first_loss:.6f}")
-        last_loss = loss.item()
+        record = timed_torch_steps(functools.partial(step, forward, batch, optimizer), device, warmup, cfg["steps"],
+                                   "compile" if compiled else "eager")
     finally:
         del model, optimizer, forward, batch
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    return {"ms": median_ms(times), "times_ms": [1e3 * t for t in times], "first_loss": first_loss,
-            "last_loss": last_loss, "optimizer": f"torch.optim.AdamW ({kind})"}
+        torch_free(device)
+    return {**record, "optimizer": f"torch.optim.AdamW ({kind})"}
 
 
 # ------------------------------------------------------------------------------------------------ generation

@@ -1,12 +1,22 @@
-"""What the benchmarks that run a PyTorch reference share: device sync, the bf16 matmul rate, the optimizer."""
+"""What the benchmarks that run a PyTorch reference share: device sync, freeing memory, the bf16 matmul rate, the
+optimizer, timed training steps."""
+import gc
 import time
 
 import torch
+from measure import median_ms
 
 
 def torch_sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def torch_free(device):
+    """Collect what Python no longer holds and, on a GPU, give the cached blocks back (for the next side's run)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def torch_matmul_peak(n: int, device, iters: int = 20, repeats: int = 3) -> float:
@@ -33,3 +43,22 @@ def torch_adamw(params, learning_rate: float, weight_decay: float):
         return torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay, fused=True), "fused"
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay, foreach=True), "foreach"
+
+
+def timed_torch_steps(step, device, warmup: int, steps: int, label: str) -> dict:
+    """`warmup` + `steps` calls of step() (one training step, returning its loss tensor), each synchronised and
+    timed: median ms, every timed step's ms, the first and the last loss."""
+    first_loss, times = None, []
+    for i in range(warmup + steps):
+        torch_sync(device)
+        start = time.perf_counter()
+        loss = step()
+        torch_sync(device)
+        elapsed = time.perf_counter() - start
+        if i >= warmup:
+            times.append(elapsed)
+        if i == 0:
+            first_loss = loss.item()
+            print(f"   torch {label} first step {elapsed:.1f}s, loss {first_loss:.6f}", flush=True)
+    return {"ms": median_ms(times), "times_ms": [1e3 * t for t in times], "first_loss": first_loss,
+            "last_loss": loss.item()}
