@@ -36,8 +36,6 @@ def data_section(config):
 
 
 class _PerceiverTask(ModelTask):
-    model_class: type
-
     def __init__(self, config, model_config: PerceiverConfig):
         self.model_config = model_config
         if config.data.get("tokenizer", "perceiver") != "perceiver":
