@@ -2,7 +2,7 @@
 torch.compile, in one process; plain GPT-2 small beside transformers' GPT-2 under torch.compile.
 
     python bench/backpack.py [--tiny] [--out results.json] [--ref-file PATH] [--skip-compile] [--skip-gpt2]
-                             [--skip-generate] [--skip-parts] [--steps N] [--dropout P]
+                             [--skip-generate] [--skip-parts] [--steps N] [--dropout P] [--train-batch B]
 
 Model: n_embd 768, 12 layers, 12 heads, 16 senses, sense MLP 4 x wider, vocab 50264, 512 positions, attention scaled
 by the inverse layer index (the authors' stanfordnlp/backpack-gpt2), dropout --dropout (default 0.1, the released
@@ -381,12 +381,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--skip-parts", action="store_true", help="leave out the per-part timings")
     parser.add_argument("--steps", type=int, help="timed training steps (median taken)")
     parser.add_argument("--dropout", type=float, default=0.1, help="resid/embd/attn dropout (default 0.1)")
+    parser.add_argument("--train-batch", type=int, help="training rows (default 32; fewer to trace the losses of "
+                                                         "both sides at a small batch)")
     args = parser.parse_args(argv)
     if not args.ref_file:
         parser.error("the authors' modeling file was not found: pip install pyvene==0.1.8 or pass --ref-file")
     cfg = dict(TINY if args.tiny else FULL)
     if args.steps:
         cfg["steps"] = args.steps
+    if args.train_batch:
+        cfg["train_batch"] = args.train_batch
     transformers.logging.set_verbosity_error()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -100,17 +100,17 @@ def scaling(args) -> dict:
     from perceiver_jax import PerceiverConfig, PerceiverForMaskedLM
 
     batch = 2 if args.tiny else 16
-    lengths = (64, 128, 256) if args.tiny else LENGTHS
+    lengths = (64, 128, 256) if args.tiny else tuple(args.lengths or LENGTHS)
     model = config_lib.load_config(str(ROOT / ("configs/perceiver_mlm.py" if args.tiny
                                                else "configs/perceiver_mlm.py:paper"))).model.to_dict()
-    model.update(max_position_embeddings=max(lengths), attention_probs_dropout_prob=0.0)
+    match_at = 128 if args.tiny else 2048  # BERT's layers match the Perceiver's FLOPs at the checkpoint's length
+    model.update(max_position_embeddings=max(lengths + (match_at,)), attention_probs_dropout_prob=0.0)
     # bf16 compute over float32 parameters, as training runs (the modules' dtype is their compute dtype)
     perceiver = PerceiverForMaskedLM(PerceiverConfig.from_dict(model), dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
-    match_at = lengths[len(lengths) // 2]
     width, mlp = (64, 256) if args.tiny else (768, 3072)
     num_layers = max(1, round((forward_flops(perceiver, 1, match_at)["total"] - 2 * match_at * width * 262)
                               / bert_layer_flops(match_at, width, mlp)))
-    bert = byte_bert(num_layers, width, 4 if args.tiny else 12, mlp, max(lengths))(nnx.Rngs(0))
+    bert = byte_bert(num_layers, width, 4 if args.tiny else 12, mlp, max(lengths + (match_at,)))(nnx.Rngs(0))
     results = {"batch": batch, "bert_layers": num_layers, "matched_at": match_at, "runs": {}}
 
     def measure(name, model, length):
@@ -159,11 +159,11 @@ def scaling(args) -> dict:
         return out
 
     for length in lengths:
-        results["runs"][str(length)] = {"perceiver": measure("perceiver", perceiver, length),
-                                        "bert": measure("bert", bert, length)}
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=1))
+        for name, model in (("perceiver", perceiver), ("bert", bert)):
+            results["runs"].setdefault(str(length), {})[name] = measure(name, model, length)
+            if args.out:  # after every measurement: a run cut short keeps what it measured
+                Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.out).write_text(json.dumps(results, indent=1))
     return results
 
 
@@ -259,6 +259,7 @@ def main(argv=None):
     parser.add_argument("--sdist", help="vaderSentiment-3.3.2.tar.gz (data)")
     parser.add_argument("--out", help="scaling: JSON file of the results")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke test")
+    parser.add_argument("--lengths", type=int, nargs="+", help=f"scaling: input lengths (default {LENGTHS})")
     parser.add_argument("--pretrain-steps", type=int, default=20_000, help="learn: masked-byte pre-training steps")
     parser.add_argument("--finetune-steps", type=int, default=3000, help="learn: steps of each fine-tuning run")
     args = parser.parse_args(argv)
