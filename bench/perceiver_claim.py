@@ -4,7 +4,7 @@
     pip download --no-deps --no-binary :all: vaderSentiment==3.3.2 -d runs/perceiver_claim   # here, with PyPI
     python bench/perceiver_claim.py data --sdist runs/perceiver_claim/vaderSentiment-3.3.2.tar.gz \
         --workdir runs/perceiver_claim
-    python bench/perceiver_claim.py learn --workdir runs/perceiver_claim [--tiny]
+    python bench/perceiver_claim.py learn --workdir runs/perceiver_claim [--text FILE.jsonl] [--tiny]
 
 1. scaling: attention cost beyond the cross-attention does not grow with the input. Forward and training step (bf16
    over float32 weights, AdamW) time and compiled memory at 512, 1024, 2048, 4096, 8192 bytes, batch 16, for the
@@ -18,8 +18,8 @@
    4,200 tweets, each with its mean sentiment rating (-4..4). Pre-training text: the NYT, Amazon and tweet snippets
    (text.jsonl); classification: the movie sentences labelled positive (rating > 0) or negative (< 0), shuffled
    with seed 0 and split 80/20 (train.tsv, dev.tsv in SST-2's layout). No movie sentence is in the pre-training text.
-3. learn: project commands only: `python -m train --config configs/perceiver_mlm.py` on text.jsonl (a small
-   Perceiver: 128 latents of 512, 6 self-attention layers, 256 bytes, 20k steps by default), exported, then
+3. learn: project commands only: `python -m train --config configs/perceiver_mlm.py` on text.jsonl or --text
+   (a small Perceiver: 128 latents of 512, 6 self-attention layers, 256 bytes, 20k steps by default), exported, then
    `python -m train --config configs/perceiver_glue.py:sst2` on the movie sentences twice: from the pre-trained
    encoder and from scratch; report.json gives their dev accuracy against the majority class.
 """
@@ -216,13 +216,14 @@ def learn(args) -> dict:
     if args.tiny:
         model_flags = []  # the tiny config's own model
     pretrain = workdir / "pretrain"
+    text = Path(args.text).resolve() if args.text else workdir / "text.jsonl"
     run([sys.executable, "-m", "train", "--config", "configs/perceiver_mlm.py", "--workdir", str(pretrain),
-         *model_flags, "--config.data.source=lm_jsonl", f"--config.data.train_path={workdir / 'text.jsonl'}",
+         *model_flags, "--config.data.source=lm_jsonl", f"--config.data.train_path={text}",
          f"--config.data.sequence_length={SMALL_MODEL['max_position_embeddings'] if not args.tiny else 128}",
          f"--config.train.num_steps={steps}", f"--config.train.batch_size={16 if args.tiny else 256}",
          f"--config.train.compute_dtype={'float32' if args.tiny else 'bfloat16'}",
          "--config.optimizer.learning_rate=2e-3", f"--config.optimizer.warmup_steps={steps // 20}",
-         f"--config.train.eval_every={steps}", f"--config.train.checkpoint_every={steps}",
+         f"--config.train.eval_every={steps}", f"--config.train.checkpoint_every={max(1, steps // 10)}",
          f"--config.train.log_every={max(1, steps // 50)}", f"--config.train.export_dir={pretrain / 'export'}"])
     report = {}
     for name, init in (("pretrained", str(pretrain / "export")), ("scratch", "")):
@@ -260,6 +261,8 @@ def main(argv=None):
     parser.add_argument("--out", help="scaling: JSON file of the results")
     parser.add_argument("--tiny", action="store_true", help="CPU smoke test")
     parser.add_argument("--lengths", type=int, nargs="+", help=f"scaling: input lengths (default {LENGTHS})")
+    parser.add_argument("--text", help="learn: pre-training text, JSONL of {\"text\": ...} (default "
+                        "WORKDIR/text.jsonl), e.g. runs/claim_data/train.jsonl: the GCIDE text of backpack_claim.py")
     parser.add_argument("--pretrain-steps", type=int, default=20_000, help="learn: masked-byte pre-training steps")
     parser.add_argument("--finetune-steps", type=int, default=3000, help="learn: steps of each fine-tuning run")
     args = parser.parse_args(argv)
