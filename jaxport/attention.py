@@ -74,8 +74,9 @@ def fused_attention(q, k, v, bias, mask, implementation: str, *, scale: float | 
     dropout_rate > 0 (implementation "cudnn" only): dropout on the attention probabilities inside cuDNN's kernel,
     through JAX's cuDNN attention itself (`jax.nn.dot_product_attention` exposes no dropout). Its masks come from
     cuDNN's Philox generator, seeded by `dropout_seed` (give each attention of a model its own) at an offset that
-    XLA's cuDNN graph advances at every execution (its UpdateDropoutState): new masks every step, the backward pass regenerating the forward's; not a
-    function of the training's rng key, so not bit-reproducible across a restart as the einsums' masks are."""
+    XLA's cuDNN graph advances at every execution (its UpdateDropoutState): new masks every step, the backward pass
+    regenerating the forward's; not a function of the training's rng key, so not bit-reproducible across a restart
+    as the einsums' masks are."""
     if dropout_rate and implementation != "cudnn":
         raise ValueError(f"attention dropout inside the kernel needs implementation 'cudnn', not {implementation!r}")
     compute = compute_dtype(q.dtype, implementation)

@@ -6,7 +6,9 @@ words), random bytes (10%), or left as they are (10%). A chosen word's span star
 when there is one: the original's colab masks " missing." and notes that the model does much better when the masked
 span starts with a space, which is how it was trained to fill spans.
 
-The choice is a function of the window's ids and a seed only, so a resumed run masks every window as before.
+The choice is a function of the window's ids, the pass over the corpus (epoch) and a seed, so every pass masks a
+window anew (dynamic masking: with one fixed mask per window, a model that sees a small corpus many times learns
+each window's answers by heart) and a resumed run masks every window as before.
 """
 import dataclasses
 import zlib
@@ -55,14 +57,15 @@ class MaskedBytes:
     """A window of the corpus (`{"tokens": int32[L]}`) -> the model's inputs and what it must predict:
     `inputs`, `attention_mask` (every position: the windows are cut from one stream of documents, so none is
     padding), `labels` (the original ids) and `label_mask` (1 on the chosen words' bytes). Windows are masked
-    from a generator seeded by (seed, their content)."""
+    from a generator seeded by (seed, epoch, their content); the training iterator passes the epoch."""
 
     seed: int = 0
     rate: float = 0.15
+    takes_epoch = True  # jaxport.data.make_iterator calls it as (window, epoch)
 
-    def __call__(self, window: dict) -> dict[str, np.ndarray]:
+    def __call__(self, window: dict, epoch: int = 0) -> dict[str, np.ndarray]:
         ids = np.asarray(window["tokens"], np.int32)
-        rng = np.random.default_rng([self.seed, zlib.crc32(ids.tobytes())])
+        rng = np.random.default_rng([self.seed, epoch, zlib.crc32(ids.tobytes())])
         inputs, chosen = mask_words(ids, rng, self.rate)
         return {"inputs": inputs, "attention_mask": np.ones_like(ids), "labels": ids,
                 "label_mask": chosen.astype(np.int32)}

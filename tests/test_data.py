@@ -162,6 +162,26 @@ def test_epochs_reshuffle_and_drop_the_incomplete_batch():
     assert iterator.get_state()["epoch"] == 2
 
 
+class EpochStamp:
+    """A preprocess_fn that asks for the epoch (takes_epoch) and returns it beside the example's number."""
+    takes_epoch = True
+
+    def __call__(self, example, epoch):
+        return {"number": np.int32(example["inputs"][2:]), "epoch": np.int32(epoch)}
+
+
+def test_a_preprocess_that_takes_the_epoch_gets_it_and_resuming_repeats_it():
+    def new_iterator():
+        return make_iterator(numbered_source(6), EpochStamp(), batch_size=3, seed=1, **SINGLE_HOST)
+
+    iterator = new_iterator()
+    batches = take(iterator, 5)
+    assert [batch["epoch"].tolist() for batch in batches] == [[0] * 3, [0] * 3, [1] * 3, [1] * 3, [2] * 3]
+    assert sorted(np.concatenate([b["number"] for b in batches[:2]]).tolist()) == list(range(6))
+    resumed = new_iterator()
+    resumed.set_state(json.loads(json.dumps(iterator.get_state())))
+    assert_same_batches(take(resumed, 2), take(iterator, 2))
+
 @pytest.mark.parametrize("prefetch", [0, 3])
 @pytest.mark.parametrize("source", [numbered_source(10), SyntheticTask("sort")], ids=["finite", "infinite"])
 def test_resume_continues_exactly(source, prefetch):

@@ -61,14 +61,16 @@ def test_whole_words_are_chosen_and_replaced_as_bert_does():
     assert abs(counts["mask"] / total - 0.8) < 0.02 and abs(counts["random"] / total - 0.1) < 0.02
 
 
-def test_masked_bytes_depend_on_the_window_and_seed_only():
+def test_masked_bytes_depend_on_the_window_epoch_and_seed_only():
     window = {"tokens": ids_of(TEXT)}
-    a, b = MaskedBytes(seed=3)(window), MaskedBytes(seed=3)(dict(window))
+    a, b = MaskedBytes(seed=3)(window, 2), MaskedBytes(seed=3)(dict(window), 2)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
     assert set(a) == {"inputs", "attention_mask", "labels", "label_mask"}
     np.testing.assert_array_equal(a["labels"], window["tokens"])
-    assert not np.array_equal(a["label_mask"], MaskedBytes(seed=4)(window)["label_mask"])
+    assert not np.array_equal(a["label_mask"], MaskedBytes(seed=4)(window, 2)["label_mask"])
+    # another pass over the corpus masks the window anew (the training iterator passes the epoch)
+    assert MaskedBytes.takes_epoch and not np.array_equal(a["label_mask"], MaskedBytes(seed=3)(window, 3)["label_mask"])
 
 
 def test_corpus_stream_is_each_documents_bytes_ended_by_sep():

@@ -89,15 +89,17 @@ class _BatchPlan:
     def batch(self, epoch: int, batch: int) -> dict[str, np.ndarray]:
         indices, is_real = self.global_indices(epoch, batch)
         indices, is_real = indices[self.host_slice], is_real[self.host_slice]
-        examples = [self._preprocess(int(index)) for index in indices]
+        examples = [self._preprocess(int(index), epoch) for index in indices]
         stacked = {key: np.stack([example[key] for example in examples]) for key in examples[0]}
         if not self.drop_remainder:
             stacked[EXAMPLE_MASK] = is_real
         return stacked
 
-    def _preprocess(self, index: int) -> dict:
+    def _preprocess(self, index: int, epoch: int) -> dict:
         example = self.source[index]
         try:
+            if getattr(self.preprocess_fn, "takes_epoch", False):
+                return self.preprocess_fn(example, epoch)
             return self.preprocess_fn(example)
         except Exception as error:
             raise ValueError(f"cannot preprocess example {index}: {error}") from error
@@ -264,7 +266,10 @@ class BatchIterator:
 def make_iterator(source, preprocess_fn: Callable[[dict], dict], *, batch_size: int, seed: int = 0,
                   shuffle: bool = True, num_epochs: int | None = None, prefetch: int = 2, num_workers: int = 0,
                   process_index: int | None = None, process_count: int | None = None) -> BatchIterator:
-    """Training batches: reshuffled every epoch, each epoch's incomplete last batch dropped."""
+    """Training batches: reshuffled every epoch, each epoch's incomplete last batch dropped.
+
+    A preprocess_fn whose `takes_epoch` is true is called as fn(example, epoch): its random choices (masks) can
+    differ on every pass over an example and stay a function of the position, which resuming restores."""
     return BatchIterator(source, preprocess_fn, batch_size=batch_size, seed=seed, shuffle=shuffle,
                          num_epochs=num_epochs, drop_remainder=True, prefetch=prefetch, num_workers=num_workers,
                          process_index=process_index, process_count=process_count)
