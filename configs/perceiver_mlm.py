@@ -5,8 +5,9 @@
 
 Documents become one stream of Perceiver byte ids (each document ended by [SEP]) cut into windows of
 data.sequence_length bytes; in each window 15% of the words (whitespace-delimited, with the space before them) are
-chosen, 80% of them replaced by [MASK] bytes, 10% by random bytes, 10% left, and the model predicts the chosen bytes
-(perceiver_jax.masking). Metrics: loss and masked-byte accuracy over the chosen bytes.
+chosen anew on every pass over the corpus, 80% of them replaced by [MASK] bytes, 10% by random bytes, 10% left, and
+the model predicts the chosen bytes (perceiver_jax.masking). Metrics: loss and masked-byte accuracy over the chosen
+bytes.
 
 `tiny` (the default) reads the English text that ships with Python (the topics of its documentation, about 470 KB:
 `data.source=lm_python_docs`), no download, windows of 128 bytes, a 0.2M-parameter model. Other text:
