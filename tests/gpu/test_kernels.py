@@ -216,8 +216,9 @@ def test_gpt2_cudnn_attention_matches_einsum_forward_and_backward(dtype):
         assert ours_err <= FUSED_SLACK * bf16_err + 1e-4
 
 
-def attention_with_dropout(q, k, v, seed=0):
-    return attention.fused_attention(q, k, v, None, None, "cudnn", scale=q.shape[-1] ** -0.5, is_causal=True,
+def attention_with_dropout(q, k, v, seed=0, bias=None):
+    """GPT-2's kind (causal, no bias) or, with a bias, T5's kind (bidirectional, a relative-position bias)."""
+    return attention.fused_attention(q, k, v, bias, None, "cudnn", scale=q.shape[-1] ** -0.5, is_causal=bias is None,
                                      dropout_rate=0.5, dropout_seed=seed)
 
 
@@ -239,14 +240,16 @@ def test_cudnn_attention_dropout_draws_new_masks_each_call_and_keeps_the_mean():
     assert rel_err(mean, exact) < 0.2 * rel_err(first, exact)
 
 
-def test_cudnn_attention_dropout_backward_uses_the_forward_masks():
+@pytest.mark.parametrize("with_bias", [False, True], ids=["gpt2", "t5"])
+def test_cudnn_attention_dropout_backward_uses_the_forward_masks(with_bias):
     """out = P_dropped v is linear in v, so sum(w * out) equals sum(v * d/dv sum(w * out)) exactly when the backward
     kernel drops what the forward dropped; with a mask of its own it would not (dropout 0.5: far apart)."""
     rng = np.random.default_rng(1)
     q, k, v, w = (jnp.asarray(rng.standard_normal((2, 256, 12, 64)), jnp.bfloat16) for _ in range(4))
+    bias = jnp.asarray(rng.standard_normal((1, 12, 256, 256)), jnp.bfloat16) if with_bias else None
 
     def weighted(v):
-        return jnp.sum(attention_with_dropout(q, k, v).astype(jnp.float32) * w.astype(jnp.float32))
+        return jnp.sum(attention_with_dropout(q, k, v, bias=bias).astype(jnp.float32) * w.astype(jnp.float32))
 
     for _ in range(3):  # steps: forward and backward advance together
         value, grad_v = jax.jit(jax.value_and_grad(weighted))(v)
