@@ -109,7 +109,7 @@ class GPT2Attention(nnx.Module):
             k, v = write_cache(cache["key"], k, position), write_cache(cache["value"], v, position)
             cache = {"key": k, "value": v}
         if implementation != "einsum":
-            rate = self.attn_pdrop if implementation == "cudnn" and rng is not None else 0.0
+            rate = self.attn_pdrop if rng is not None else 0.0  # resolve fuses under dropout only as cuDNN
             out = attention.fused_attention(q, k, v, None, None, implementation, scale=self.scale, is_causal=True,
                                             dropout_rate=rate, dropout_seed=self.layer_idx)
         else:

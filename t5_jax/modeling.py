@@ -79,7 +79,7 @@ def attend(q, k, v, bias, mask, dropout_rate: float, rng, implementation: str = 
     (attention_implementation's): "einsum" below, with attention dropout, or jaxport.attention.fused_attention
     ("cudnn" with the attention dropout in its kernel, seeded by `dropout_seed`)."""
     if implementation != "einsum":
-        rate = dropout_rate if implementation == "cudnn" and rng is not None else 0.0
+        rate = dropout_rate if rng is not None else 0.0  # resolve fuses under dropout only as cuDNN
         return attention.fused_attention(q, k, v, bias, mask, implementation, scale=1.0, dropout_rate=rate,
                                          dropout_seed=dropout_seed).astype(v.dtype)
     scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
