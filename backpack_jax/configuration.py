@@ -48,9 +48,8 @@ class GPT2Config(HFConfig):
     model_type: str = "gpt2"
     # How attention runs (runtime keys, not written to config.json): jaxport.attention's names. "auto": cuDNN flash
     # attention (causal) on an NVIDIA GPU when the model computes in bf16/fp16 and no attention dropout applies,
-    # the einsums otherwise; "cudnn" also trains with attention dropout (inside the kernel: masks from cuDNN's own
-    # generator, jaxport.attention.fused_attention); decoding with a cache always runs the einsums. Backpack's
-    # sense weights are returned as they are computed, so they stay einsums.
+    # the einsums otherwise; decoding with a cache always runs the einsums. Backpack's sense weights are returned
+    # as they are computed, so they stay einsums.
     attn_implementation: str = "auto"
     # The contextualization blocks in the backward pass: jaxport.hf_config.REMAT_MODES.
     remat: str = "none"

@@ -94,14 +94,12 @@ class GPT2Attention(nnx.Module):
         if config.scale_attn_by_inverse_layer_idx:
             self.scale /= layer_idx + 1
         self.attn_pdrop, self.resid_pdrop = config.attn_pdrop, config.resid_pdrop
-        self.layer_idx = layer_idx  # the seed of cuDNN's attention dropout: each layer draws its own masks
         self.dtype = dtype
 
     def __call__(self, x, mask, cache=None, position=0, rng=None, implementation: str = "einsum"):
         """x [B, T, D] attends to the keys the boolean `mask` [1, 1, T, S] allows: its own, or with `cache`
         ({"key", "value"} [B, max_length, heads, kv]) the cache's after writing its own at `position`.
-        implementation: "einsum", or fused (jaxport.attention; without a cache, causal over x itself; "cudnn"
-        applies the attention dropout inside its kernel)."""
+        implementation: "einsum", or fused (jaxport.attention; without a cache, causal over x itself)."""
         rngs = split_rng(rng, 2)
         qkv = self.c_attn(x)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
@@ -109,9 +107,7 @@ class GPT2Attention(nnx.Module):
             k, v = write_cache(cache["key"], k, position), write_cache(cache["value"], v, position)
             cache = {"key": k, "value": v}
         if implementation != "einsum":
-            rate = self.attn_pdrop if rng is not None else 0.0  # resolve fuses under dropout only as cuDNN
-            out = attention.fused_attention(q, k, v, None, None, implementation, scale=self.scale, is_causal=True,
-                                            dropout_rate=rate, dropout_seed=self.layer_idx)
+            out = attention.fused_attention(q, k, v, None, None, implementation, scale=self.scale, is_causal=True)
         else:
             probs = causal_weights(q, k, self.scale, mask, self.attn_pdrop, rngs[0]).astype(self.dtype)
             out = jnp.einsum("bhts,bshd->bthd", probs, v.astype(self.dtype))
@@ -188,7 +184,7 @@ class GPT2Model(PretrainedModel):
             return self.ln_f(x), {"layers": new_cache}
         implementation = attention.resolve(self.config.attn_implementation, self.dtype, self.config.head_dim,
                                            dropout=rng is not None and self.config.attn_pdrop > 0,
-                                           lengths=(length,), kernel_dropout=True)
+                                           lengths=(length,))
 
         def apply(block, x, mask, rng):
             return block(x, mask, rng=rng, implementation=implementation)[0]

@@ -2,25 +2,16 @@
 
     python bench/lsg_profile.py [--what encode,grad,train] [--attn-impl auto] [--length N] [--set KEY=VALUE ...]
 
-Random weights (the bench/lsg.py shape), batch 1. For each program: its compiled memory, the median time of
-synchronised calls, the mean of calls dispatched back to back and the host time one dispatch takes; then a
-jax.profiler trace of a few calls, with GPU kernel time per call summed by the source line that XLA's metadata
-gives each kernel (the jitted code's file:line and op name) and by kernel name, and of a few synchronised calls:
-how long each waits before its first kernel, leaves the GPU idle between kernels and waits after its last (where
-synchronised and back-to-back times part), and how often the host re-recorded (command_buffer::update: some
-buffer moved since the last call) or launched XLA's command buffers (CUDA graphs). encode: the encoder forward
+Random weights (the bench/lsg.py shape), batch 1. For each program, profiling.profile's figures: its compiled
+memory, synchronised and back-to-back times, GPU kernel time per call by source line and by kernel, where a
+synchronised call waits. encode: the encoder forward
 (bf16 weights, the encoder's as the argument: lsg.encoder_program); grad: its forward + backward (gradient of the
 summed states for those weights); train: one step of the project's training path (bench/lsg.py's train_setup:
 bf16 compute over float32 weights, AdamW, 320 target tokens).
 --set overrides LSGBartConfig fields for A/B runs (e.g. --set dropout=0 --set remat=true). Needs a GPU.
 """
 import argparse
-import collections
-import gzip
 import json
-import re
-import statistics
-import tempfile
 from pathlib import Path
 
 import jax
@@ -28,181 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from lsg import encoder_program, train_batch, train_setup  # bench/ on sys.path
-from measure import LSG_BART_BASE, chained_steps, compiled_memory, time_jax
+from measure import LSG_BART_BASE, chained_steps
+from profiling import profile
 
 from jaxport import runtime
 from lsg_jax.configuration import LSGBartConfig
 from lsg_jax.modeling import LSGBartForConditionalGeneration
 
 TARGET_TOKENS = 320
-
-
-def _kernel_key(name: str) -> str:
-    return re.sub(r"[^0-9A-Za-z]", "_", name)
-
-
-def _table(hlo_text: str, title: str) -> dict:
-    """One of the compiled HLO text's tables (FileNames, FunctionNames, FileLocations, StackFrames): id -> text."""
-    match = re.search(rf"^{title}\n((?:\d+ .*\n)*)", hlo_text, re.M)
-    return dict(line.split(" ", 1) for line in match.group(1).splitlines()) if match else {}
-
-
-def hlo_sources(hlo_text: str, depth: int = 2) -> dict:
-    """Instruction name (as kernels are named: non-alphanumerics as '_') -> 'file:line <- caller file:line op'
-    from its metadata's stack frame (the innermost `depth` frames) and op name."""
-    files, functions = _table(hlo_text, "FileNames"), _table(hlo_text, "FunctionNames")
-    locations, frames = _table(hlo_text, "FileLocations"), _table(hlo_text, "StackFrames")
-    field = lambda text, name: re.search(rf"{name}=(\d+)", text).group(1)
-
-    def where(frame_id: str) -> str:
-        parts = []
-        while frame_id in frames and len(parts) < depth:
-            location = locations[field(frames[frame_id], "file_location_id")]
-            file = Path(files[field(location, "file_name_id")].strip('"')).name
-            parts.append(f"{file}:{field(location, 'line')} "
-                         f"{functions[field(location, 'function_name_id')].strip(chr(34))}")
-            parent = field(frames[frame_id], "parent_frame_id")
-            frame_id = parent if parent != frame_id else None
-        return " <- ".join(parts) or "?"
-
-    sources = {}
-    for m in re.finditer(r"^\s*(?:ROOT )?%?([\w.\-]+) = [^\n]*?metadata=\{([^}]*)\}", hlo_text, re.M):
-        op = re.search(r'op_name="([^"]*)"', m.group(2))
-        frame = re.search(r"stack_frame_id=(\d+)", m.group(2))
-        sources[_kernel_key(m.group(1))] = (f"{where(frame.group(1)) if frame else '?'} "
-                                            f"[{op.group(1).split('/')[-1] if op else '?'}]")
-    return sources
-
-
-SYNCED_CALL = "lsg_profile_synced_call"
-
-
-def trace_events(trace_dir: Path) -> list:
-    """Complete ("X") events of jax.profiler's Perfetto trace, each with "gpu": whether it ran on a GPU stream."""
-    trace = json.loads(gzip.open(next(trace_dir.rglob("perfetto_trace.json.gz"))).read())
-    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in trace["traceEvents"]
-               if e.get("ph") == "M" and e.get("name") == "thread_name"}
-    return [{**e, "gpu": "stream" in threads.get((e["pid"], e.get("tid")), "").lower()}
-            for e in trace["traceEvents"] if e.get("ph") == "X"]
-
-
-def trace_kernels(events: list) -> list:
-    """(kernel name, HLO op or None, microseconds) of every GPU stream event."""
-    return [(e["name"], (e.get("args") or {}).get("hlo_op"), e["dur"]) for e in events if e["gpu"]]
-
-
-def synced_calls(events: list):
-    """(call event, its kernels' (start, end) sorted by start) for each call annotated SYNCED_CALL that ran kernels."""
-    kernels = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e["gpu"])
-    for call in (e for e in events if e["name"] == SYNCED_CALL):
-        inside = [k for k in kernels if call["ts"] <= k[0] <= call["ts"] + call["dur"]]
-        if inside:
-            yield call, inside
-
-
-def synced_timeline(events: list) -> dict | None:
-    """Where a synchronised call's time goes, median over the calls annotated SYNCED_CALL (microseconds): before
-    its first kernel starts ("lead"), GPU idle between its kernels ("gaps"), after its last kernel ends until the
-    host has the result ("tail"), and kernel time ("busy"). None without GPU events."""
-    parts = collections.defaultdict(list)
-    for call, inside in synced_calls(events):
-        busy, covered_to = 0.0, inside[0][0]
-        for start, end in inside:  # union of kernel intervals (streams may overlap)
-            busy += max(0.0, end - max(start, covered_to))
-            covered_to = max(covered_to, end)
-        parts["lead"].append(inside[0][0] - call["ts"])
-        parts["gaps"].append(covered_to - inside[0][0] - busy)
-        parts["tail"].append(call["ts"] + call["dur"] - covered_to)
-        parts["busy"].append(busy)
-    return {name: statistics.median(values) for name, values in parts.items()} or None
-
-
-def host_events_by_name(events: list, top: int) -> dict:
-    """Host events (not on a GPU stream) inside the synchronised calls, microseconds per call summed by name, split
-    into those that start before the call's first kernel ("lead") and after its last ("tail"): what the host does
-    while the GPU waits. Nested events each count."""
-    calls = sum(e["name"] == SYNCED_CALL for e in events)
-    host = [e for e in events if not e["gpu"] and e["name"] != SYNCED_CALL]
-    split = {"lead": collections.Counter(), "tail": collections.Counter()}
-    for call, inside in synced_calls(events):
-        end = call["ts"] + call["dur"]
-        first, last = inside[0][0], max(k[1] for k in inside)
-        for e in host:
-            if call["ts"] <= e["ts"] < first:
-                split["lead"][e["name"]] += e["dur"] / calls
-            elif last <= e["ts"] <= end:
-                split["tail"][e["name"]] += e["dur"] / calls
-    return {part: dict(counter.most_common(top)) for part, counter in split.items()}
-
-
-def command_buffer_events(events: list) -> dict:
-    """Per synchronised call: how many times, and for how long, the host ran each command_buffer::* step
-    (initialize, update = re-recording after buffer addresses changed, execute = launch) anywhere in the call."""
-    calls = sum(e["name"] == SYNCED_CALL for e in events)
-    found = collections.defaultdict(lambda: [0.0, 0.0])
-    for call, _ in synced_calls(events):
-        for e in events:
-            if (not e["gpu"] and e["name"].startswith("command_buffer::")
-                    and call["ts"] <= e["ts"] <= call["ts"] + call["dur"]):
-                found[e["name"]][0] += 1 / calls
-                found[e["name"]][1] += e["dur"] / calls
-    return {name: {"per_call": n, "ms_per_call": us / 1e3} for name, (n, us) in found.items()}
-
-
-def profile(title: str, compiled, fn, calls: int, top: int, hlo_dir: str | None = None) -> dict:
-    timed = time_jax(fn, 1, 10)
-    timing = {"ms": 1e3 * statistics.median(timed["times"]), "ms_back_to_back": 1e3 * timed["back_to_back"],
-              "dispatch_ms": 1e3 * timed["dispatch"]}
-    memory = compiled_memory(compiled) or {}
-    with tempfile.TemporaryDirectory() as folder:
-        with jax.profiler.trace(folder, create_perfetto_trace=True):
-            outs = [fn() for _ in range(calls)]
-            jax.block_until_ready(outs[-1])
-            del outs
-            for _ in range(calls):
-                with jax.profiler.TraceAnnotation(SYNCED_CALL):
-                    jax.block_until_ready(fn())
-        events = trace_events(Path(folder))
-    synced = [e for e in events if e["name"] == SYNCED_CALL]
-    first_synced = min((e["ts"] for e in synced), default=float("inf"))
-    kernels = trace_kernels([e for e in events if e["ts"] < first_synced])  # the back-to-back calls
-    timeline = synced_timeline(events)
-    host_waits = host_events_by_name(events, 12)
-    command_buffers = command_buffer_events(events)
-    hlo = compiled.as_text()
-    if hlo_dir:
-        Path(hlo_dir, f"{title.split()[0]}.hlo.txt.gz").write_bytes(gzip.compress(hlo.encode()))
-    sources = hlo_sources(hlo)
-    by_source, by_kernel = collections.Counter(), collections.Counter()
-    for name, op, us in kernels:
-        source = sources.get(_kernel_key(op or ""), sources.get(_kernel_key(name), "?"))
-        by_source[source] += us / calls
-        by_kernel[name] += us / calls
-    total = sum(by_kernel.values()) or 1e-9  # no GPU stream events off a GPU
-    print(f"\n== {title}: {timing['ms']:.2f} ms synchronised, {timing['ms_back_to_back']:.2f} ms back to back, "
-          f"dispatch {timing['dispatch_ms']:.3f} ms; {total / 1e3:.2f} ms of GPU kernels in "
-          f"{len(kernels) // calls} launches per call; peak {memory.get('peak_bytes', 0) / 1e9:.2f} GB "
-          f"(temp {memory.get('temp_bytes', 0) / 1e9:.2f} GB)")
-    if timeline:
-        print("  one synchronised call: " + ", ".join(f"{name} {us / 1e3:.3f} ms" for name, us in timeline.items())
-              + " (lead: before its first kernel; gaps: GPU idle between its kernels; tail: after its last)")
-    for part, names in host_waits.items():
-        print(f"  host events in the {part} (ms per synchronised call): "
-              + "; ".join(f"{name[:60]} {us / 1e3:.3f}" for name, us in names.items()))
-    print("  command buffers, per synchronised call: " + "; ".join(
-        f"{name} x{v['per_call']:.0f} {v['ms_per_call']:.3f} ms" for name, v in command_buffers.items()))
-    print("  by source line (file:line op):")
-    for source, us in by_source.most_common(top):
-        print(f"    {us / 1e3:7.3f} ms  {100 * us / total:5.1f}%  {source[:100]}")
-    print("  by kernel:")
-    for name, us in by_kernel.most_common(top):
-        print(f"    {us / 1e3:7.3f} ms  {100 * us / total:5.1f}%  {name[:100]}")
-    return {"title": title, **timing, **memory, "kernel_ms": total / 1e3,
-            "synced_call_ms": {k: v / 1e3 for k, v in (timeline or {}).items()},
-            "synced_command_buffers": command_buffers,
-            "synced_host_ms": {part: {k: v / 1e3 for k, v in names.items()} for part, names in host_waits.items()},
-            "by_source_ms": {k: v / 1e3 for k, v in by_source.most_common()},
-            "by_kernel_ms": {k: v / 1e3 for k, v in by_kernel.most_common()}}
 
 
 def parse_value(text: str):

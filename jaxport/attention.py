@@ -30,12 +30,11 @@ def cudnn_supported(dtype, head_dim: int, platform: str) -> bool:
 
 
 def resolve(name: str, dtype, head_dim: int, *, dropout: bool, lengths: tuple[int, ...] = (),
-            platform: str | None = None, kernel_dropout: bool = False) -> str:
+            platform: str | None = None) -> str:
     """The implementation of one forward pass of an attention computing in `dtype` with heads of `head_dim`:
 
-    - "einsum" whenever attention dropout applies (`dropout`: training with a nonzero rate), except an explicit
-      "cudnn" where the caller hands the rate to `fused_attention` (`kernel_dropout`): cuDNN then drops inside
-      the kernel;
+    - "einsum" whenever attention dropout applies (`dropout`: training with a nonzero rate; fused attention has
+      none);
     - "auto": "cudnn" where `cudnn_supported` and every length in `lengths` (queries, keys) is even (cuDNN refuses
       odd lengths with a bias in training), else "einsum" (CPU, TPU, float32 models: their attention stays
       float32);
@@ -43,7 +42,7 @@ def resolve(name: str, dtype, head_dim: int, *, dropout: bool, lengths: tuple[in
 
     platform: default_platform()'s name, this process's by default."""
     platform = platform or default_platform()
-    if dropout and not (kernel_dropout and name == "cudnn"):
+    if dropout:
         return "einsum"
     if name == "auto":
         even = all(length % 2 == 0 for length in lengths)
@@ -60,7 +59,7 @@ def compute_dtype(dtype, implementation: str):
 
 
 def fused_attention(q, k, v, bias, mask, implementation: str, *, scale: float | None = None,
-                    is_causal: bool = False, dropout_rate: float = 0.0, dropout_seed: int = 0) -> jax.Array:
+                    is_causal: bool = False) -> jax.Array:
     """softmax(scale * q k^T + bias) v over the keys `mask` allows, through jax.nn.dot_product_attention
     (implementation "xla" or "cudnn"). q [B, T, H, D], k/v [B, S, H, D]; bias float [B | 1, H | 1, T, S] or None
     (differentiable: T5's learned relative positions); mask boolean, broadcastable to [B, H, T, S], or None;
@@ -69,16 +68,7 @@ def fused_attention(q, k, v, bias, mask, implementation: str, *, scale: float | 
 
     Bias and mask stay apart, as the API takes them. cuDNN adds them into one bias in q's dtype (so the bias is cast
     to it here: a float32 bias gave NaN gradients, jax-ml/jax#32242) and needs that bias to have T rows: a mask
-    without a bias is broadcast to them (jax-ml/jax#28974).
-
-    dropout_rate > 0 (implementation "cudnn" only): dropout on the attention probabilities inside cuDNN's kernel,
-    through JAX's cuDNN attention itself (`jax.nn.dot_product_attention` exposes no dropout). Its masks come from
-    cuDNN's Philox generator, seeded by `dropout_seed` (give each attention of a model its own) at an offset that
-    XLA's cuDNN graph advances at every execution (its UpdateDropoutState): new masks every step, the backward pass
-    regenerating the forward's; not a function of the training's rng key, so not bit-reproducible across a restart
-    as the einsums' masks are."""
-    if dropout_rate and implementation != "cudnn":
-        raise ValueError(f"attention dropout inside the kernel needs implementation 'cudnn', not {implementation!r}")
+    without a bias is broadcast to them (jax-ml/jax#28974)."""
     compute = compute_dtype(q.dtype, implementation)
     q, k, v = (x.astype(compute) for x in (q, k, v))
     if implementation == "cudnn":
@@ -86,18 +76,5 @@ def fused_attention(q, k, v, bias, mask, implementation: str, *, scale: float | 
             bias = bias.astype(compute)
         elif mask is not None:
             mask = jnp.broadcast_to(mask, (mask.shape[0], mask.shape[1], q.shape[1], k.shape[1]))
-    if dropout_rate:
-        return _cudnn_with_dropout(q, k, v, bias, mask, scale, is_causal, dropout_rate, dropout_seed)
     return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale, is_causal=is_causal,
                                         implementation=implementation)
-
-
-def _cudnn_with_dropout(q, k, v, bias, mask, scale, is_causal, rate, seed):
-    """fused_attention's "cudnn" with dropout: JAX's cuDNN attention called as jax.nn.dot_product_attention calls
-    it, with the dropout arguments that function does not pass on."""
-    from jax._src.cudnn import fused_attention_stablehlo as cudnn
-
-    return cudnn.dot_product_attention(
-        q, k, v, bias, mask, scale=q.shape[-1] ** -0.5 if scale is None else scale,
-        mask_type=cudnn.MaskType.CAUSAL if is_causal else cudnn.MaskType.NO_MASK, seed=seed, dropout_rate=rate,
-        qkv_layout="BTNH")

@@ -43,8 +43,8 @@ class T5Config(HFConfig):
     # "einsum" (scores in float32, attention dropout), "xla" / "cudnn" (jax.nn.dot_product_attention with the
     # relative-position bias and the mask kept apart; cuDNN flash attention computes in bf16 even for a float32
     # model), or "auto": cudnn on an NVIDIA GPU when the model computes in bf16/fp16, einsum on a CPU or TPU, for
-    # float32 models and in training with dropout (an explicit "cudnn" trains with the attention dropout inside its
-    # kernel). Resolved per forward pass by jaxport.attention.resolve; incremental decoding always runs the einsums.
+    # float32 models and in training with dropout. Resolved per forward pass by jaxport.attention.resolve;
+    # incremental decoding always runs the einsums.
     attn_implementation: str = "auto"
     # Encoder and decoder layers in the backward pass (a runtime key): jaxport.hf_config.REMAT_MODES.
     remat: str = "none"

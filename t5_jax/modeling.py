@@ -66,22 +66,18 @@ def relative_position_bucket(relative_position: jax.Array, bidirectional: bool, 
 
 def attention_implementation(config: T5Config, dtype, lengths: tuple[int, ...], training: bool) -> str:
     """config.attn_implementation for one forward pass over queries and keys of these lengths (jaxport.attention.
-    resolve); T5's attention dropout is its dropout_rate, which `attend` hands to cuDNN's kernel."""
+    resolve); T5's attention dropout is its dropout_rate."""
     return attention.resolve(config.attn_implementation, dtype, config.d_kv, lengths=lengths,
-                             dropout=training and config.dropout_rate > 0, kernel_dropout=True)
+                             dropout=training and config.dropout_rate > 0)
 
 
-def attend(q, k, v, bias, mask, dropout_rate: float, rng, implementation: str = "einsum",
-           dropout_seed: int = 0) -> jax.Array:
+def attend(q, k, v, bias, mask, dropout_rate: float, rng, implementation: str = "einsum") -> jax.Array:
     """Softmax attention [B, T, heads, d_kv] in v's dtype: scores plus `bias` (float32 position bias
     [1, heads, T, S], or None) over the keys `mask` (boolean, broadcastable to [B, heads, T, S]) allows; softmax in
     float32. T5 folds the 1/sqrt(d_kv) scaling into its weight initialisation: no scaling here. `implementation`
-    (attention_implementation's): "einsum" below, with attention dropout, or jaxport.attention.fused_attention
-    ("cudnn" with the attention dropout in its kernel, seeded by `dropout_seed`)."""
+    (attention_implementation's): "einsum" below, with attention dropout, or jaxport.attention.fused_attention."""
     if implementation != "einsum":
-        rate = dropout_rate if rng is not None else 0.0  # resolve fuses under dropout only as cuDNN
-        return attention.fused_attention(q, k, v, bias, mask, implementation, scale=1.0, dropout_rate=rate,
-                                         dropout_seed=dropout_seed).astype(v.dtype)
+        return attention.fused_attention(q, k, v, bias, mask, implementation, scale=1.0).astype(v.dtype)
     scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
     if bias is not None:
         scores = scores + bias
@@ -91,7 +87,7 @@ def attend(q, k, v, bias, mask, dropout_rate: float, rng, implementation: str = 
 
 class T5Attention(nnx.Module):
     def __init__(self, config: T5Config, *, has_relative_bias: bool, bidirectional: bool, dtype, param_dtype,
-                 rngs: nnx.Rngs, dropout_seed: int = 0):
+                 rngs: nnx.Rngs):
         d, h, k, f = config.d_model, config.num_heads, config.d_kv, config.initializer_factor
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.query = Dense((d,), (h, k), ("embed", "heads", "kv"), f * (d * k) ** -0.5, **kw)
@@ -105,7 +101,6 @@ class T5Attention(nnx.Module):
         self.num_buckets = config.relative_attention_num_buckets
         self.max_distance = config.relative_attention_max_distance
         self.dropout_rate = config.dropout_rate
-        self.dropout_seed = dropout_seed  # cuDNN's attention dropout: each attention of the model its own masks
         self.dtype = dtype
 
     def position_bias(self, query_positions: jax.Array, key_positions: jax.Array) -> jax.Array:
@@ -138,8 +133,7 @@ class T5Attention(nnx.Module):
             k = jax.lax.dynamic_update_slice_in_dim(cache["key"], k.astype(cache["key"].dtype), position, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache["value"], v.astype(cache["value"].dtype), position, axis=1)
             cache = {"key": k, "value": v}
-        out = attend(q, k, v.astype(self.dtype), position_bias, mask, self.dropout_rate, rng, implementation,
-                     self.dropout_seed)
+        out = attend(q, k, v.astype(self.dtype), position_bias, mask, self.dropout_rate, rng, implementation)
         return self.out(out), cache
 
 
@@ -163,12 +157,10 @@ class T5MLP(nnx.Module):
 
 
 class T5EncoderBlock(nnx.Module):
-    def __init__(self, config: T5Config, *, has_relative_bias: bool, index: int, dtype, param_dtype,
-                 rngs: nnx.Rngs):
+    def __init__(self, config: T5Config, *, has_relative_bias: bool, dtype, param_dtype, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.attention_norm = RMSNorm(config.d_model, config.layer_norm_epsilon, **kw)
-        self.attention = T5Attention(config, has_relative_bias=has_relative_bias, bidirectional=True,
-                                     dropout_seed=index, **kw)
+        self.attention = T5Attention(config, has_relative_bias=has_relative_bias, bidirectional=True, **kw)
         self.mlp_norm = RMSNorm(config.d_model, config.layer_norm_epsilon, **kw)
         self.mlp = T5MLP(config, **kw)
         self.dropout_rate = config.dropout_rate
@@ -181,17 +173,13 @@ class T5EncoderBlock(nnx.Module):
 
 
 class T5DecoderBlock(nnx.Module):
-    def __init__(self, config: T5Config, *, has_relative_bias: bool, index: int, dtype, param_dtype,
-                 rngs: nnx.Rngs):
+    def __init__(self, config: T5Config, *, has_relative_bias: bool, dtype, param_dtype, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         eps = config.layer_norm_epsilon
-        seed = config.num_layers + 2 * index  # after the encoder's attentions
         self.self_attention_norm = RMSNorm(config.d_model, eps, **kw)
-        self.self_attention = T5Attention(config, has_relative_bias=has_relative_bias, bidirectional=False,
-                                          dropout_seed=seed, **kw)
+        self.self_attention = T5Attention(config, has_relative_bias=has_relative_bias, bidirectional=False, **kw)
         self.cross_attention_norm = RMSNorm(config.d_model, eps, **kw)
-        self.cross_attention = T5Attention(config, has_relative_bias=False, bidirectional=True,
-                                           dropout_seed=seed + 1, **kw)
+        self.cross_attention = T5Attention(config, has_relative_bias=False, bidirectional=True, **kw)
         self.mlp_norm = RMSNorm(config.d_model, eps, **kw)
         self.mlp = T5MLP(config, **kw)
         self.dropout_rate = config.dropout_rate
@@ -215,7 +203,7 @@ class T5Encoder(nnx.Module):
     def __init__(self, config: T5Config, *, dtype, param_dtype, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         # Only the first layer owns the relative-position table; its bias is shared by all layers.
-        self.layers = nnx.List([T5EncoderBlock(config, has_relative_bias=i == 0, index=i, **kw)
+        self.layers = nnx.List([T5EncoderBlock(config, has_relative_bias=i == 0, **kw)
                                 for i in range(config.num_layers)])
         self.final_norm = RMSNorm(config.d_model, config.layer_norm_epsilon, **kw)
         self.dropout_rate = config.dropout_rate
@@ -242,7 +230,7 @@ class T5Encoder(nnx.Module):
 class T5Decoder(nnx.Module):
     def __init__(self, config: T5Config, *, dtype, param_dtype, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.layers = nnx.List([T5DecoderBlock(config, has_relative_bias=i == 0, index=i, **kw)
+        self.layers = nnx.List([T5DecoderBlock(config, has_relative_bias=i == 0, **kw)
                                 for i in range(config.num_decoder_layers)])
         self.final_norm = RMSNorm(config.d_model, config.layer_norm_epsilon, **kw)
         self.dropout_rate = config.dropout_rate

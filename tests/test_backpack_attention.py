@@ -1,8 +1,8 @@
 """GPT-2's (and so Backpack's contextualization network's) attention dispatch: `attn_implementation` resolves once
 per forward pass without a cache (auto: cuDNN's causal flash attention on an NVIDIA GPU with half-precision compute
 and no attention dropout, einsum elsewhere); the fused formulation ("xla" here, the code path cuDNN takes on a GPU:
-tests/gpu/test_kernels.py) equals the einsums forward and backward, as does each remat mode; an explicit "cudnn"
-hands attention dropout to the kernel, a seed per layer; decoding with a cache stays on the einsums."""
+tests/gpu/test_kernels.py) equals the einsums forward and backward, as does each remat mode; decoding with a cache
+stays on the einsums."""
 import functools
 
 import jax
@@ -76,28 +76,6 @@ def test_attention_dropout_keeps_the_einsums(monkeypatch):
     assert attention.resolve("auto", jnp.bfloat16, GPT2Config.create().head_dim, dropout=False, lengths=(512,),
                              platform="gpu") == "cudnn"
 
-
-def test_explicit_cudnn_hands_attention_dropout_to_the_kernel_with_a_seed_per_layer(monkeypatch):
-    """attn_implementation="cudnn" in training with attn_pdrop > 0: each layer's fused attention gets the rate and
-    its own seed (the kernel itself runs on a GPU only: tests/gpu/test_kernels.py; here a stand-in records the
-    call); without a dropout key, no rate. auto and the einsum-only callers keep the einsums under dropout."""
-    monkeypatch.setattr(attention, "default_platform", lambda: "gpu")
-    calls = []
-
-    def stand_in(q, k, v, bias, mask, scale, is_causal, rate, seed):
-        calls.append((rate, seed))
-        return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=is_causal)
-    monkeypatch.setattr(attention, "_cudnn_with_dropout", stand_in)
-    config = GPT2Config.create(**{**FIELDS, "attn_pdrop": 0.25}, attn_implementation="cudnn")
-    model = GPT2LMHeadModel(config, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
-    model(jnp.zeros((1, 6), jnp.int32), dropout_rng=jax.random.key(0))
-    assert calls == [(0.25, layer) for layer in range(FIELDS["n_layer"])]
-    head_dim = config.head_dim
-    assert attention.resolve("cudnn", jnp.bfloat16, head_dim, dropout=True, kernel_dropout=True) == "cudnn"
-    assert attention.resolve("cudnn", jnp.bfloat16, head_dim, dropout=True) == "einsum"
-    assert attention.resolve("auto", jnp.bfloat16, head_dim, dropout=True, kernel_dropout=True) == "einsum"
-    with pytest.raises(ValueError, match="needs implementation 'cudnn', not 'xla'"):
-        attention.fused_attention(*(jnp.zeros((1, 4, 2, 8)),) * 3, None, None, "xla", dropout_rate=0.1)
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_decoding_with_a_cache_stays_on_the_einsums(name, monkeypatch):

@@ -1,8 +1,7 @@
 """T5's attention dispatch: `attn_implementation` resolves once per forward pass (auto: cuDNN on an NVIDIA GPU with
 half-precision compute, einsum elsewhere), the fused formulation ("xla" here, the code path cuDNN takes on a GPU:
 tests/gpu/test_kernels.py) equals the einsums forward and backward, the relative-position bias gets its gradient
-through it, and remat recomputes the same numbers; an explicit "cudnn" hands attention dropout to the kernel. SIP
-and FLIPPED inherit all of it through T5Config."""
+through it, and remat recomputes the same numbers. SIP inherits all of it through T5Config."""
 import dataclasses
 
 import jax
@@ -94,24 +93,6 @@ def test_auto_resolves_to_einsum_here_and_to_cudnn_on_an_nvidia_gpu_with_half_pr
     with pytest.raises(ValueError, match="cudnn.*NVIDIA GPU"):
         attention_implementation(dataclasses.replace(config, attn_implementation="cudnn"), jnp.bfloat16, (8,), False)
 
-
-def test_explicit_cudnn_hands_attention_dropout_to_the_kernel_with_a_seed_per_attention(monkeypatch):
-    """attn_implementation="cudnn" in training with dropout_rate > 0 (T5's attention dropout): every attention gets
-    the rate and a seed of its own (encoder layers 0.., then each decoder layer's self- and cross-attention); the
-    kernel itself runs on a GPU only (tests/gpu/test_kernels.py), here a stand-in records the calls."""
-    monkeypatch.setattr(attention, "default_platform", lambda: "gpu")
-    calls = []
-
-    def stand_in(q, k, v, bias, mask, scale, is_causal, rate, seed):
-        calls.append((rate, seed))
-        return jax.nn.dot_product_attention(q, k, v, bias=bias, mask=mask, scale=scale)
-    monkeypatch.setattr(attention, "_cudnn_with_dropout", stand_in)
-    config = T5Config.create(**{**TINY, "dropout_rate": 0.1}, attn_implementation="cudnn")
-    assert attention_implementation(config, jnp.bfloat16, (8, 4), training=True) == "cudnn"
-    model = T5ForConditionalGeneration(config, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
-    ids = jnp.ones((2, 8), jnp.int32)
-    model(input_ids=ids, decoder_input_ids=ids[:, :4], dropout_rng=jax.random.key(0))
-    assert sorted(calls) == [(0.1, seed) for seed in range(TINY["num_layers"] + 2 * TINY["num_decoder_layers"])]
 
 def test_runtime_keys_are_validated_and_stay_out_of_config_json(tmp_path):
     with pytest.raises(ValueError, match="attn_implementation='flash'"):
