@@ -3,6 +3,7 @@ torch.compile, in one process; plain GPT-2 small beside transformers' GPT-2 unde
 
     python bench/backpack.py [--tiny] [--out results.json] [--ref-file PATH] [--skip-compile] [--skip-gpt2]
                              [--skip-generate] [--skip-parts] [--steps N] [--dropout P] [--train-batch B]
+                             [--attn-implementation NAME]
 
 Model: n_embd 768, 12 layers, 12 heads, 16 senses, sense MLP 4 x wider, vocab 50264, 512 positions, attention scaled
 by the inverse layer index (the authors' stanfordnlp/backpack-gpt2), dropout --dropout (default 0.1, the released
@@ -46,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # backpack_jax / jaxport without installation
 
 import argparse
+import dataclasses
 import functools
 import gc
 import importlib.util
@@ -381,6 +383,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--skip-parts", action="store_true", help="leave out the per-part timings")
     parser.add_argument("--steps", type=int, help="timed training steps (median taken)")
     parser.add_argument("--dropout", type=float, default=0.1, help="resid/embd/attn dropout (default 0.1)")
+    parser.add_argument("--attn-implementation", default="auto", choices=attention.IMPLEMENTATIONS,
+                        help="GPT-2's attention in the JAX training (default auto; fused ones need --dropout 0)")
     parser.add_argument("--train-batch", type=int, help="training rows (default 32; fewer to trace the losses of "
                                                          "both sides at a small batch)")
     args = parser.parse_args(argv)
@@ -403,11 +407,11 @@ def main(argv=None) -> dict:
     b, t = cfg["train_batch"], cfg["train_length"]
     flops = {name: train_flops(cfg[name], b, t, backpack=name == "backpack") for name in ("backpack", "gpt2")}
     results["train_flops"] = flops
-    # What GPT-2's attention runs in the JAX training step (attn_implementation "auto"; cuDNN needs attention dropout
-    # off: --dropout 0).
-    results["jax_attention_train"] = attention.resolve("auto", jnp.bfloat16, cfg["backpack"]["n_embd"]
-                                                       // cfg["backpack"]["n_head"], dropout=args.dropout > 0,
-                                                       lengths=(t,))
+    # What GPT-2's attention runs in the JAX training step (the einsums under attention dropout: --dropout 0 for
+    # cuDNN's).
+    results["jax_attention_train"] = attention.resolve(args.attn_implementation, jnp.bfloat16,
+                                                       cfg["backpack"]["n_embd"] // cfg["backpack"]["n_head"],
+                                                       dropout=args.dropout > 0, lengths=(t,))
     log(f"JAX attention in training: {results['jax_attention_train']}")
     for name, f in flops.items():
         log(f"{name} train FLOPs/step = {f['formula']}\n  = "
@@ -431,7 +435,8 @@ def main(argv=None) -> dict:
             results.setdefault("num_params", {})[name] = sum(p.numel() for p in reference.parameters())
             del reference
             model_class, config_class = jax_classes[name]
-            model_config = config_class.from_json_file(folders[name] / "config.json")
+            model_config = dataclasses.replace(config_class.from_json_file(folders[name] / "config.json"),
+                                               attn_implementation=args.attn_implementation)
             batch = make_batch(cfg, cfg[name]["vocab_size"])
             log(f"training step {name}, batch {b} x {t} ...")
             results["train"][name] = compare_training(cfg, name, (model_class, model_config, folders[name]),

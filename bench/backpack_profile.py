@@ -50,7 +50,7 @@ def main(argv=None) -> dict:
     batch = trainer.global_batch(np_batch, batch_sharding)
     compiled = step.lower(state, batch).compile()
     implementation = attention.resolve(args.attn_implementation, jnp.bfloat16, config.head_dim, dropout=p > 0,
-                                       lengths=(LENGTH,), kernel_dropout=True)
+                                       lengths=(LENGTH,))
     title = f"train {args.model} {args.batch}x{LENGTH} dropout {p} attention {implementation}"
     result = profile(title, compiled, chained_steps(compiled, state, batch), args.calls, args.top)
     if args.out:
