@@ -33,6 +33,8 @@ from jaxport.layers import (
     split_rng,
 )
 
+RESIDUAL_DTYPE = jnp.float32  # of the residual streams, whatever the computation dtype (GPT2Model.hidden)
+
 
 @flax.struct.dataclass
 class GPT2ModelOutput:
@@ -173,7 +175,11 @@ class GPT2Model(PretrainedModel):
         if position_ids is None:
             position_ids = places[None]
         rngs = split_rng(rng, len(self.h) + 1)
-        x = dropout(self.wte(input_ids) + self.wpe(position_ids), self.config.embd_pdrop, rngs[-1])
+        # The residual stream stays float32 under bf16 compute, as torch.autocast keeps it (embedding lookups are not
+        # autocast, and bf16 block outputs add to float32): rounded to bf16 at every addition, the full-size Backpack
+        # trained on one batch fell far behind the original (bench/RESULTS.md, Backpack losses).
+        x = self.wte(input_ids, RESIDUAL_DTYPE) + self.wpe(position_ids, RESIDUAL_DTYPE)
+        x = dropout(x, self.config.embd_pdrop, rngs[-1])
         num_keys = length if cache is None else cache["layers"][0]["key"].shape[1]
         mask = causal_mask(places, jnp.arange(num_keys))
         if cache is not None:
@@ -339,7 +345,7 @@ class BackpackGPT2Model(PretrainedModel):
 
     def token_senses(self, input_ids, rng=None):
         """Senses [B, T, num_senses, D]."""
-        return self.sense_network(self.gpt2_model.wte(input_ids), rng)
+        return self.sense_network(self.gpt2_model.wte(input_ids, RESIDUAL_DTYPE), rng)
 
     def hidden(self, input_ids, position_ids=None, cache=None, position=0, rng=None, keep: int = 0):
         """(weighted sums of senses [B, T, D], contextualization float32 [B, senses, T, S], cache); with `cache`

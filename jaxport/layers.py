@@ -59,8 +59,9 @@ class Embed(nnx.Module):
         self.dtype = dtype
         self.embedding = normal_param(rngs, (num_embeddings, features), std, axes, param_dtype)
 
-    def __call__(self, ids: jax.Array) -> jax.Array:
-        return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+    def __call__(self, ids: jax.Array, dtype=None) -> jax.Array:
+        """The rows of `ids` in `dtype` (default the module's computation dtype)."""
+        return jnp.take(self.embedding[...], ids, axis=0).astype(dtype or self.dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:
         """Scores of x against every embedding row: the tied output projection."""

@@ -8,7 +8,14 @@ import pytest
 import torch
 from flax import nnx
 
-from backpack_jax import BackpackGPT2Config, BackpackGPT2LMHeadModel, BackpackGPT2Model, GPT2LMHeadModel, GPT2Model
+from backpack_jax import (
+    BackpackGPT2Config,
+    BackpackGPT2LMHeadModel,
+    BackpackGPT2Model,
+    GPT2LMHeadModel,
+    GPT2Model,
+    modeling,
+)
 from jaxport import tree
 from jaxport.convert import flax_to_pytorch
 from tests import helpers
@@ -289,3 +296,22 @@ def test_config_keeps_unknown_keys_and_names_unknown_fields():
         BackpackGPT2Config.create(num_sense=3)
     with pytest.raises(ValueError, match="n_embd \\(24\\) must be a multiple of n_head \\(5\\)"):
         BackpackGPT2Config.create(n_embd=24, n_head=5)
+
+
+def test_bf16_compute_keeps_the_residual_streams_float32(monkeypatch):
+    """As torch.autocast keeps them (embedding lookups stay float32, bf16 block outputs add to float32), in the
+    contextualization network and in the sense network's block (bench/RESULTS.md, Backpack losses)."""
+    seen = {"contextualization": [], "senses": []}
+    for cls, key in ((modeling.GPT2Block, "contextualization"), (modeling.BackpackNoMixBlock, "senses")):
+        call = cls.__call__
+
+        def recording(self, x, *args, _call=call, _key=key, **kwargs):
+            residual = args[0] if _key == "senses" else x
+            seen[_key].append(residual.dtype)
+            return _call(self, x, *args, **kwargs)
+        monkeypatch.setattr(cls, "__call__", recording)
+    config = BackpackGPT2Config.create(**helpers.GPT2_TINY, num_senses=3)
+    model = BackpackGPT2LMHeadModel(config, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+    logits = model(jnp.asarray(ids_of(6)), dropout_rng=jax.random.key(0)).logits
+    assert logits.dtype == jnp.float32
+    assert seen["contextualization"] == [jnp.float32] * config.n_layer and seen["senses"] == [jnp.float32]

@@ -43,3 +43,5 @@ def test_perceiver_learn_pretrains_on_the_given_text_and_fine_tunes_both_ways(mo
     assert report["majority_class_accuracy"] == 0.5
     for name in ("pretrained", "scratch"):
         assert 0.0 <= report[name]["eval_accuracy"] <= 1.0 and report[name]["eval_loss"] > 0
+        curve = report[name]["eval_accuracy_by_step"]  # every tenth of the 30 steps, ending with the result
+        assert list(curve) == list(range(3, 31, 3)) and curve[30] == report[name]["eval_accuracy"]
