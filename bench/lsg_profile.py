@@ -4,10 +4,10 @@
 
 Random weights (the bench/lsg.py shape), batch 1. For each program, profiling.profile's figures: its compiled
 memory, synchronised and back-to-back times, GPU kernel time per call by source line and by kernel, where a
-synchronised call waits. encode: the encoder forward
-(bf16 weights, the encoder's as the argument: lsg.encoder_program); grad: its forward + backward (gradient of the
-summed states for those weights); train: one step of the project's training path (bench/lsg.py's train_setup:
-bf16 compute over float32 weights, AdamW, 320 target tokens).
+synchronised call waits. encode: the encoder forward (bf16 weights, the encoder's as the argument:
+lsg.encoder_program); grad: its forward + backward (gradient of the summed states for those weights); train: one
+step of the project's training path (bench/lsg.py's train_setup: bf16 compute over float32 weights, AdamW, 320
+target tokens).
 --set overrides LSGBartConfig fields for A/B runs (e.g. --set dropout=0 --set remat=true). Needs a GPU.
 """
 import argparse
