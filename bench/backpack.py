@@ -168,7 +168,7 @@ def save_reference(model, folder: Path) -> None:
 
 
 def make_batch(cfg: dict, vocab: int) -> dict:
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(cfg["seed"])
     tokens = rng.integers(0, vocab, (cfg["train_batch"], cfg["train_length"] + 1), dtype=np.int32)
     return {"input_ids": tokens[:, :-1], "labels": tokens[:, 1:]}
 
@@ -387,6 +387,8 @@ def main(argv=None) -> dict:
                         help="GPT-2's attention in the JAX training (default auto; fused ones need --dropout 0)")
     parser.add_argument("--train-batch", type=int, help="training rows (default 32; fewer to trace the losses of "
                                                          "both sides at a small batch)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random training batch (to repeat a loss trace on other batches)")
     args = parser.parse_args(argv)
     if not args.ref_file:
         parser.error("the authors' modeling file was not found: pip install pyvene==0.1.8 or pass --ref-file")
@@ -395,6 +397,7 @@ def main(argv=None) -> dict:
         cfg["steps"] = args.steps
     if args.train_batch:
         cfg["train_batch"] = args.train_batch
+    cfg["seed"] = args.seed
     transformers.logging.set_verbosity_error()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -46,7 +46,7 @@ def main(argv=None) -> dict:
                                  attn_implementation=args.attn_implementation)
     state, step, batch_sharding = train_setup(FixedBatchLMTask(model_class, config), None, LEARNING_RATE,
                                               WEIGHT_DECAY)
-    np_batch = make_batch({"train_batch": args.batch, "train_length": LENGTH}, shape["vocab_size"])
+    np_batch = make_batch({"train_batch": args.batch, "train_length": LENGTH, "seed": 0}, shape["vocab_size"])
     batch = trainer.global_batch(np_batch, batch_sharding)
     compiled = step.lower(state, batch).compile()
     implementation = attention.resolve(args.attn_implementation, jnp.bfloat16, config.head_dim, dropout=p > 0,

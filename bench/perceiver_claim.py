@@ -236,7 +236,8 @@ def learn(args) -> dict:
              f"--config.data.max_length={128 if args.tiny else 256}", "--config.data.truncate=True",
              f"--config.train.num_steps={fine_steps}", "--config.train.batch_size=32",
              f"--config.train.compute_dtype={'float32' if args.tiny else 'bfloat16'}",
-             "--config.optimizer.learning_rate=5e-4", f"--config.optimizer.warmup_steps={fine_steps // 10}",
+             f"--config.optimizer.learning_rate={args.finetune_lr}",
+             f"--config.optimizer.warmup_steps={fine_steps // 10}",
              f"--config.train.eval_every={max(1, fine_steps // 10)}", f"--config.train.checkpoint_every={fine_steps}",
              f"--config.train.log_every={max(1, fine_steps // 20)}"])
         records = [json.loads(line) for line in (finetune / "metrics.jsonl").read_text().splitlines()]
@@ -268,6 +269,7 @@ def main(argv=None):
                         "WORKDIR/text.jsonl), e.g. runs/claim_data/train.jsonl: the GCIDE text of backpack_claim.py")
     parser.add_argument("--pretrain-steps", type=int, default=20_000, help="learn: masked-byte pre-training steps")
     parser.add_argument("--finetune-steps", type=int, default=3000, help="learn: steps of each fine-tuning run")
+    parser.add_argument("--finetune-lr", type=float, default=5e-4, help="learn: peak learning rate of fine-tuning")
     args = parser.parse_args(argv)
     return {"scaling": scaling, "data": data, "learn": learn}[args.stage](args)
 
