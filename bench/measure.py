@@ -113,6 +113,15 @@ def median_ms(times) -> float:
     return 1e3 * statistics.median(times)
 
 
+def jax_back_to_back_ms(call, runs: int) -> float:
+    """The mean ms of `runs` calls of call() dispatched back to back, waiting on the last one's result only (calls run
+    in order on one stream)."""
+    start = time.perf_counter()
+    outs = [call() for _ in range(runs)]
+    jax.block_until_ready(outs[-1])
+    return 1e3 * (time.perf_counter() - start) / runs
+
+
 def time_jax(fn, warmup: int, runs: int) -> dict:
     """`fn`'s calls timed three ways after `warmup` calls: each synchronised ("times", s), the host time until each
     returns ("dispatch", median s), and back to back ("back_to_back", s): the median over B2B_BLOCKS blocks of the
@@ -128,13 +137,7 @@ def time_jax(fn, warmup: int, runs: int) -> dict:
         jax.block_until_ready(out)
         times.append(time.perf_counter() - start)
         del out
-    blocks = []
-    for _ in range(B2B_BLOCKS):
-        start = time.perf_counter()
-        outs = [fn() for _ in range(runs)]
-        jax.block_until_ready(outs[-1])
-        blocks.append((time.perf_counter() - start) / runs)
-        del outs
+    blocks = [jax_back_to_back_ms(fn, runs) / 1e3 for _ in range(B2B_BLOCKS)]
     return {"times": times, "dispatch": statistics.median(dispatch), "back_to_back": statistics.median(blocks),
             "back_to_back_blocks": blocks}
 

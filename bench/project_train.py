@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import jax
-from measure import median_ms
+from measure import chained_steps, jax_back_to_back_ms, median_ms
 
 from jaxport import base_config, runtime, trainer
 from jaxport.tasks import Seq2SeqTask
@@ -52,7 +52,7 @@ def last_loss(state: trainer.TrainState) -> float:
 def timed_train(task, init_from, np_batch: dict, learning_rate: float, weight_decay: float, warmup: int,
                 steps: int) -> dict:
     """`warmup` + `steps` training steps (train_setup's) on one fixed batch, each timed on its own: median ms, every
-    step's ms, the first and the last step's loss."""
+    step's ms, the first and the last step's loss; then `steps` more back to back (the trainer's way)."""
     state, step, batch_sharding = train_setup(task, init_from, learning_rate, weight_decay)
     batch = trainer.global_batch(np_batch, batch_sharding)
     first_loss, times = None, []
@@ -69,5 +69,6 @@ def timed_train(task, init_from, np_batch: dict, learning_rate: float, weight_de
             print(f"   jax first step (incl. compile) {elapsed:.1f}s, loss {first_loss:.6f}", flush=True)
     if int(state.nonfinite_step) >= 0:
         raise FloatingPointError(f"JAX loss became non-finite at step {int(state.nonfinite_step)}")
-    return {"ms": median_ms(times), "times_ms": [1e3 * t for t in times], "first_loss": first_loss,
-            "last_loss": last_loss(state)}
+    record = {"ms": median_ms(times), "times_ms": [1e3 * t for t in times], "first_loss": first_loss,
+              "last_loss": last_loss(state)}
+    return {**record, "back_to_back_ms": jax_back_to_back_ms(chained_steps(step, state, batch), steps)}

@@ -1,5 +1,5 @@
 """What the benchmarks that run a PyTorch reference share: device sync, freeing memory, the bf16 matmul rate, the
-optimizer, timed training steps."""
+optimizer, timed calls and training steps."""
 import gc
 import time
 
@@ -45,9 +45,19 @@ def torch_adamw(params, learning_rate: float, weight_decay: float):
         return torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay, foreach=True), "foreach"
 
 
+def torch_back_to_back_ms(call, device, runs: int) -> float:
+    """The mean ms of `runs` calls of call() queued back to back (as a stream of batches runs), synchronised once."""
+    torch_sync(device)
+    start = time.perf_counter()
+    for _ in range(runs):
+        call()
+    torch_sync(device)
+    return 1e3 * (time.perf_counter() - start) / runs
+
+
 def timed_torch_steps(step, device, warmup: int, steps: int, label: str) -> dict:
     """`warmup` + `steps` calls of step() (one training step, returning its loss tensor), each synchronised and
-    timed: median ms, every timed step's ms, the first and the last loss."""
+    timed: median ms, every timed step's ms, the first and the last loss; then `steps` more back to back."""
     first_loss, times = None, []
     for i in range(warmup + steps):
         torch_sync(device)
@@ -60,5 +70,6 @@ def timed_torch_steps(step, device, warmup: int, steps: int, label: str) -> dict
         if i == 0:
             first_loss = loss.item()
             print(f"   torch {label} first step {elapsed:.1f}s, loss {first_loss:.6f}", flush=True)
-    return {"ms": median_ms(times), "times_ms": [1e3 * t for t in times], "first_loss": first_loss,
-            "last_loss": loss.item()}
+    record = {"ms": median_ms(times), "times_ms": [1e3 * t for t in times], "first_loss": first_loss,
+              "last_loss": loss.item()}
+    return {**record, "back_to_back_ms": torch_back_to_back_ms(step, device, steps)}
