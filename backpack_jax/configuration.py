@@ -15,6 +15,7 @@ from jaxport import attention
 from jaxport.hf_config import HFConfig
 
 ACTIVATIONS = ("gelu_new", "gelu", "relu", "silu")
+ATTN_IMPLEMENTATIONS = (*attention.IMPLEMENTATIONS, "pallas")
 
 
 def _token_ids(value):
@@ -46,10 +47,11 @@ class GPT2Config(HFConfig):
     eos_token_id: int | tuple[int, ...] | None = 50256
     pad_token_id: int | None = None
     model_type: str = "gpt2"
-    # How attention runs (runtime keys, not written to config.json): jaxport.attention's names. "auto": cuDNN flash
-    # attention (causal) on an NVIDIA GPU when the model computes in bf16/fp16 and no attention dropout applies,
-    # the einsums otherwise; decoding with a cache always runs the einsums. Backpack's sense weights are returned
-    # as they are computed, so they stay einsums.
+    # How attention runs (runtime keys, not written to config.json): jaxport.attention's names, or "pallas"
+    # (jaxport.causal_attention: flash attention's Pallas kernels with the attention dropout inside, the einsums'
+    # mask; heads of a power of two >= 16). "auto": cuDNN flash attention (causal) on an NVIDIA GPU when the model
+    # computes in bf16/fp16 and no attention dropout applies, the einsums otherwise; decoding with a cache always
+    # runs the einsums. Backpack's sense weights are returned as they are computed, so they stay einsums.
     attn_implementation: str = "auto"
     # The contextualization blocks in the backward pass: jaxport.hf_config.REMAT_MODES.
     remat: str = "none"
@@ -58,7 +60,7 @@ class GPT2Config(HFConfig):
     runtime_keys = ("attn_implementation", "remat")
 
     def __post_init__(self):
-        self.check_runtime_keys(attention.IMPLEMENTATIONS)
+        self.check_runtime_keys(ATTN_IMPLEMENTATIONS)
         for name in ("bos_token_id", "eos_token_id"):
             object.__setattr__(self, name, _token_ids(getattr(self, name)))
         if self.activation_function not in ACTIVATIONS:

@@ -18,6 +18,7 @@ from flax import nnx
 from backpack_jax.configuration import BackpackGPT2Config, GPT2Config
 from backpack_jax.convert import backpack_rules, gpt2_rules
 from jaxport import attention
+from jaxport.causal_attention import causal_attention
 from jaxport.generation import causal_lm_generate
 from jaxport.hf import PretrainedModel
 from jaxport.layers import (
@@ -77,6 +78,15 @@ def causal_weights(q: jax.Array, k: jax.Array, scale: float, mask: jax.Array, dr
     return dropout(jax.nn.softmax(scores + mask_bias(mask), axis=-1), dropout_rate, rng)
 
 
+def attention_implementation(config: GPT2Config, dtype, length: int, training: bool) -> str:
+    """config.attn_implementation for one forward pass without a cache over `length` tokens: "pallas" as it is (its
+    kernels take attention dropout), the others through jaxport.attention.resolve."""
+    if config.attn_implementation == "pallas":
+        return "pallas"
+    return attention.resolve(config.attn_implementation, dtype, config.head_dim, lengths=(length,),
+                             dropout=training and config.attn_pdrop > 0)
+
+
 def write_cache(buffer: jax.Array, new: jax.Array, position) -> jax.Array:
     """`new` [B, T, ...] written into the cache buffer [B, max_length, ...] at `position`."""
     return jax.lax.dynamic_update_slice_in_dim(buffer, new.astype(buffer.dtype), position, axis=1)
@@ -101,14 +111,18 @@ class GPT2Attention(nnx.Module):
     def __call__(self, x, mask, cache=None, position=0, rng=None, implementation: str = "einsum"):
         """x [B, T, D] attends to the keys the boolean `mask` [1, 1, T, S] allows: its own, or with `cache`
         ({"key", "value"} [B, max_length, heads, kv]) the cache's after writing its own at `position`.
-        implementation: "einsum", or fused (jaxport.attention; without a cache, causal over x itself)."""
+        implementation: "einsum", "pallas" (jaxport.causal_attention) or fused (jaxport.attention); the last two
+        without a cache, causal over x itself."""
         rngs = split_rng(rng, 2)
         qkv = self.c_attn(x)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if cache is not None:
             k, v = write_cache(cache["key"], k, position), write_cache(cache["value"], v, position)
             cache = {"key": k, "value": v}
-        if implementation != "einsum":
+        if implementation == "pallas":
+            out = causal_attention(q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype),
+                                   scale=self.scale, dropout_rate=self.attn_pdrop, rng=rngs[0])
+        elif implementation != "einsum":
             out = attention.fused_attention(q, k, v, None, None, implementation, scale=self.scale, is_causal=True)
         else:
             probs = causal_weights(q, k, self.scale, mask, self.attn_pdrop, rngs[0]).astype(self.dtype)
@@ -188,9 +202,7 @@ class GPT2Model(PretrainedModel):
                 x, layer_cache = block(x, mask, layer_cache, position, block_rng)
                 new_cache.append(layer_cache)
             return self.ln_f(x), {"layers": new_cache}
-        implementation = attention.resolve(self.config.attn_implementation, self.dtype, self.config.head_dim,
-                                           dropout=rng is not None and self.config.attn_pdrop > 0,
-                                           lengths=(length,))
+        implementation = attention_implementation(self.config, self.dtype, length, training=rng is not None)
 
         def apply(block, x, mask, rng):
             return block(x, mask, rng=rng, implementation=implementation)[0]

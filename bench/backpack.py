@@ -72,8 +72,9 @@ from rates import jax_matmul_peak
 from torch_measure import timed_torch_steps, torch_adamw, torch_free, torch_matmul_peak, torch_sync
 
 from backpack_jax import BackpackGPT2Config, BackpackGPT2LMHeadModel, GPT2Config, GPT2LMHeadModel
+from backpack_jax.configuration import ATTN_IMPLEMENTATIONS
+from backpack_jax.modeling import attention_implementation
 from backpack_jax.tasks import CausalLMTask
-from jaxport import attention
 
 BACKPACK = dict(vocab_size=50264, n_positions=512, n_embd=768, n_layer=12, n_head=12, num_senses=16,
                 sense_intermediate_scale=4, scale_attn_by_inverse_layer_idx=True, activation_function="gelu_new",
@@ -383,7 +384,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--skip-parts", action="store_true", help="leave out the per-part timings")
     parser.add_argument("--steps", type=int, help="timed training steps (median taken)")
     parser.add_argument("--dropout", type=float, default=0.1, help="resid/embd/attn dropout (default 0.1)")
-    parser.add_argument("--attn-implementation", default="auto", choices=attention.IMPLEMENTATIONS,
+    parser.add_argument("--attn-implementation", default="auto", choices=ATTN_IMPLEMENTATIONS,
                         help="GPT-2's attention in the JAX training (default auto; fused ones need --dropout 0)")
     parser.add_argument("--train-batch", type=int, help="training rows (default 32; fewer to trace the losses of "
                                                          "both sides at a small batch)")
@@ -410,11 +411,12 @@ def main(argv=None) -> dict:
     b, t = cfg["train_batch"], cfg["train_length"]
     flops = {name: train_flops(cfg[name], b, t, backpack=name == "backpack") for name in ("backpack", "gpt2")}
     results["train_flops"] = flops
-    # What GPT-2's attention runs in the JAX training step (the einsums under attention dropout: --dropout 0 for
-    # cuDNN's).
-    results["jax_attention_train"] = attention.resolve(args.attn_implementation, jnp.bfloat16,
-                                                       cfg["backpack"]["n_embd"] // cfg["backpack"]["n_head"],
-                                                       dropout=args.dropout > 0, lengths=(t,))
+    # What GPT-2's attention runs in the JAX training step (auto: the einsums under attention dropout, cuDNN's with
+    # --dropout 0; --attn-implementation pallas: the Pallas kernels with the dropout inside).
+    results["jax_attention_train"] = attention_implementation(
+        BackpackGPT2Config.create(**cfg["backpack"], attn_pdrop=args.dropout,
+                                  attn_implementation=args.attn_implementation),
+        jnp.bfloat16, t, training=True)
     log(f"JAX attention in training: {results['jax_attention_train']}")
     for name, f in flops.items():
         log(f"{name} train FLOPs/step = {f['formula']}\n  = "

@@ -23,7 +23,9 @@ from profiling import profile
 from project_train import train_setup
 
 from backpack_jax import BackpackGPT2Config, BackpackGPT2LMHeadModel, GPT2Config, GPT2LMHeadModel
-from jaxport import attention, trainer
+from backpack_jax.configuration import ATTN_IMPLEMENTATIONS
+from backpack_jax.modeling import attention_implementation
+from jaxport import trainer
 
 MODELS = {"backpack": (BackpackGPT2LMHeadModel, BackpackGPT2Config, BACKPACK),
           "gpt2": (GPT2LMHeadModel, GPT2Config, GPT2_SMALL)}
@@ -35,7 +37,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--model", choices=sorted(MODELS), default="backpack")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--dropout", type=float, default=0.1, help="resid/embd/attn dropout (default 0.1)")
-    parser.add_argument("--attn-implementation", default="auto", choices=attention.IMPLEMENTATIONS)
+    parser.add_argument("--attn-implementation", default="auto", choices=ATTN_IMPLEMENTATIONS)
     parser.add_argument("--calls", type=int, default=5)
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--out", help="write the profile as JSON here")
@@ -49,8 +51,7 @@ def main(argv=None) -> dict:
     np_batch = make_batch({"train_batch": args.batch, "train_length": LENGTH, "seed": 0}, shape["vocab_size"])
     batch = trainer.global_batch(np_batch, batch_sharding)
     compiled = step.lower(state, batch).compile()
-    implementation = attention.resolve(args.attn_implementation, jnp.bfloat16, config.head_dim, dropout=p > 0,
-                                       lengths=(LENGTH,))
+    implementation = attention_implementation(config, jnp.bfloat16, LENGTH, training=True)
     title = f"train {args.model} {args.batch}x{LENGTH} dropout {p} attention {implementation}"
     result = profile(title, compiled, chained_steps(compiled, state, batch), args.calls, args.top)
     if args.out:

@@ -81,10 +81,14 @@ def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
     Deterministic for a given rng and shape."""
     if rng is None or rate == 0.0:
         return x
+    return _dropout(x, dropout_words(rng), rate)
+
+
+def dropout_words(rng: jax.Array) -> jax.Array:
+    """The two uint32 words of a dropout mask's hash, folded from any PRNG implementation's key data."""
     data = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
-    data = data.astype(jnp.uint32).reshape(-1)  # any implementation's key words, folded to two
-    words = jax.lax.reduce(jnp.pad(data, (0, data.size % 2)).reshape(-1, 2), np.uint32(0), jax.lax.bitwise_xor, (0,))
-    return _dropout(x, words, rate)
+    data = data.astype(jnp.uint32).reshape(-1)
+    return jax.lax.reduce(jnp.pad(data, (0, data.size % 2)).reshape(-1, 2), np.uint32(0), jax.lax.bitwise_xor, (0,))
 
 
 def _mix(h: jax.Array) -> jax.Array:
@@ -102,17 +106,35 @@ def _keep(shape, words: jax.Array, rate: float) -> jax.Array:
     if rows >= 2 ** 32 or cols >= 2 ** 32:
         raise ValueError(f"dropout over {shape}: more than 2**32 rows or columns")
     row, col = (jax.lax.broadcasted_iota(jnp.uint32, (rows, cols), axis) for axis in (0, 1))
-    bits = _mix(_mix(row ^ words[0]) ^ (col * jnp.uint32(0x9E3779B9) + words[1]))
-    return (bits >= jnp.uint32(_threshold(rate))).reshape(shape)
+    return dropout_keep(dropout_row_hash(row, words), dropout_col_hash(col, words), rate).reshape(shape)
+
+
+def dropout_row_hash(row: jax.Array, words: jax.Array) -> jax.Array:
+    """The part of an element's hash its row (uint32) decides: kernels that tile the mask take it per row."""
+    return _mix(row ^ words[0])
+
+
+def dropout_col_hash(col: jax.Array, words: jax.Array) -> jax.Array:
+    """The part of an element's hash its column (uint32) decides."""
+    return col * jnp.uint32(0x9E3779B9) + words[1]
+
+
+def dropout_keep(row_hash: jax.Array, col_hash: jax.Array, rate: float) -> jax.Array:
+    """Where dropout keeps the elements of these (broadcast) row and column hashes."""
+    return _mix(row_hash ^ col_hash) >= jnp.uint32(_threshold(rate))
 
 
 def _threshold(rate: float) -> int:
     return min(round(rate * 2 ** DROPOUT_BITS), 2 ** DROPOUT_BITS - 1)
 
 
+def dropout_scale(rate: float) -> float:
+    """What kept elements are multiplied by: 1 / the exact keep probability."""
+    return 2 ** DROPOUT_BITS / (2 ** DROPOUT_BITS - _threshold(rate))
+
+
 def _masked(x: jax.Array, words: jax.Array, rate: float) -> jax.Array:
-    scale = 2 ** DROPOUT_BITS / (2 ** DROPOUT_BITS - _threshold(rate))  # 1 / the exact keep probability
-    return jnp.where(_keep(x.shape, words, rate), x * jnp.asarray(scale, x.dtype), 0).astype(x.dtype)
+    return jnp.where(_keep(x.shape, words, rate), x * jnp.asarray(dropout_scale(rate), x.dtype), 0).astype(x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))

@@ -1,8 +1,8 @@
 """GPT-2's (and so Backpack's contextualization network's) attention dispatch: `attn_implementation` resolves once
 per forward pass without a cache (auto: cuDNN's causal flash attention on an NVIDIA GPU with half-precision compute
 and no attention dropout, einsum elsewhere); the fused formulation ("xla" here, the code path cuDNN takes on a GPU:
-tests/gpu/test_kernels.py) equals the einsums forward and backward, as does each remat mode; decoding with a cache
-stays on the einsums."""
+tests/gpu/test_kernels.py) equals the einsums forward and backward, as do each remat mode and the Pallas kernels
+that take attention dropout ("pallas"); decoding with a cache stays on the einsums."""
 import functools
 
 import jax
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from backpack_jax import BackpackGPT2Config, BackpackGPT2LMHeadModel, GPT2Config, GPT2LMHeadModel
+from backpack_jax import BackpackGPT2Config, BackpackGPT2LMHeadModel, GPT2Config, GPT2LMHeadModel, modeling
 from jaxport import attention, tree
 from tests import helpers
 from tests.helpers import rel_err
@@ -24,9 +24,10 @@ FIELDS = {**helpers.GPT2_TINY, "n_layer": 2, "resid_pdrop": 0.1, "embd_pdrop": 0
           "scale_attn_by_inverse_layer_idx": True}
 
 
-def logits_and_grads(name: str, **runtime):
+def logits_and_grads(name: str, **fields):
+    """Logits and gradients of a training step's loss (dropout on) of model `name` with FIELDS updated by `fields`."""
     model_class, config_class, extra = MODELS[name]
-    config = config_class.create(**FIELDS, **extra, **runtime)
+    config = config_class.create(**{**FIELDS, **fields}, **extra)
     graphdef, params, rest = nnx.split(model_class(config, rngs=nnx.Rngs(0)), nnx.Param, ...)
     ids = jnp.asarray(np.random.default_rng(0).integers(0, FIELDS["vocab_size"], (2, 11)))
 
@@ -59,6 +60,23 @@ def test_fused_path_and_remat_give_the_same_logits_and_gradients(name, runtime, 
         assert rel_err(grad, expected_grads[path]) < 1e-4, path
     fused_calls = FIELDS["n_layer"] if runtime["attn_implementation"] == "xla" else 0
     assert len(calls) == fused_calls and all(kw["is_causal"] for kw in calls)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_pallas_path_with_attention_dropout_equals_the_einsums(name, monkeypatch):
+    """attn_implementation="pallas" (jaxport.causal_attention) takes attention dropout, with the einsums' masks:
+    the same logits and gradients in training (heads of 16: Triton's tiles)."""
+    fields = {"n_embd": 32, "n_head": 2, "attn_pdrop": 0.1}
+    expected_logits, expected_grads = logits_and_grads(name, attn_implementation="einsum", **fields)
+    rates = []
+    kernels = modeling.causal_attention
+    monkeypatch.setattr(modeling, "causal_attention", lambda *args, **kw: rates.append(kw["dropout_rate"])
+                        or kernels(*args, **kw))
+    logits, grads = logits_and_grads(name, attn_implementation="pallas", **fields)
+    assert rates == [0.1] * FIELDS["n_layer"]
+    assert rel_err(logits, expected_logits) < 1e-5
+    for path, grad in grads.items():
+        assert rel_err(grad, expected_grads[path]) < 1e-4, path
 
 
 def test_attention_dropout_keeps_the_einsums(monkeypatch):

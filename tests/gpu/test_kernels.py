@@ -1,8 +1,8 @@
 """The GPU paths, compiled (not interpreted), at LSG-BART-base's width and at ByT5-small's head shape: `auto` picks
 the fused kernels on the GPU, every fused path (LSG's; T5's cuDNN attention with its relative-position bias; GPT-2's
-causal cuDNN attention, Backpack's contextualization network) agrees with the einsum formulation forward and
-backward within tolerances that a wrong softmax scale or a dropped bias would break, and the Hopper GEMM computes
-the exact GELU, not tanh's approximation."""
+causal cuDNN attention and its Pallas kernels with attention dropout, Backpack's contextualization network) agrees
+with the einsum formulation forward and backward within tolerances that a wrong softmax scale or a dropped bias
+would break, and the Hopper GEMM computes the exact GELU, not tanh's approximation."""
 import dataclasses
 import zlib
 
@@ -177,9 +177,11 @@ BACKPACK_SHAPE = dict(vocab_size=1024, n_positions=512, n_embd=768, n_layer=2, n
                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
 
 
-def backpack_logits_and_grads(implementation, dtype):
-    """Backpack-GPT2 (its GPT-2 stack is where the implementation acts): logits and every parameter gradient."""
-    config = BackpackGPT2Config.create(**BACKPACK_SHAPE, attn_implementation=implementation)
+def backpack_logits_and_grads(implementation, dtype, attn_pdrop=0.0):
+    """Backpack-GPT2 (its GPT-2 stack is where the implementation acts): logits and every parameter gradient of a
+    training pass (one dropout key)."""
+    config = BackpackGPT2Config.create(**{**BACKPACK_SHAPE, "attn_pdrop": attn_pdrop},
+                                       attn_implementation=implementation)
     graphdef, params, rest = nnx.split(random_model(config, dtype, BackpackGPT2LMHeadModel), nnx.Param, ...)
     ids = np.random.default_rng(0).integers(0, BACKPACK_SHAPE["vocab_size"], (2, 512)).astype(np.int32)
     cotangent = jax.random.normal(jax.random.key(7), (2, 512, BACKPACK_SHAPE["vocab_size"]))
@@ -211,6 +213,21 @@ def test_gpt2_cudnn_attention_matches_einsum_forward_and_backward(dtype):
     for name, ours, ref, bf16 in (("logits", logits, ref_logits, bf16_logits), ("grads", grads, ref_grads, bf16_grads)):
         ours_err, bf16_err = rel_err(ours, ref), rel_err(bf16, ref)
         print(f"\nGPT-2 cudnn {dtype} {name}: rel. err {ours_err:.2e} (einsum bf16 {bf16_err:.2e})")
+        assert np.isfinite(ours).all() and np.abs(ref).max() > 0
+        assert ours_err <= FUSED_SLACK * bf16_err + 1e-4
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_gpt2_pallas_attention_with_dropout_matches_einsum_forward_and_backward(dtype):
+    """GPT-2's causal attention through jaxport.causal_attention's Triton kernels with attention dropout 0.1 (the
+    einsums' masks, one key): logits and every gradient within FUSED_SLACK of einsum-in-bf16's error against float32
+    einsum with the same dropout."""
+    ref_logits, ref_grads = backpack_logits_and_grads("einsum", jnp.float32, attn_pdrop=0.1)
+    bf16_logits, bf16_grads = backpack_logits_and_grads("einsum", jnp.bfloat16, attn_pdrop=0.1)
+    logits, grads = backpack_logits_and_grads("pallas", jnp.dtype(dtype), attn_pdrop=0.1)
+    for name, ours, ref, bf16 in (("logits", logits, ref_logits, bf16_logits), ("grads", grads, ref_grads, bf16_grads)):
+        ours_err, bf16_err = rel_err(ours, ref), rel_err(bf16, ref)
+        print(f"\nGPT-2 pallas {dtype} {name}: rel. err {ours_err:.2e} (einsum bf16 {bf16_err:.2e})")
         assert np.isfinite(ours).all() and np.abs(ref).max() > 0
         assert ours_err <= FUSED_SLACK * bf16_err + 1e-4
 
