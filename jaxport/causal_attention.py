@@ -12,9 +12,10 @@ einsum path's for the same rng, element for element, so the two implementations 
 rounding.
 
 q, k, v are [B, T, H, D] as a projection writes them; each program reads its batch element's and head's rows in
-place. Lengths that are not a multiple of the tile are padded (causality keeps padded keys out of real rows).
-Compiled through Triton on an NVIDIA GPU, run by Pallas' interpreter elsewhere (tests check the outputs and
-gradients against the einsum path there).
+place, and under a jit sharded over batch or heads each device runs the kernels on its own part (the mask's row
+hashes, computed outside, travel with their rows). Lengths that are not a multiple of the tile are padded
+(causality keeps padded keys out of real rows). Compiled through Triton on an NVIDIA GPU, run by Pallas'
+interpreter elsewhere (tests check the outputs and gradients against the einsum path there).
 """
 import functools
 import math
@@ -25,6 +26,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from jaxport.layers import dropout_col_hash, dropout_keep, dropout_row_hash, dropout_scale, dropout_words
+from jaxport.sharding import per_batch_and_head
 
 TILE = 64  # query and key rows per tile
 NUM_STAGES = 2
@@ -71,18 +73,25 @@ def _attention_bwd(scale, rate, residuals, d_out):
     # sum_j p_ij dp_ij = dO_i . O_i, dropout included (O sums the dropped-out probabilities times v).
     delta = jnp.einsum("bthd,bthd->bht", d_out.astype(jnp.float32), out.astype(jnp.float32))
     inputs = (q, k, v, d_out.astype(q.dtype), lse, delta, row_hash, col_hash)
-    dq = _call(functools.partial(_dq_kernel, scale=scale, rate=rate), inputs, ["rows"], [q.dtype])[0]
-    dk, dv = _call(functools.partial(_dkv_kernel, scale=scale, rate=rate), inputs, ["rows", "rows"],
-                   [k.dtype, v.dtype])
-    return dq, dk, dv, None, None
+    return *_backward(*inputs, scale, rate), None, None
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
+@per_batch_and_head("bthd, bthd, bthd, bht, t -> bthd, bht", statics=2)
 def _forward(q, k, v, row_hash, col_hash, scale, rate):
-    return _call(functools.partial(_forward_kernel, scale=scale, rate=rate), (q, k, v, row_hash, col_hash),
-                 ["rows", "stats"], [q.dtype, jnp.float32])
+    return tuple(_call(functools.partial(_forward_kernel, scale=scale, rate=rate), (q, k, v, row_hash, col_hash),
+                       ["rows", "stats"], [q.dtype, jnp.float32]))
+
+
+@per_batch_and_head("bthd, bthd, bthd, bthd, bht, bht, bht, t -> bthd, bthd, bthd", statics=2)
+def _backward(q, k, v, d_out, lse, delta, row_hash, col_hash, scale, rate):
+    inputs = (q, k, v, d_out, lse, delta, row_hash, col_hash)
+    dq = _call(functools.partial(_dq_kernel, scale=scale, rate=rate), inputs, ["rows"], [q.dtype])[0]
+    dk, dv = _call(functools.partial(_dkv_kernel, scale=scale, rate=rate), inputs, ["rows", "rows"],
+                   [k.dtype, v.dtype])
+    return dq, dk, dv
 
 
 def _call(kernel, inputs, outputs, dtypes):

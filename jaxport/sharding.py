@@ -13,6 +13,7 @@ from typing import Sequence
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxport import launch, tree
@@ -154,3 +155,38 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     mesh, rules = active
     spec = logical_to_spec(axes, x.shape, mesh, rules, warn=False)
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def per_batch_and_head(layouts: str, statics: int):
+    """Make a function of arrays laid out as `layouts` (e.g. "blhd, bl -> bhl": b batch, h heads, other letters
+    rows and head dims), followed by `statics` static arguments, partitionable: under a sharded jit each device
+    runs it on its own batch elements and heads, rows and head dims whole (blocks read their neighbours). A bare
+    pallas_call is opaque to XLA's partitioner, which would gather every input onto every device."""
+    ins, outs = ([name.strip() for name in side.split(",")] for side in layouts.split("->"))
+    whole = [name for name in dict.fromkeys("".join(ins + outs)) if name not in "bh"]  # in order of appearance
+
+    def decorate(fn):
+        partitioned = custom_partitioning(fn, static_argnums=tuple(range(len(ins), len(ins) + statics)))
+
+        def shardings(mesh, arg_shapes):
+            spec = tuple(getattr(arg_shapes[0].sharding, "spec", ())) + (None,) * len(ins[0])
+            axes = {"b": spec[ins[0].index("b")], "h": spec[ins[0].index("h")]}
+            place = lambda layout: NamedSharding(mesh, PartitionSpec(*(axes.get(name) for name in layout)))
+            results = tuple(map(place, outs))
+            return tuple(map(place, ins)), results if len(outs) > 1 else results[0]
+
+        def partition(*args):
+            *static, mesh, arg_shapes, _ = args
+            arg_shardings, result_shardings = shardings(mesh, arg_shapes)
+            return mesh, lambda *arrays: fn(*arrays, *static), result_shardings, arg_shardings
+
+        def infer(*args):
+            *_, mesh, arg_shapes, _ = args
+            return shardings(mesh, arg_shapes)[1]
+
+        partitioned.def_partition(partition, infer_sharding_from_operands=infer,
+                                  sharding_rule=" -> ".join(", ".join(" ".join(layout) for layout in side)
+                                                            for side in (ins, outs)),
+                                  need_replication_factors=tuple(whole))
+        return partitioned
+    return decorate

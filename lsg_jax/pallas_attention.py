@@ -35,9 +35,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.custom_partitioning import custom_partitioning
 from jax.experimental.pallas import triton as plgpu
-from jax.sharding import NamedSharding, PartitionSpec
+
+from jaxport.sharding import per_batch_and_head
 
 KEY_TILE = 64
 QUERY_TILE = 64
@@ -430,42 +430,7 @@ def _backward_inputs(q, k, v, valid, out, lse, d_out, value_bias=None):
     return (q, k, v, valid, d_out, lse * LOG2E, delta)
 
 
-def _per_batch_and_head(layouts: str, statics: int):
-    """Make a function of arrays laid out as `layouts` (e.g. "blhd, bl -> bhl": b batch, h heads, other letters
-    rows and head dims), followed by `statics` static arguments, partitionable: under a sharded jit each device
-    runs it on its own batch elements and heads, rows and head dims whole (blocks read their neighbours). A bare
-    pallas_call is opaque to XLA's partitioner, which would gather every input onto every device."""
-    ins, outs = ([name.strip() for name in side.split(",")] for side in layouts.split("->"))
-    whole = [name for name in dict.fromkeys("".join(ins + outs)) if name not in "bh"]  # in order of appearance
-
-    def decorate(fn):
-        partitioned = custom_partitioning(fn, static_argnums=tuple(range(len(ins), len(ins) + statics)))
-
-        def shardings(mesh, arg_shapes):
-            spec = tuple(getattr(arg_shapes[0].sharding, "spec", ())) + (None,) * len(ins[0])
-            axes = {"b": spec[ins[0].index("b")], "h": spec[ins[0].index("h")]}
-            place = lambda layout: NamedSharding(mesh, PartitionSpec(*(axes.get(name) for name in layout)))
-            results = tuple(map(place, outs))
-            return tuple(map(place, ins)), results if len(outs) > 1 else results[0]
-
-        def partition(*args):
-            *static, mesh, arg_shapes, _ = args
-            arg_shardings, result_shardings = shardings(mesh, arg_shapes)
-            return mesh, lambda *arrays: fn(*arrays, *static), result_shardings, arg_shardings
-
-        def infer(*args):
-            *_, mesh, arg_shapes, _ = args
-            return shardings(mesh, arg_shapes)[1]
-
-        partitioned.def_partition(partition, infer_sharding_from_operands=infer,
-                                  sharding_rule=" -> ".join(", ".join(" ".join(layout) for layout in side)
-                                                            for side in (ins, outs)),
-                                  need_replication_factors=tuple(whole))
-        return partitioned
-    return decorate
-
-
-@_per_batch_and_head("bljhd, bl, bhe -> blhd, bhl", statics=2)
+@per_batch_and_head("bljhd, bl, bhe -> blhd, bhl", statics=2)
 def pallas_lsg_forward(qkv, valid, bias, G: int, block_size: int):
     """Global-token-first qkv [B, L, 3, H, D] (q, k, v packed as one projection writes them, without biases; a
     half-precision dtype on GPU), valid [B, L] int32, bias [B, H, 2 * D] float32 (each head's query and value
@@ -481,7 +446,7 @@ def pallas_lsg_forward(qkv, valid, bias, G: int, block_size: int):
     return out.at[:, :G].set(glob), lse.at[:, :, :G].set(glob_lse)
 
 
-@_per_batch_and_head("bljhd, bl, bhe, blhd, bhl, blhd -> bljhd, bhe", statics=2)
+@per_batch_and_head("bljhd, bl, bhe, blhd, bhl, blhd -> bljhd, bhe", statics=2)
 def pallas_lsg_backward(qkv, valid, bias, out, lse, d_out, G: int, block_size: int):
     """The gradients of qkv [B, L, 3, H, D] and bias [B, H, 2 * D] for pallas_lsg_forward's out and lse, given
     out's cotangent d_out. The dq kernel writes slot 0 of the packed gradient, the dk/dv kernel slots 1 and 2 of the
@@ -510,12 +475,12 @@ def _no_bias(q):
     return jnp.zeros((B, H, 2 * D), jnp.float32)
 
 
-@_per_batch_and_head("bthd, bshd, bshd, bs -> bthd, bht", statics=0)
+@per_batch_and_head("bthd, bshd, bshd, bs -> bthd, bht", statics=0)
 def _padded_forward(q, k, v, valid):
     return _split_forward(q, k, v, valid, _no_bias(q), q.shape[1])
 
 
-@_per_batch_and_head("bthd, bshd, bshd, bs, bthd, bht, bthd -> bthd, bshd, bshd", statics=0)
+@per_batch_and_head("bthd, bshd, bshd, bs, bthd, bht, bthd -> bthd, bshd, bshd", statics=0)
 def _padded_backward(q, k, v, valid, out, lse, d_out):
     inputs = _backward_inputs(q, k, v, valid, out, lse, d_out)
     dk, dv = _split_dkv(inputs, k.shape[1], 1)  # many key tiles: no need to split the queries
