@@ -14,13 +14,12 @@ check that Triton compiles the Pallas kernels into what Pallas' interpreter runs
 import argparse
 import dataclasses
 import json
-import statistics
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from measure import LSG_BART_BASE, time_jax  # bench/ on sys.path
+from measure import LSG_BART_BASE, measure_attention  # bench/ on sys.path
 
 from jaxport.layers import NEG_INF
 from lsg_jax import pallas_attention
@@ -28,39 +27,6 @@ from lsg_jax.configuration import LSGBartConfig
 from lsg_jax.dispatch import lsg_attention, padded_attention, resolve
 
 HEADS, HEAD_DIM, PADDING = 12, 64, 777
-
-
-def measure(title: str, make, inputs, names) -> dict:
-    """make(implementation, dtype) -> attention(q, k, v); inputs: q, k, v and the output's cotangent (bf16)."""
-    def programs(name, dtype):
-        attention = make(name, dtype)
-
-        def forward_backward(q, k, v, cotangent):
-            out, vjp = jax.vjp(attention, *(x.astype(dtype) for x in (q, k, v)))
-            return out, *vjp(cotangent.astype(dtype))
-        return jax.jit(attention), jax.jit(forward_backward)
-
-    reference = [np.asarray(x, np.float32) for x in programs("xla", jnp.float32)[1](*inputs)]
-    print(title)
-    results = {}
-    for name in names:
-        forward, forward_backward = programs(name, jnp.bfloat16)
-        errors = {}
-        for part, got, want in zip(("out", "dq", "dk", "dv"), forward_backward(*inputs), reference, strict=True):
-            diff = np.abs(np.asarray(got, np.float32) - want)
-            errors[part] = {"max": float(diff.max()), "mean": float(diff.mean()), "scale": float(np.abs(want).mean())}
-        times = {"forward": time_jax(lambda: forward(*inputs[:3]), 3, 20),
-                 "forward_backward": time_jax(lambda: forward_backward(*inputs), 3, 20)}
-        results[name] = {"errors": errors, **{what: {"ms": 1e3 * statistics.median(t["times"]),
-                                                     "ms_back_to_back": 1e3 * t["back_to_back"]}
-                                              for what, t in times.items()}}
-        timing = results[name]
-        print(f"{name:>7}: forward {timing['forward']['ms']:.3f} ms (b2b {timing['forward']['ms_back_to_back']:.3f}), "
-              f"forward + backward {timing['forward_backward']['ms']:.3f} ms (b2b "
-              f"{timing['forward_backward']['ms_back_to_back']:.3f}); |error| max / mean vs float32: "
-              + ", ".join(f"{part} {e['max']:.4f} / {e['mean']:.5f} (scale {e['scale']:.4f})"
-                          for part, e in errors.items()))
-    return results
 
 
 def main():
@@ -93,15 +59,15 @@ def main():
             constants = dict(zip(names, map(int, setting.split(",")), strict=True))
             for name, value in constants.items():
                 setattr(pallas_attention, name, value)
-            results[setting] = measure(
+            results[setting] = measure_attention(
                 f"LSG attention, {args.length} tokens, pallas with {constants}", lsg, lsg_inputs, ["pallas"])["pallas"]
         if args.out:
             Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
         return
-    results = {"lsg": measure(
+    results = {"lsg": measure_attention(
         f"LSG attention, {args.length} tokens + {G} global, {HEADS} heads of {HEAD_DIM}, block "
         f"{LSG_BART_BASE['block_size']}, {PADDING} padding; {device}", lsg, lsg_inputs, names)}
-    results["cross"] = measure(
+    results["cross"] = measure_attention(
         f"cross-attention, {args.targets} queries over {L} keys ({PADDING} padding), {HEADS} heads of {HEAD_DIM}; "
         f"{device}",
         lambda name, dtype: lambda q, k, v: padded_attention(q, k, v, bias == 0, dtype,

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -178,3 +180,38 @@ def write_results(results: dict, out: str | None) -> None:
     if out:
         Path(out).write_text(json.dumps(results, indent=2, default=float) + "\n")
         print(f"wrote {out}", flush=True)
+
+
+def measure_attention(title: str, make, inputs, names, reference: str = "xla") -> dict:
+    """Each implementation in `names` of an attention (make(implementation, dtype) -> attention(q, k, v)) in bf16:
+    its output and gradients' errors against `reference` in float32, and its time forward and forward + backward
+    (synchronised median, back to back). inputs: q, k, v and the output's cotangent (bf16)."""
+    def programs(name, dtype):
+        attention = make(name, dtype)
+
+        def forward_backward(q, k, v, cotangent):
+            out, vjp = jax.vjp(attention, *(x.astype(dtype) for x in (q, k, v)))
+            return out, *vjp(cotangent.astype(dtype))
+        return jax.jit(attention), jax.jit(forward_backward)
+
+    expected = [np.asarray(x, np.float32) for x in programs(reference, jnp.float32)[1](*inputs)]
+    print(title)
+    results = {}
+    for name in names:
+        forward, forward_backward = programs(name, jnp.bfloat16)
+        errors = {}
+        for part, got, want in zip(("out", "dq", "dk", "dv"), forward_backward(*inputs), expected, strict=True):
+            diff = np.abs(np.asarray(got, np.float32) - want)
+            errors[part] = {"max": float(diff.max()), "mean": float(diff.mean()), "scale": float(np.abs(want).mean())}
+        times = {"forward": time_jax(lambda: forward(*inputs[:3]), 3, 20),
+                 "forward_backward": time_jax(lambda: forward_backward(*inputs), 3, 20)}
+        results[name] = {"errors": errors, **{what: {"ms": 1e3 * statistics.median(t["times"]),
+                                                     "ms_back_to_back": 1e3 * t["back_to_back"]}
+                                              for what, t in times.items()}}
+        timing = results[name]
+        print(f"{name:>7}: forward {timing['forward']['ms']:.3f} ms (b2b {timing['forward']['ms_back_to_back']:.3f}), "
+              f"forward + backward {timing['forward_backward']['ms']:.3f} ms (b2b "
+              f"{timing['forward_backward']['ms_back_to_back']:.3f}); |error| max / mean vs float32: "
+              + ", ".join(f"{part} {e['max']:.4f} / {e['mean']:.5f} (scale {e['scale']:.4f})"
+                          for part, e in errors.items()))
+    return results
