@@ -19,6 +19,7 @@ from backpack_jax.configuration import BackpackGPT2Config, GPT2Config
 from backpack_jax.convert import backpack_rules, gpt2_rules
 from jaxport import attention
 from jaxport.causal_attention import causal_attention
+from jaxport.causal_attention import supported as causal_kernels_supported
 from jaxport.generation import causal_lm_generate
 from jaxport.hf import PretrainedModel
 from jaxport.layers import (
@@ -79,11 +80,15 @@ def causal_weights(q: jax.Array, k: jax.Array, scale: float, mask: jax.Array, dr
 
 
 def attention_implementation(config: GPT2Config, dtype, length: int, training: bool) -> str:
-    """config.attn_implementation for one forward pass without a cache over `length` tokens: "pallas" as it is (its
-    kernels take attention dropout), the others through jaxport.attention.resolve."""
-    if config.attn_implementation == "pallas":
+    """config.attn_implementation for one forward pass without a cache over `length` tokens. "auto" in training on
+    an NVIDIA GPU with half-precision compute is "pallas" (jaxport.causal_attention: the only fused attention with
+    dropout, and faster than cuDNN's forward and backward without it; bench/RESULTS.md); otherwise "auto" and the
+    others go through jaxport.attention.resolve, and "pallas" stays as it is."""
+    name = config.attn_implementation
+    if name == "pallas" or (name == "auto" and training and causal_kernels_supported(config.head_dim)
+                            and attention.cudnn_supported(dtype, config.head_dim, attention.default_platform())):
         return "pallas"
-    return attention.resolve(config.attn_implementation, dtype, config.head_dim, lengths=(length,),
+    return attention.resolve(name, dtype, config.head_dim, lengths=(length,),
                              dropout=training and config.attn_pdrop > 0)
 
 

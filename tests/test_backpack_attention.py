@@ -1,6 +1,6 @@
 """GPT-2's (and so Backpack's contextualization network's) attention dispatch: `attn_implementation` resolves once
-per forward pass without a cache (auto: cuDNN's causal flash attention on an NVIDIA GPU with half-precision compute
-and no attention dropout, einsum elsewhere); the fused formulation ("xla" here, the code path cuDNN takes on a GPU:
+per forward pass without a cache (auto on an NVIDIA GPU with half-precision compute: the Pallas kernels in training,
+cuDNN's causal flash attention outside; einsum elsewhere); the fused formulation ("xla" here, the code path cuDNN takes on a GPU:
 tests/gpu/test_kernels.py) equals the einsums forward and backward, as do each remat mode and the Pallas kernels
 that take attention dropout ("pallas"); decoding with a cache stays on the einsums."""
 import functools
@@ -93,6 +93,19 @@ def test_attention_dropout_keeps_the_einsums(monkeypatch):
     assert seen == [True, False]
     assert attention.resolve("auto", jnp.bfloat16, GPT2Config.create().head_dim, dropout=False, lengths=(512,),
                              platform="gpu") == "cudnn"
+
+
+def test_auto_trains_through_the_pallas_kernels_on_an_nvidia_gpu(monkeypatch):
+    """In training, with or without attention dropout, auto is "pallas" on an NVIDIA GPU in half precision (faster
+    than cuDNN's forward and backward, bench/RESULTS.md); outside training it is resolve's choice."""
+    config = GPT2Config.create()
+    assert modeling.attention_implementation(config, jnp.bfloat16, 512, training=True) == "einsum"  # this CPU
+    monkeypatch.setattr(attention, "default_platform", lambda: "gpu")
+    for rate in (0.0, 0.1):
+        config = GPT2Config.create(attn_pdrop=rate)
+        assert modeling.attention_implementation(config, jnp.bfloat16, 512, training=True) == "pallas"
+        assert modeling.attention_implementation(config, jnp.bfloat16, 512, training=False) == "cudnn"
+        assert modeling.attention_implementation(config, jnp.float32, 512, training=True) == "einsum"
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -13,7 +13,8 @@ import pytest
 from flax import nnx
 
 from backpack_jax import BackpackGPT2Config, BackpackGPT2LMHeadModel
-from jaxport import attention, tree
+from backpack_jax.modeling import attention_implementation as gpt2_attention_implementation
+from jaxport import tree
 from lsg_jax import LSGBartConfig, LSGBartForConditionalGeneration, dispatch, hopper_gemm
 from t5_jax import T5Config, T5ForConditionalGeneration
 from t5_jax.modeling import attention_implementation
@@ -197,10 +198,11 @@ def backpack_logits_and_grads(implementation, dtype, attn_pdrop=0.0):
     return jax.tree.map(np.asarray, run(params))
 
 
-def test_gpt2_auto_picks_causal_cudnn_on_the_gpu():
-    head_dim = BackpackGPT2Config.create(**BACKPACK_SHAPE).head_dim
-    assert attention.resolve("auto", jnp.bfloat16, head_dim, dropout=False, lengths=(512,)) == "cudnn"
-    assert attention.resolve("auto", jnp.bfloat16, head_dim, dropout=True, lengths=(512,)) == "einsum"
+def test_gpt2_auto_picks_pallas_in_training_and_cudnn_outside_on_the_gpu():
+    config = BackpackGPT2Config.create(**BACKPACK_SHAPE)
+    assert gpt2_attention_implementation(config, jnp.bfloat16, 512, training=True) == "pallas"
+    assert gpt2_attention_implementation(config, jnp.bfloat16, 512, training=False) == "cudnn"
+    assert gpt2_attention_implementation(config, jnp.float32, 512, training=True) == "einsum"
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
