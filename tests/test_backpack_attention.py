@@ -1,8 +1,8 @@
 """GPT-2's (and so Backpack's contextualization network's) attention dispatch: `attn_implementation` resolves once
-per forward pass without a cache (auto on an NVIDIA GPU with half-precision compute: the Pallas kernels in training,
-cuDNN's causal flash attention outside; einsum elsewhere); the fused formulation ("xla" here, the code path cuDNN takes on a GPU:
-tests/gpu/test_kernels.py) equals the einsums forward and backward, as do each remat mode and the Pallas kernels
-that take attention dropout ("pallas"); decoding with a cache stays on the einsums."""
+per forward pass without a cache (auto on an NVIDIA GPU with half-precision compute: the Pallas kernels in
+training, cuDNN's causal flash attention outside; einsum elsewhere); the fused formulation ("xla" here, the code
+path cuDNN takes on a GPU: tests/gpu/test_kernels.py) equals the einsums forward and backward, as do each remat
+mode and the Pallas kernels that take attention dropout ("pallas"); decoding with a cache stays on the einsums."""
 import functools
 
 import jax
