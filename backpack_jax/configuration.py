@@ -49,8 +49,8 @@ class GPT2Config(HFConfig):
     model_type: str = "gpt2"
     # How attention runs (runtime keys, not written to config.json): jaxport.attention's names, or "pallas"
     # (jaxport.causal_attention: flash attention's Pallas kernels with the attention dropout inside, the einsums'
-    # mask; heads of a power of two >= 16). "auto": cuDNN flash attention (causal) on an NVIDIA GPU when the model
-    # computes in bf16/fp16 and no attention dropout applies, the einsums otherwise; decoding with a cache always
+    # mask; heads of a power of two >= 16). "auto", on an NVIDIA GPU when the model computes in bf16/fp16: "pallas"
+    # in training, cuDNN's causal flash attention outside it; the einsums otherwise. Decoding with a cache always
     # runs the einsums. Backpack's sense weights are returned as they are computed, so they stay einsums.
     attn_implementation: str = "auto"
     # The contextualization blocks in the backward pass: jaxport.hf_config.REMAT_MODES.
