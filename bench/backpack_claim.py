@@ -96,11 +96,12 @@ def similarity_lists(out: Path) -> None:
                 (out / f"{name}.tsv").write_bytes(archive.read(member))
 
 
-def prepare(out: Path) -> None:
-    if not GCIDE.exists():
-        sys.exit(f"{GCIDE} is missing: apt-get install dict-gcide")
+def prepare(out: Path, gcide: Path = GCIDE) -> None:
+    if not gcide.exists():
+        sys.exit(f"{gcide} is missing: apt-get install dict-gcide (or, without root, `apt-get download dict-gcide`, "
+                 "`dpkg-deb -x` it and pass --gcide)")
     out.mkdir(parents=True, exist_ok=True)
-    entries = gcide_entries()
+    entries = gcide_entries(gcide)
     train = [e for i, e in enumerate(entries) if i % HELD_OUT_EVERY]
     held_out = [e for i, e in enumerate(entries) if not i % HELD_OUT_EVERY]
     random.Random(0).shuffle(train)  # documents of one letter of the alphabet should not come in a run
@@ -109,7 +110,7 @@ def prepare(out: Path) -> None:
     train_tokenizer(train, out / "tokenizer")
     similarity_lists(out)
     words = sum(len(e.split()) for e in entries)
-    (out / "README.txt").write_text(f"GCIDE ({GCIDE}) entries: {len(train)} train, {len(held_out)} held out, "
+    (out / "README.txt").write_text(f"GCIDE ({gcide.name}) entries: {len(train)} train, {len(held_out)} held out, "
                                     f"{words} words; tokenizer of {VOCAB_SIZE}; {GENSIM} similarity lists\n")
     print((out / "README.txt").read_text())
 
@@ -235,6 +236,7 @@ def main(argv=None) -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     prepare_parser = commands.add_parser("prepare", help="CPU: the text, its tokenizer, the similarity lists")
     prepare_parser.add_argument("--out", type=Path, required=True)
+    prepare_parser.add_argument("--gcide", type=Path, default=GCIDE, help="dict-gcide's gcide.dict.dz")
     run_parser = commands.add_parser("run", help="GPU: train both models, evaluate, report")
     run_parser.add_argument("--data", type=Path, required=True)
     run_parser.add_argument("--out", type=Path, required=True)
@@ -246,7 +248,7 @@ def main(argv=None) -> None:
                             help="a config override for both runs, e.g. train.batch_size=32 (repeatable)")
     args = parser.parse_args(argv)
     if args.command == "prepare":
-        prepare(args.out)
+        prepare(args.out, args.gcide)
     else:
         names = [name for name in args.models.split(",") if name]
         if set(names) - set(MODELS):

@@ -15,7 +15,7 @@ from flax import nnx
 
 from jaxport import config as config_lib
 from jaxport.hf import param_paths, read_config, resolve_folder
-from jaxport.tasks import ModelTask, check_params_fit, eval_batches, real_rows, train_batches
+from jaxport.tasks import ModelTask, check_params_fit, eval_batches, real_rows, token_cross_entropy, train_batches
 from perceiver_jax.configuration import PerceiverConfig
 from perceiver_jax.corpus import CorpusTokenizer
 from perceiver_jax.masking import MaskedBytes
@@ -80,15 +80,12 @@ class MaskedLanguageModelTask(_PerceiverTask):
         return batch["label_mask"].astype(jnp.float32) * real_rows(batch)[:, None]
 
     def loss(self, model, batch, dropout_rng):
-        logits, weights = self.logits(model, batch, dropout_rng), self.weights(batch)
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
-        return jnp.sum(losses * weights), jnp.sum(weights)
+        return token_cross_entropy(self.logits(model, batch, dropout_rng), batch["labels"], self.weights(batch))
 
     def eval_metrics(self, model, batch):
         logits, weights = self.logits(model, batch), self.weights(batch)
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
         correct = (jnp.argmax(logits, -1) == batch["labels"]) * weights
-        return {"loss": (jnp.sum(losses * weights), jnp.sum(weights)),
+        return {"loss": token_cross_entropy(logits, batch["labels"], weights),
                 "masked_accuracy": (jnp.sum(correct), jnp.sum(weights))}
 
 
