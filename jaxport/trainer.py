@@ -215,7 +215,7 @@ def make_train_step(setup: "Setup", task: Task, accumulation: int, log_every: in
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         # A non-finite step records itself; the host stops the run before it logs, evaluates or saves the state.
-        # (Selecting the previous params and moments instead cost a pass over them each step: 2 ms of Perceiver's.)
+        # (Selecting the previous params and moments instead cost a pass over them every step: bench/RESULTS.md.)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         new_window = state.step % log_every == 0  # the previous step was logged
         sums = jax.tree.map(lambda total, new: jnp.where(new_window, 0, total) + new, state.metric_sums,

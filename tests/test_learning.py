@@ -129,8 +129,8 @@ JOBS = {
     # factor 1.65 (5.56 -> 3.4).
     "perceiver_mlm": Job("perceiver_mlm.py", (), num_steps=150, thresholds={"eval_masked_accuracy": 0.09},
                          loss_factor=1.3, bf16_steps=100, bf16_loss_factor=1.15),
-    # The synthetic sentiment set (labels: the majority of 1, 3 or 5 sentiment words), chance 0.5. Measured: accuracy
-    # 0.80, loss 0.69 -> 0.46.
+    # The synthetic sentiment set (labels: the majority of 1, 3 or 5 sentiment words), chance 0.5. Measured on 8 CPU
+    # devices, seeds 0-3: accuracy 0.73-0.86, loss factor 1.36-1.83.
     "perceiver_glue": Job("perceiver_glue.py", (), num_steps=300, thresholds={"eval_accuracy": 0.65},
                           loss_factor=1.2, bf16_steps=200, bf16_loss_factor=1.1),
     # Next-byte prediction over topic documents with one contextualization layer. Measured: held-out token accuracy
