@@ -1,8 +1,9 @@
 """Where a jitted program's GPU time goes, from a jax.profiler trace: `profile(title, compiled, fn, ...)` times
 synchronised and back-to-back calls, then sums each call's GPU kernel time by the source line XLA's metadata gives
-each kernel (file:line and op name) and by kernel name, and shows where a synchronised call waits (before its first
-kernel, between kernels, after its last) and how often the host re-recorded or launched XLA's command buffers.
-Used by lsg_profile.py and backpack_profile.py."""
+each kernel (file:line and op name), by kernel name and by HLO instruction (with its operand and result shapes:
+which GEMM or fusion a kernel ran), and shows where a synchronised call waits (before its first kernel, between
+kernels, after its last) and how often the host re-recorded or launched XLA's command buffers.
+Used by lsg_profile.py, backpack_profile.py and perceiver_profile.py."""
 import collections
 import gzip
 import json
@@ -50,6 +51,16 @@ def hlo_sources(hlo_text: str, depth: int = 2) -> dict:
         sources[_kernel_key(m.group(1))] = (f"{where(frame.group(1)) if frame else '?'} "
                                             f"[{op.group(1).split('/')[-1] if op else '?'}]")
     return sources
+
+
+def hlo_signatures(hlo_text: str) -> dict:
+    """Instruction name (as kernels are named) -> 'result-type op(operand types)', e.g. 'bf16[262,768]
+    fusion(bf16[32768,262], bf16[32768,768])': which GEMM or fusion a kernel ran, with its shapes (layouts left out)."""
+    instructions = re.findall(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\([^)]*\)|\S+) ([\w\-]+)\(([^)]*)\)", hlo_text, re.M)
+    types = {name: re.sub(r"\{[^}]*\}", "", result) for name, result, _, _ in instructions}
+    operand_types = lambda args: ", ".join(types.get(a.strip().lstrip("%"), a.strip()) for a in args.split(",")
+                                           if a.strip())
+    return {_kernel_key(name): f"{types[name]} {op}({operand_types(args)})" for name, _, op, args in instructions}
 
 
 SYNCED_CALL = "bench_profile_synced_call"
@@ -150,12 +161,13 @@ def profile(title: str, compiled, fn, calls: int, top: int, hlo_dir: str | None 
     hlo = compiled.as_text()
     if hlo_dir:
         Path(hlo_dir, f"{title.split()[0]}.hlo.txt.gz").write_bytes(gzip.compress(hlo.encode()))
-    sources = hlo_sources(hlo)
-    by_source, by_kernel = collections.Counter(), collections.Counter()
+    sources, signatures = hlo_sources(hlo), hlo_signatures(hlo)
+    by_source, by_kernel, by_instruction = collections.Counter(), collections.Counter(), collections.Counter()
     for name, op, us in kernels:
-        source = sources.get(_kernel_key(op or ""), sources.get(_kernel_key(name), "?"))
-        by_source[source] += us / calls
+        key = next((k for k in (_kernel_key(op or ""), _kernel_key(name)) if k in signatures), _kernel_key(name))
+        by_source[sources.get(key, "?")] += us / calls
         by_kernel[name] += us / calls
+        by_instruction[key] += us / calls
     total = sum(by_kernel.values()) or 1e-9  # no GPU stream events off a GPU
     print(f"\n== {title}: {timing['ms']:.2f} ms synchronised, {timing['ms_back_to_back']:.2f} ms back to back, "
           f"dispatch {timing['dispatch_ms']:.3f} ms; {total / 1e3:.2f} ms of GPU kernels in "
@@ -175,9 +187,15 @@ def profile(title: str, compiled, fn, calls: int, top: int, hlo_dir: str | None 
     print("  by kernel:")
     for name, us in by_kernel.most_common(top):
         print(f"    {us / 1e3:7.3f} ms  {100 * us / total:5.1f}%  {name[:100]}")
+    print("  by HLO instruction (its shapes, then its source):")
+    for key, us in by_instruction.most_common(top):
+        print(f"    {us / 1e3:7.3f} ms  {100 * us / total:5.1f}%  {key[:40]}  {signatures.get(key, '?')[:150]}  "
+              f"{sources.get(key, '?')[:80]}")
     return {"title": title, **timing, **memory, "kernel_ms": total / 1e3,
             "synced_call_ms": {k: v / 1e3 for k, v in (timeline or {}).items()},
             "synced_command_buffers": command_buffers,
             "synced_host_ms": {part: {k: v / 1e3 for k, v in names.items()} for part, names in host_waits.items()},
             "by_source_ms": {k: v / 1e3 for k, v in by_source.most_common()},
-            "by_kernel_ms": {k: v / 1e3 for k, v in by_kernel.most_common()}}
+            "by_kernel_ms": {k: v / 1e3 for k, v in by_kernel.most_common()},
+            "by_instruction": {k: {"ms": v / 1e3, "hlo": signatures.get(k, "?"), "source": sources.get(k, "?")}
+                               for k, v in by_instruction.most_common()}}
