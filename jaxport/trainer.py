@@ -527,8 +527,12 @@ def train(config, workdir: str | Path, task: Task) -> dict[str, float]:
             progress.update(1)
             last = step == cfg.num_steps
             record = {}
-            if step % cfg.log_every == 0 or last:
+            logging = step % cfg.log_every == 0 or last
+            evaluating = cfg.eval_every and (step % cfg.eval_every == 0 or last)
+            saving = step % cfg.checkpoint_every == 0 or last
+            if logging or evaluating or saving:  # nothing non-finite is logged, evaluated or saved
                 check_finite(state, last_checkpoint)
+            if logging:
                 sums = jax.device_get(state.metric_sums)  # before the next step donates the state
                 elapsed = time.perf_counter() - window_start
                 record = {"loss": float(sums["loss"] / sums["steps"]),
@@ -539,8 +543,7 @@ def train(config, workdir: str | Path, task: Task) -> dict[str, float]:
                           "input_wait_fraction": input_wait / elapsed}
                 progress.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_sec']:.0f}")
                 tokens, steps, window_start, input_wait = 0, 0, time.perf_counter(), 0.0
-            if cfg.eval_every and (step % cfg.eval_every == 0 or last):
-                check_finite(state, last_checkpoint)
+            if evaluating:
                 eval_batches = task.eval_data(config)
                 if eval_batches is not None:
                     record.update(evaluate(eval_step, state.params, eval_batches, setup.batch_sharding,
@@ -549,8 +552,7 @@ def train(config, workdir: str | Path, task: Task) -> dict[str, float]:
             if record:
                 writer.write(step, record)
                 logged = {**logged, **record}
-            if step % cfg.checkpoint_every == 0 or last:
-                check_finite(state, last_checkpoint)
+            if saving:
                 ckpt.save(step, state, train_iter.get_state())
                 last_checkpoint = step
             if tokens == 0 and ("eval_loss" in record or step % cfg.checkpoint_every == 0):
