@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxport import attention, layer_norm_kernels
+
 
 def float32_matmuls(method):
     """For a model's entry points (`__call__`, `encode`, `decode`, ...): a model that computes in float32 runs its
@@ -238,7 +240,8 @@ layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 class LayerNorm(nnx.Module):
-    """LayerNorm with a scale and a bias over the last axis (torch.nn.LayerNorm; its default eps, 1e-5)."""
+    """LayerNorm with a scale and a bias over the last axis (torch.nn.LayerNorm; its default eps, 1e-5): on an
+    NVIDIA GPU jaxport.layer_norm_kernels' Pallas kernels (one pass over the rows each way), else layer_norm."""
 
     def __init__(self, size: int, eps: float = 1e-5, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.eps, self.dtype = eps, dtype
@@ -246,7 +249,9 @@ class LayerNorm(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((size,), param_dtype), logical_axes=("embed",))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return layer_norm(x, self.scale[...], self.bias[...], self.eps, self.dtype)
+        fused = attention.default_platform() == "gpu" and layer_norm_kernels.supported(x.shape[-1])
+        norm = layer_norm_kernels.layer_norm if fused else layer_norm
+        return norm(x, self.scale[...], self.bias[...], self.eps, self.dtype)
 
 
 ACTIVATIONS = {

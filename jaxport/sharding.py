@@ -158,9 +158,9 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
 
 
 def per_batch_and_head(layouts: str, statics: int):
-    """Make a function of arrays laid out as `layouts` (e.g. "blhd, bl -> bhl": b batch, h heads, other letters
-    rows and head dims), followed by `statics` static arguments, partitionable: under a sharded jit each device
-    runs it on its own batch elements and heads, rows and head dims whole (blocks read their neighbours). A bare
+    """Make a function of arrays laid out as `layouts` (e.g. "blhd, bl -> bhl": b batch, h heads (optional), other
+    letters rows and head dims), followed by `statics` static arguments, partitionable: under a sharded jit each
+    device runs it on its own batch elements and heads, rows and head dims whole (blocks read their neighbours). A bare
     pallas_call is opaque to XLA's partitioner, which would gather every input onto every device."""
     ins, outs = ([name.strip() for name in side.split(",")] for side in layouts.split("->"))
     whole = [name for name in dict.fromkeys("".join(ins + outs)) if name not in "bh"]  # in order of appearance
@@ -170,7 +170,7 @@ def per_batch_and_head(layouts: str, statics: int):
 
         def shardings(mesh, arg_shapes):
             spec = tuple(getattr(arg_shapes[0].sharding, "spec", ())) + (None,) * len(ins[0])
-            axes = {"b": spec[ins[0].index("b")], "h": spec[ins[0].index("h")]}
+            axes = {name: spec[ins[0].index(name)] for name in "bh" if name in ins[0]}
             place = lambda layout: NamedSharding(mesh, PartitionSpec(*(axes.get(name) for name in layout)))
             results = tuple(map(place, outs))
             return tuple(map(place, ins)), results if len(outs) > 1 else results[0]

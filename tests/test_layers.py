@@ -1,12 +1,16 @@
 """Shared layers: dropout's mask (rate, determinism, the same mask in the backward pass); exact GELU and LayerNorm,
 whose hand-written backward passes must equal autodiff of the plain formulas."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
-from jaxport.layers import DROPOUT_BITS, dropout, gelu, layer_norm
+from jaxport import layer_norm_kernels, layers, sharding
+from jaxport.layers import DROPOUT_BITS, dropout, gelu
+from tests.helpers import rel_err
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.5])
@@ -63,11 +67,17 @@ def test_gelu_gradient_equals_autodiff():
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_layer_norm_value_and_gradients_equal_autodiff(dtype):
+@pytest.mark.parametrize("implementation", ["xla", "pallas"])
+def test_layer_norm_value_and_gradients_equal_autodiff(dtype, implementation, monkeypatch):
+    """Both implementations (the Pallas kernels in Pallas' interpreter here; compiled in tests/gpu), at a width that
+    is not a power of two and with the backward kernel's rows in groups of 3 (the last one short)."""
+    layer_norm = {"xla": layers.layer_norm, "pallas": layer_norm_kernels.layer_norm}[implementation]
+    monkeypatch.setattr(layer_norm_kernels, "PROGRAMS", 3)
+    monkeypatch.setattr(layer_norm_kernels, "BLOCK_VALUES", 128)
     rng = np.random.default_rng(3)
-    x = jnp.asarray(rng.standard_normal((2, 5, 32)) * 2 + 1, dtype)
-    scale, bias = (jnp.asarray(rng.standard_normal(32), jnp.float32) for _ in range(2))
-    weights = jnp.asarray(rng.standard_normal((2, 5, 32)), jnp.float32)
+    x = jnp.asarray(rng.standard_normal((2, 5, 40)) * 2 + 1, dtype)
+    scale, bias = (jnp.asarray(rng.standard_normal(40), jnp.float32) for _ in range(2))
+    weights = jnp.asarray(rng.standard_normal((2, 5, 40)), jnp.float32)
 
     def plain(x, scale, bias):
         x32 = x.astype(jnp.float32)
@@ -85,3 +95,23 @@ def test_layer_norm_value_and_gradients_equal_autodiff(dtype):
         assert got.dtype == want.dtype
         np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), rtol=tolerance,
                                    atol=tolerance)
+
+
+def test_layer_norm_kernels_sharded_over_rows_sum_the_parameter_gradients_across_devices():
+    """Under a jit sharded over the batch (4 devices; the trainer's mesh), each device normalises its own rows (no
+    all-gather in the compiled program) and the scale's and bias's gradients are summed over devices."""
+    mesh = sharding.make_mesh(data=4, tensor=2)
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", None, None))
+    x, cotangent = (jax.random.normal(jax.random.key(i), (8, 6, 40)) for i in range(2))
+    scale, bias = jnp.linspace(0.5, 1.5, 40), jnp.linspace(-0.1, 0.1, 40)
+
+    def run(norm, x, cotangent):
+        out, pullback = jax.vjp(lambda x, scale, bias: norm(x, scale, bias, 1e-5, jnp.float32), x, scale, bias)
+        return out, pullback(cotangent)
+
+    expected = run(layers.layer_norm, x, cotangent)
+    sharded = jax.jit(functools.partial(run, layer_norm_kernels.layer_norm))
+    arrays = [jax.device_put(a, rows) for a in (x, cotangent)]
+    assert "all-gather" not in sharded.lower(*arrays).compile().as_text()
+    for got, want in zip(jax.tree.leaves(sharded(*arrays)), jax.tree.leaves(expected), strict=True):
+        assert rel_err(got, want) < 1e-5

@@ -14,7 +14,7 @@ from flax import nnx
 
 from backpack_jax import BackpackGPT2Config, BackpackGPT2LMHeadModel
 from backpack_jax.modeling import attention_implementation as gpt2_attention_implementation
-from jaxport import tree
+from jaxport import layer_norm_kernels, layers, tree
 from lsg_jax import LSGBartConfig, LSGBartForConditionalGeneration, dispatch, hopper_gemm
 from t5_jax import T5Config, T5ForConditionalGeneration
 from t5_jax.modeling import attention_implementation
@@ -232,6 +232,36 @@ def test_gpt2_pallas_attention_with_dropout_matches_einsum_forward_and_backward(
         print(f"\nGPT-2 pallas {dtype} {name}: rel. err {ours_err:.2e} (einsum bf16 {bf16_err:.2e})")
         assert np.isfinite(ours).all() and np.abs(ref).max() > 0
         assert ours_err <= FUSED_SLACK * bf16_err + 1e-4
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("rows, width", [(4096, 1280), (16384, 768), (37, 1000)])
+def test_layer_norm_kernels_match_xla_forward_and_backward(rows, width, dtype):
+    """jaxport.layer_norm_kernels compiled through Triton (Perceiver's and Backpack's widths, and an odd one with
+    fewer rows than programs) against jaxport.layers.layer_norm, both computed in float32 from the same inputs: the
+    output and the input gradient in `dtype`, the parameter gradients in float32."""
+    rng = np.random.default_rng(rows)
+    x = jnp.asarray(rng.standard_normal((rows, width)) * 2 + 0.5, dtype)
+    cotangent = jnp.asarray(rng.standard_normal((rows, width)), dtype)
+    scale, bias = jnp.asarray(1 + 0.1 * rng.standard_normal((2, width)), jnp.float32)
+
+    def run(norm):
+        out, pullback = jax.vjp(lambda x, scale, bias: norm(x, scale, bias, 1e-5, jnp.dtype(dtype)), x, scale, bias)
+        return jax.jit(lambda: (out, *pullback(cotangent)))()
+
+    tolerance = 1e-5 if dtype == "float32" else 1e-2  # bf16: the output and the input gradient are rounded
+    for name, got, want in zip(["out", "dx", "dscale", "dbias"], run(layer_norm_kernels.layer_norm),
+                               run(layers.layer_norm), strict=True):
+        err = rel_err(got.astype(jnp.float32), want.astype(jnp.float32))
+        print(f"\nlayer norm {rows}x{width} {dtype} {name}: rel. err {err:.2e}")
+        assert err < (1e-5 if name in ("dscale", "dbias") else tolerance), name
+
+
+def test_layer_norm_module_runs_the_kernels_on_the_gpu():
+    norm = layers.LayerNorm(768, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(norm)
+    forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
+    assert "layer_norm_forward" in forward.lower(state, jnp.ones((4, 768), jnp.bfloat16)).as_text()
 
 
 def gemm_inputs(rows=16384, k=768, n=3072):
