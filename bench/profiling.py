@@ -163,11 +163,13 @@ def profile(title: str, compiled, fn, calls: int, top: int, hlo_dir: str | None 
         Path(hlo_dir, f"{title.split()[0]}.hlo.txt.gz").write_bytes(gzip.compress(hlo.encode()))
     sources, signatures = hlo_sources(hlo), hlo_signatures(hlo)
     by_source, by_kernel, by_instruction = collections.Counter(), collections.Counter(), collections.Counter()
+    launches = collections.Counter()  # XLA reuses one kernel for identical fusions (a layer's, in every layer)
     for name, op, us in kernels:
         key = next((k for k in (_kernel_key(op or ""), _kernel_key(name)) if k in signatures), _kernel_key(name))
         by_source[sources.get(key, "?")] += us / calls
         by_kernel[name] += us / calls
         by_instruction[key] += us / calls
+        launches[key] += 1 / calls
     total = sum(by_kernel.values()) or 1e-9  # no GPU stream events off a GPU
     print(f"\n== {title}: {timing['ms']:.2f} ms synchronised, {timing['ms_back_to_back']:.2f} ms back to back, "
           f"dispatch {timing['dispatch_ms']:.3f} ms; {total / 1e3:.2f} ms of GPU kernels in "
@@ -187,15 +189,15 @@ def profile(title: str, compiled, fn, calls: int, top: int, hlo_dir: str | None 
     print("  by kernel:")
     for name, us in by_kernel.most_common(top):
         print(f"    {us / 1e3:7.3f} ms  {100 * us / total:5.1f}%  {name[:100]}")
-    print("  by HLO instruction (its shapes, then its source):")
+    print("  by HLO instruction (launches per call, its shapes, then its source):")
     for key, us in by_instruction.most_common(top):
-        print(f"    {us / 1e3:7.3f} ms  {100 * us / total:5.1f}%  {key[:40]}  {signatures.get(key, '?')[:150]}  "
-              f"{sources.get(key, '?')[:80]}")
+        print(f"    {us / 1e3:7.3f} ms  {100 * us / total:5.1f}%  x{launches[key]:<4.0f} {key[:40]}  "
+              f"{signatures.get(key, '?')[:150]}  {sources.get(key, '?')[:80]}")
     return {"title": title, **timing, **memory, "kernel_ms": total / 1e3,
             "synced_call_ms": {k: v / 1e3 for k, v in (timeline or {}).items()},
             "synced_command_buffers": command_buffers,
             "synced_host_ms": {part: {k: v / 1e3 for k, v in names.items()} for part, names in host_waits.items()},
             "by_source_ms": {k: v / 1e3 for k, v in by_source.most_common()},
             "by_kernel_ms": {k: v / 1e3 for k, v in by_kernel.most_common()},
-            "by_instruction": {k: {"ms": v / 1e3, "hlo": signatures.get(k, "?"), "source": sources.get(k, "?")}
-                               for k, v in by_instruction.most_common()}}
+            "by_instruction": {k: {"ms": v / 1e3, "launches": launches[k], "hlo": signatures.get(k, "?"),
+                                   "source": sources.get(k, "?")} for k, v in by_instruction.most_common()}}
