@@ -104,20 +104,20 @@ def _backward(x, grad, mean, rstd, scale):
     return _backward_local(x, grad, mean, rstd, scale)
 
 
-def _row_axes(mesh, arg_shapes):
-    spec = tuple(getattr(arg_shapes[0].sharding, "spec", ())) + (None,)
-    return spec[0]
+def _row_axes(arg_shapes):
+    """The mesh axes x's rows are sharded over (None: not sharded)."""
+    return (tuple(getattr(arg_shapes[0].sharding, "spec", ())) + (None,))[0]
 
 
 def _backward_shardings(mesh, arg_shapes):
-    rows = _row_axes(mesh, arg_shapes)
+    rows = _row_axes(arg_shapes)
     place = lambda *spec: NamedSharding(mesh, PartitionSpec(*spec))
     args = (place(rows, None), place(rows, None), place(rows), place(rows), place(None))
     return args, (place(rows, None), place(None), place(None))
 
 
 def _backward_partition(mesh, arg_shapes, result_shape):
-    rows = _row_axes(mesh, arg_shapes)
+    rows = _row_axes(arg_shapes)
     args, results = _backward_shardings(mesh, arg_shapes)
 
     def lower(x, grad, mean, rstd, scale):
