@@ -130,9 +130,10 @@ JOBS = {
     "perceiver_mlm": Job("perceiver_mlm.py", (), num_steps=150, thresholds={"eval_masked_accuracy": 0.09},
                          loss_factor=1.3, bf16_steps=100, bf16_loss_factor=1.15),
     # The synthetic sentiment set (labels: the majority of 1, 3 or 5 sentiment words), chance 0.5. Measured on 8 CPU
-    # devices, seeds 0-3: accuracy 0.73-0.86, loss factor 1.36-1.83.
+    # devices, seeds 0-3: accuracy 0.73-0.86, loss factor 1.36-1.83; bf16 over the same 300 steps 1.37-1.98 (over
+    # 200 steps it was 1.11-1.31 on seeds 0-2: seed 0 passed by 0.01, so any change of rounding could fail it).
     "perceiver_glue": Job("perceiver_glue.py", (), num_steps=300, thresholds={"eval_accuracy": 0.65},
-                          loss_factor=1.2, bf16_steps=200, bf16_loss_factor=1.1),
+                          loss_factor=1.2, bf16_steps=300, bf16_loss_factor=1.1),
     # Next-byte prediction over topic documents with one contextualization layer. Measured: held-out token accuracy
     # 0.27, loss factor 2.3 (bf16: 2.0); a step that keeps the parameters stays at the uniform loss, ln 264.
     "backpack_owt": Job(
