@@ -21,7 +21,7 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.experimental.pallas import triton as plgpu
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxport.sharding import per_batch_and_head
+from jaxport.sharding import operand_spec, per_batch_and_head
 
 MAX_WIDTH = 8192  # a row is read whole: wider ones would spill registers
 # Measured on an H200 at 4096 x 1280 and 16384 x 768 against 4096-16384 values and 128-1024 programs (RESULTS.md):
@@ -104,21 +104,16 @@ def _backward(x, grad, mean, rstd, scale):
     return _backward_local(x, grad, mean, rstd, scale)
 
 
-def _row_axes(arg_shapes):
-    """The mesh axes x's rows are sharded over (None: not sharded)."""
-    return (tuple(getattr(arg_shapes[0].sharding, "spec", ())) + (None,))[0]
-
-
 def _backward_shardings(mesh, arg_shapes):
-    rows = _row_axes(arg_shapes)
+    rows = operand_spec(arg_shapes, 2)[0]  # the mesh axes x's rows are sharded over
     place = lambda *spec: NamedSharding(mesh, PartitionSpec(*spec))
     args = (place(rows, None), place(rows, None), place(rows), place(rows), place(None))
     return args, (place(rows, None), place(None), place(None))
 
 
 def _backward_partition(mesh, arg_shapes, result_shape):
-    rows = _row_axes(arg_shapes)
     args, results = _backward_shardings(mesh, arg_shapes)
+    rows = args[0].spec[0]
 
     def lower(x, grad, mean, rstd, scale):
         dx, dscale, dbias = _backward_local(x, grad, mean, rstd, scale)

@@ -157,6 +157,12 @@ def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
+def operand_spec(arg_shapes, rank: int) -> tuple:
+    """A custom_partitioning callback's first operand's PartitionSpec as `rank` entries (None: not sharded; an operand
+    without a NamedSharding has none)."""
+    return (tuple(getattr(arg_shapes[0].sharding, "spec", ())) + (None,) * rank)[:rank]
+
+
 def per_batch_and_head(layouts: str, statics: int):
     """Make a function of arrays laid out as `layouts` (e.g. "blhd, bl -> bhl": b batch, h heads (optional), other
     letters rows and head dims), followed by `statics` static arguments, partitionable: under a sharded jit each
@@ -169,7 +175,7 @@ def per_batch_and_head(layouts: str, statics: int):
         partitioned = custom_partitioning(fn, static_argnums=tuple(range(len(ins), len(ins) + statics)))
 
         def shardings(mesh, arg_shapes):
-            spec = tuple(getattr(arg_shapes[0].sharding, "spec", ())) + (None,) * len(ins[0])
+            spec = operand_spec(arg_shapes, len(ins[0]))
             axes = {name: spec[ins[0].index(name)] for name in "bh" if name in ins[0]}
             place = lambda layout: NamedSharding(mesh, PartitionSpec(*(axes.get(name) for name in layout)))
             results = tuple(map(place, outs))
