@@ -9,6 +9,8 @@ GPT-2 here) gives, per sense, causal attention-like weights over the sequence. T
 GPT-2's keys/values and of the senses and sense-weight keys of every token fed.
 Parameters carry logical axes (embed, heads, kv, mlp, vocab; senses share "heads").
 """
+import functools
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -334,9 +336,37 @@ class BackpackWeightNetwork(nnx.Module):
         projected = self.c_attn(hidden)
         return projected[:, :, 0], projected[:, :, 1]
 
-    def __call__(self, query, key, mask):
-        """Contextualization weights, float32 [B, num_senses, T, S]."""
-        return causal_weights(query, key, self.scale, mask)
+    def __call__(self, query, key, mask, dtype):
+        """Contextualization weights [B, num_senses, T, S] in float32 (what the model returns) and in `dtype` (what
+        weighs the senses)."""
+        return contextualization_weights(query, key, mask, self.scale, jnp.dtype(dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def contextualization_weights(query, key, mask, scale: float, dtype):
+    """causal_weights(query, key, scale, mask), returned in float32 and in `dtype`. The backward pass keeps the
+    weights in `dtype` (autodiff kept a float32 copy of [B, num_senses, T, T] to read back) and hands the scores'
+    gradient to the query/key products in the queries' dtype."""
+    weights = causal_weights(query, key, scale, mask)
+    return weights, weights.astype(dtype)
+
+
+def _contextualization_weights_fwd(query, key, mask, scale, dtype):
+    weights, cast = contextualization_weights(query, key, mask, scale, dtype)
+    return (weights, cast), (query, key, cast)
+
+
+def _contextualization_weights_bwd(scale, dtype, residuals, grads):
+    query, key, cast = residuals
+    weights = cast.astype(jnp.float32)
+    grad = grads[0] + grads[1].astype(jnp.float32)
+    scores_grad = (weights * (grad - (weights * grad).sum(-1, keepdims=True)) * scale).astype(query.dtype)
+    d_query = jnp.einsum("bhts,bshd->bthd", scores_grad, key, preferred_element_type=jnp.float32)
+    d_key = jnp.einsum("bhts,bthd->bshd", scores_grad, query, preferred_element_type=jnp.float32)
+    return d_query.astype(query.dtype), d_key.astype(key.dtype), None
+
+
+contextualization_weights.defvjp(_contextualization_weights_fwd, _contextualization_weights_bwd)
 
 
 def weighted_senses(contextualization, senses, dtype):
@@ -381,8 +411,8 @@ class BackpackGPT2Model(PretrainedModel):
         places = (position + jnp.arange(input_ids.shape[1]))[-keep:]
         mask = causal_mask(places, jnp.arange(key.shape[1]))
         query = query[:, -keep:]
-        contextualization = self.sense_weight_net(query, key, mask)
-        return weighted_senses(contextualization, senses, self.dtype), contextualization, cache
+        contextualization, weights = self.sense_weight_net(query, key, mask, self.dtype)
+        return weighted_senses(weights, senses, self.dtype), contextualization, cache
 
     def init_cache(self, batch_size: int, max_length: int) -> dict:
         c = self.config

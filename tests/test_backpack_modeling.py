@@ -16,8 +16,10 @@ from backpack_jax import (
     GPT2Model,
     modeling,
 )
+from backpack_jax.modeling import causal_weights, contextualization_weights
 from jaxport import tree
 from jaxport.convert import flax_to_pytorch
+from jaxport.layers import causal_mask
 from tests import helpers
 
 # (num_senses, sense_intermediate_scale, scale_attn_by_inverse_layer_idx, other fields): 7 senses do not divide
@@ -315,3 +317,25 @@ def test_bf16_compute_keeps_the_residual_streams_float32(monkeypatch):
     logits = model(jnp.asarray(ids_of(6)), dropout_rng=jax.random.key(0)).logits
     assert logits.dtype == jnp.float32
     assert seen["contextualization"] == [jnp.float32] * config.n_layer and seen["senses"] == [jnp.float32]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_contextualization_weights_gradients_equal_autodiff(dtype):
+    """The weights' hand-written backward pass (it keeps them in the compute dtype) against autodiff of the plain
+    softmax, with cotangents on both the float32 weights the model returns and the ones that weigh the senses."""
+    rng = np.random.default_rng(0)
+    query, key = (jnp.asarray(rng.standard_normal((2, 12, 4, 8)), dtype) for _ in range(2))
+    cotangents = tuple(jnp.asarray(rng.standard_normal((2, 4, 12, 12)), d) for d in (jnp.float32, dtype))
+    mask = causal_mask(jnp.arange(12), jnp.arange(12))
+
+    def plain(query, key):
+        weights = causal_weights(query, key, 0.35, mask)
+        return weights, weights.astype(dtype)
+
+    custom = lambda query, key: contextualization_weights(query, key, mask, 0.35, jnp.dtype(dtype))
+    (outputs, pullback), (want_outputs, want_pullback) = (jax.vjp(f, query, key) for f in (custom, plain))
+    tolerance = 1e-6 if dtype == jnp.float32 else 2e-2  # bf16: the kept weights and the scores' gradient rounded
+    for got, want in zip(outputs, want_outputs, strict=True):
+        assert got.dtype == want.dtype and helpers.rel_err(got, want) < 1e-6
+    for got, want in zip(pullback(cotangents), want_pullback(cotangents), strict=True):
+        assert got.dtype == want.dtype and helpers.rel_err(got, want) < tolerance
