@@ -288,9 +288,37 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Ar
     """Softmax attention of q [B, T, H, Dqk] over k [B, S, H, Dqk] and v [B, S, H, Dv] -> [B, T, H, Dv] in v's dtype.
 
     Scores scaled by 1/sqrt(Dqk) and accumulated in float32, over the keys the boolean `mask` (broadcastable to
-    [B, H, T, S]; None: all) allows; softmax in float32; dropout on the probabilities in training (rng given)."""
+    [B, H, T, S]; None: all) allows; softmax in float32; dropout on the probabilities in training (rng given).
+    The backward pass keeps the probabilities in v's dtype, as they multiply v (autodiff kept a float32 copy), and
+    hands the scores' gradient to the query/key products in q's dtype; the dropout mask is computed again."""
+    rate = dropout_rate if rng is not None else 0.0
+    words = dropout_words(rng) if rate else jnp.zeros((2,), jnp.uint32)
+    bias = jnp.zeros((), jnp.float32) if mask is None else mask_bias(mask)
+    return _attention(q, k, v, bias, words, rate)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _attention(q, k, v, bias, words, rate):
+    return _attention_fwd(q, k, v, bias, words, rate)[0]
+
+
+def _drop(probs, words, rate):
+    return _masked(probs, words, rate) if rate else probs
+
+
+def _attention_fwd(q, k, v, bias, words, rate):
     scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
-    if mask is not None:
-        scores = scores + mask_bias(mask)
-    probs = dropout(jax.nn.softmax(scores, axis=-1).astype(v.dtype), dropout_rate, rng)
-    return jnp.einsum("bhts,bshd->bthd", probs, v)
+    probs = jax.nn.softmax(scores + bias, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhts,bshd->bthd", _drop(probs, words, rate), v), (q, k, v, bias, words, probs)
+
+
+def _attention_bwd(rate, residuals, d_out):
+    q, k, v, bias, words, probs = residuals
+    d_probs = _drop(jnp.einsum("bthd,bshd->bhts", d_out, v), words, rate).astype(jnp.float32)
+    p = probs.astype(jnp.float32)
+    d_scores = (p * (d_probs - (p * d_probs).sum(-1, keepdims=True)) / math.sqrt(q.shape[-1])).astype(q.dtype)
+    return (jnp.einsum("bhts,bshd->bthd", d_scores, k), jnp.einsum("bhts,bthd->bshd", d_scores, q),
+            jnp.einsum("bhts,bthd->bshd", _drop(probs, words, rate), d_out), jnp.zeros_like(bias), None)
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)

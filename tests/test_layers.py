@@ -115,3 +115,28 @@ def test_layer_norm_kernels_sharded_over_rows_sum_the_parameter_gradients_across
     assert "all-gather" not in sharded.lower(*arrays).compile().as_text()
     for got, want in zip(jax.tree.leaves(sharded(*arrays)), jax.tree.leaves(expected), strict=True):
         assert rel_err(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("rate", [0.0, 0.2])
+def test_dot_product_attention_gradients_equal_autodiff(dtype, rate):
+    """The hand-written backward pass (probabilities kept in v's dtype, the dropout mask computed again) against
+    autodiff of the plain formulation with the same mask, padded keys and different query/key and value widths."""
+    rng = np.random.default_rng(4)
+    q, k = (jnp.asarray(rng.standard_normal((2, length, 3, 8)), dtype) for length in (5, 6))  # 5 queries, 6 keys
+    v = jnp.asarray(rng.standard_normal((2, 6, 3, 12)), dtype)
+    cotangent = jnp.asarray(rng.standard_normal((2, 5, 3, 12)), dtype)
+    mask = layers.padding_mask(jnp.array([[1] * 6, [1] * 4 + [0] * 2]))
+    key = jax.random.key(3)
+
+    def plain(q, k, v):
+        scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) / np.sqrt(8)
+        probs = jax.nn.softmax(scores + layers.mask_bias(mask), axis=-1).astype(v.dtype)
+        return jnp.einsum("bhts,bshd->bthd", dropout(probs, rate, key), v)
+
+    custom = lambda q, k, v: layers.dot_product_attention(q, k, v, mask, dropout_rate=rate, rng=key)
+    (out, pullback), (want, want_pullback) = (jax.vjp(f, q, k, v) for f in (custom, plain))
+    assert out.dtype == want.dtype and rel_err(out, want) < 1e-6
+    tolerance = 1e-6 if dtype == jnp.float32 else 2e-2  # bf16: the kept probabilities rounded
+    for got, expected in zip(pullback(cotangent), want_pullback(cotangent), strict=True):
+        assert got.dtype == expected.dtype and rel_err(got, expected) < tolerance
