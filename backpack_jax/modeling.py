@@ -47,7 +47,7 @@ class GPT2ModelOutput:
 
 @flax.struct.dataclass
 class CausalLMOutput:
-    logits: jax.Array  # [B, T, V], float32
+    logits: jax.Array  # [B, T, V] in the model's dtype (as transformers' Flax models)
 
 
 @flax.struct.dataclass
@@ -58,7 +58,7 @@ class BackpackGPT2BaseModelOutput:
 
 @flax.struct.dataclass
 class BackpackGPT2LMHeadModelOutput:
-    logits: jax.Array  # [B, T, V], float32
+    logits: jax.Array  # [B, T, V] in the model's dtype (as transformers' Flax models)
     contextualization: jax.Array  # [B, num_senses, T, T], float32
 
 
@@ -270,7 +270,7 @@ class GPT2LMHeadModel(CausalLM):
         hidden, cache = self.transformer.hidden(input_ids, position_ids, cache, position, dropout_rng)
         hidden = hidden[:, -logits_to_keep:]
         head = self.transformer.wte.attend if self.config.tie_word_embeddings else self.lm_head
-        return head(hidden).astype(jnp.float32), cache
+        return head(hidden), cache
 
     @float32_matmuls
     def __call__(self, input_ids, position_ids=None, *, dropout_rng=None) -> CausalLMOutput:
@@ -459,7 +459,7 @@ class BackpackGPT2LMHeadModel(CausalLM):
         self.backpack = BackpackGPT2Model(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
     def lm_logits(self, hidden):
-        return self.backpack.gpt2_model.wte.attend(hidden).astype(jnp.float32)
+        return self.backpack.gpt2_model.wte.attend(hidden)
 
     def init_cache(self, batch_size: int, max_length: int) -> dict:
         return self.backpack.init_cache(batch_size, max_length)

@@ -58,7 +58,7 @@ def sense_logits(model, token_ids) -> np.ndarray:
     """float32 [len(token_ids), num_senses, vocab]: each sense of each token projected through the output
     embedding."""
     senses = model.senses(jnp.asarray(token_ids, jnp.int32)[None])[0]  # [senses, T, d]
-    return np.asarray(_output_embedding(model, senses.transpose(1, 0, 2)))
+    return np.asarray(_output_embedding(model, senses.transpose(1, 0, 2)), np.float32)
 
 
 _output_embedding = float32_matmuls(lambda model, vectors: model.lm_logits(vectors))

@@ -10,18 +10,14 @@ back to back, and for JAX the GPU kernel time from a profile. Also each implemen
 XLA's formulation in float32.
 """
 import argparse
-import contextlib
-import io
-import json
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-from measure import median_ms, time_jax  # bench/ on sys.path
-from profiling import profile
-from torch_measure import torch_back_to_back_ms, torch_sync
+from measure import print_kernel_results, write_results  # bench/ on sys.path
+from profiling import kernel_benchmark
+from torch_measure import torch_call_ms
 
 from jaxport import layer_norm_kernels, layers
 
@@ -65,30 +61,18 @@ def measure(rows: int, width: int, norms: int) -> dict:
     results = {}
     for name, norm in (("xla", layers.layer_norm), ("pallas", layer_norm_kernels.layer_norm)):
         inputs = jax_inputs(jnp.bfloat16)
-        compiled = jax_program(norm, jnp.bfloat16).lower(*inputs).compile()
-        call = lambda: compiled(*inputs)
-        timed = time_jax(call, 3, 20)
-        with contextlib.redirect_stdout(io.StringIO()):
-            kernels = profile(name, compiled, call, 3, 1)["kernel_ms"]
-        results[name] = {"ms": median_ms(timed["times"]) / norms, "kernel_ms": kernels / norms,
-                         "ms_back_to_back": 1e3 * timed["back_to_back"] / norms,
-                         "max_error": max_error(jax.tree.leaves(call()), expected)}
+        timed = kernel_benchmark(jax_program(norm, jnp.bfloat16).lower(*inputs).compile(), inputs)
+        results[name] = {key: timed[key] / norms for key in ("ms", "ms_back_to_back", "kernel_ms")}
+        results[name]["max_error"] = max_error(jax.tree.leaves(timed["out"]), expected)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     to_torch = lambda arrays, grad: [torch.tensor(a, dtype=torch.bfloat16, device=device, requires_grad=grad)
                                      for a in arrays]
     t_scale, t_bias = (torch.tensor(a, device=device, requires_grad=True) for a in (scale, bias))
-    call = torch_call(to_torch(xs, True), t_scale.bfloat16(), t_bias.bfloat16(), to_torch(cotangents, False))
-    times = []
-    for i in range(23):
-        torch_sync(device)
-        start = time.perf_counter()
-        outs = call()
-        torch_sync(device)
-        if i >= 3:
-            times.append(time.perf_counter() - start)
-    got = [t.detach().float().cpu().numpy() for pair in outs for t in pair]
-    results["torch"] = {"ms": median_ms(times) / norms, "max_error": max_error(got, expected),
-                        "ms_back_to_back": torch_back_to_back_ms(call, device, 20) / norms}
+    timed = torch_call_ms(torch_call(to_torch(xs, True), t_scale.bfloat16(), t_bias.bfloat16(),
+                                     to_torch(cotangents, False)), device)
+    got = [t.detach().float().cpu().numpy() for pair in timed["out"] for t in pair]
+    results["torch"] = {"ms": timed["ms"] / norms, "ms_back_to_back": timed["ms_back_to_back"] / norms,
+                        "max_error": max_error(got, expected)}
     return results
 
 
@@ -102,17 +86,10 @@ def main(argv=None) -> dict:
     results = {}
     for title, (rows, width) in shapes.items():
         results[title] = measure(rows, width, args.norms)
-        print(f"\n== LayerNorm forward + backward, {title} {rows} x {width} bf16, per LayerNorm "
-              f"({jax.devices()[0].device_kind})")
-        for name, r in results[title].items():
-            kernels = f", kernels {1e3 * r['kernel_ms']:.1f} us" if "kernel_ms" in r else ""
-            print(f"  {name:>6}: {1e3 * r['ms']:7.1f} us synchronised, {1e3 * r['ms_back_to_back']:7.1f} us back to "
-                  f"back{kernels}; max |error| vs float32 {r['max_error']:.4f}")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=1)
+        print_kernel_results(f"LayerNorm forward + backward, {title} {rows} x {width} bf16, per LayerNorm",
+                             results[title])
+    write_results(results, args.out)
     return results
-
 
 if __name__ == "__main__":
     main()

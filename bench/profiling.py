@@ -5,7 +5,9 @@ which GEMM or fusion a kernel ran), and shows where a synchronised call waits (b
 kernels, after its last) and how often the host re-recorded or launched XLA's command buffers.
 Used by lsg_profile.py, backpack_profile.py and perceiver_profile.py."""
 import collections
+import contextlib
 import gzip
+import io
 import json
 import re
 import statistics
@@ -13,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 import jax
-from measure import compiled_memory, time_jax  # bench/ on sys.path
+from measure import compiled_memory, median_ms, time_jax  # bench/ on sys.path
 
 
 def _kernel_key(name: str) -> str:
@@ -201,3 +203,14 @@ def profile(title: str, compiled, fn, calls: int, top: int, hlo_dir: str | None 
             "by_kernel_ms": {k: v / 1e3 for k, v in by_kernel.most_common()},
             "by_instruction": {k: {"ms": v / 1e3, "launches": launches[k], "hlo": signatures.get(k, "?"),
                                    "source": sources.get(k, "?")} for k, v in by_instruction.most_common()}}
+
+
+def kernel_benchmark(compiled, inputs) -> dict:
+    """compiled(*inputs) timed: the median ms of synchronised calls, the mean ms back to back, the GPU kernels' ms
+    from a profile (printed nowhere), and the result ("out")."""
+    call = lambda: compiled(*inputs)
+    timed = time_jax(call, 3, 20)
+    with contextlib.redirect_stdout(io.StringIO()):
+        kernels = profile("kernel benchmark", compiled, call, 3, 1)["kernel_ms"]
+    return {"ms": median_ms(timed["times"]), "ms_back_to_back": 1e3 * timed["back_to_back"], "kernel_ms": kernels,
+            "out": call()}

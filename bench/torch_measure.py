@@ -55,6 +55,20 @@ def torch_back_to_back_ms(call, device, runs: int) -> float:
     return 1e3 * (time.perf_counter() - start) / runs
 
 
+def torch_call_ms(call, device, warmup: int = 3, runs: int = 20) -> dict:
+    """call() timed: the median ms of `runs` synchronised calls after `warmup`, the mean ms of `runs` back to back,
+    and the last call's result ("out")."""
+    times = []
+    for i in range(warmup + runs):
+        torch_sync(device)
+        start = time.perf_counter()
+        out = call()
+        torch_sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return {"ms": median_ms(times), "ms_back_to_back": torch_back_to_back_ms(call, device, runs), "out": out}
+
+
 def timed_torch_steps(step, device, warmup: int, steps: int, label: str) -> dict:
     """`warmup` + `steps` calls of step() (one training step, returning its loss tensor), each synchronised and
     timed: median ms, every timed step's ms, the first and the last loss; then `steps` more back to back."""

@@ -2,19 +2,21 @@
 the fused kernels on the GPU, every fused path (LSG's; T5's cuDNN attention with its relative-position bias; GPT-2's
 causal cuDNN attention and its Pallas kernels with attention dropout, Backpack's contextualization network) agrees
 with the einsum formulation forward and backward within tolerances that a wrong softmax scale or a dropped bias
-would break, and the Hopper GEMM computes the exact GELU, not tanh's approximation."""
+would break, the Hopper GEMM computes the exact GELU, not tanh's approximation, and the LayerNorm and
+cross-entropy kernels match XLA's formulations."""
 import dataclasses
 import zlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
 from backpack_jax import BackpackGPT2Config, BackpackGPT2LMHeadModel
 from backpack_jax.modeling import attention_implementation as gpt2_attention_implementation
-from jaxport import layer_norm_kernels, layers, tree
+from jaxport import cross_entropy_kernels, layer_norm_kernels, layers, tasks, tree
 from lsg_jax import LSGBartConfig, LSGBartForConditionalGeneration, dispatch, hopper_gemm
 from t5_jax import T5Config, T5ForConditionalGeneration
 from t5_jax.modeling import attention_implementation
@@ -262,6 +264,36 @@ def test_layer_norm_module_runs_the_kernels_on_the_gpu():
     graphdef, state = nnx.split(norm)
     forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
     assert "layer_norm_forward" in forward.lower(state, jnp.ones((4, 768), jnp.bfloat16)).as_text()
+
+
+@pytest.mark.parametrize("rows, vocab, dtype", [(16384, 50264, "bfloat16"), (777, 262, "float32")])
+def test_cross_entropy_kernels_match_optax(rows, vocab, dtype):
+    """jaxport.cross_entropy_kernels compiled through Triton (Backpack-GPT2's step, and a byte vocabulary with a short
+    last block) against optax on the same logits in float32: the losses, and the logits' gradient in their dtype."""
+    rng = np.random.default_rng(rows)
+    logits = jnp.asarray(rng.standard_normal((rows, vocab)) * 3, dtype)
+    labels = jnp.asarray(rng.integers(0, vocab, rows), jnp.int32)
+    cotangent = jnp.asarray(rng.standard_normal(rows), jnp.float32)
+
+    def run(cross_entropy):
+        def losses_and_gradient(logits, labels, cotangent):
+            losses, pullback = jax.vjp(lambda logits: cross_entropy(logits, labels), logits)
+            return losses, *pullback(cotangent)
+        return jax.jit(losses_and_gradient)(logits, labels, cotangent)
+
+    plain = lambda logits, labels: optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    (losses, gradient), (want_losses, want_gradient) = run(cross_entropy_kernels.cross_entropy), run(plain)
+    assert gradient.dtype == logits.dtype
+    assert rel_err(losses, want_losses) < 1e-6
+    tolerance = 1e-6 if dtype == "float32" else 1e-2  # bf16: the gradient is rounded
+    assert rel_err(gradient.astype(jnp.float32), want_gradient.astype(jnp.float32)) < tolerance
+
+
+def test_token_cross_entropy_runs_the_kernels_on_the_gpu():
+    logits, labels = jnp.zeros((2, 8, 300), jnp.bfloat16), jnp.zeros((2, 8), jnp.int32)
+    lowered = jax.jit(jax.grad(lambda x: tasks.token_cross_entropy(x, labels, jnp.ones((2, 8)))[0])).lower(logits)
+    text = lowered.as_text()
+    assert "cross_entropy_forward" in text and "cross_entropy_backward" in text
 
 
 def gemm_inputs(rows=16384, k=768, n=3072):

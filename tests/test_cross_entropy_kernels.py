@@ -1,0 +1,74 @@
+"""jaxport.cross_entropy_kernels (in Pallas' interpreter here; compiled in tests/gpu) against optax's
+cross-entropy on float32 logits: the per-token losses and the logits' gradient, with blocks small enough that rows
+and the vocabulary both span several (the last ones short), and under a jit sharded over rows, the vocabulary or
+both."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxport import cross_entropy_kernels, sharding
+
+ROWS, VOCAB = 22, 37
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    monkeypatch.setattr(cross_entropy_kernels, "BLOCK_VALUES", 64)  # blocks of 4 rows x 16 columns
+    monkeypatch.setattr(cross_entropy_kernels, "MAX_BLOCK_VOCAB", 16)
+
+
+def inputs(dtype, rows=ROWS, vocab=VOCAB, seed=0):
+    rng = np.random.default_rng(seed)
+    logits = jnp.asarray(rng.standard_normal((rows, vocab)) * 4, dtype)
+    labels = jnp.asarray(rng.integers(0, vocab, rows), jnp.int32)
+    cotangent = jnp.asarray(rng.standard_normal(rows), jnp.float32)
+    return logits, labels, cotangent
+
+
+def losses_and_gradient(cross_entropy, logits, labels, cotangent):
+    losses, pullback = jax.vjp(lambda logits: cross_entropy(logits, labels), logits)
+    return losses, pullback(cotangent)[0]
+
+
+def optax_cross_entropy(logits, labels):
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels).astype(jnp.float32)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_losses_and_gradient_equal_optax(dtype):
+    logits, labels, cotangent = inputs(dtype)
+    losses, gradient = losses_and_gradient(cross_entropy_kernels.cross_entropy, logits, labels, cotangent)
+    want_losses, want_gradient = losses_and_gradient(optax_cross_entropy, logits, labels, cotangent)
+    assert losses.dtype == jnp.float32 and gradient.dtype == logits.dtype
+    np.testing.assert_allclose(losses, want_losses, rtol=1e-6, atol=1e-5)
+    tolerance = 1e-6 if dtype == jnp.float32 else 1e-2  # bf16: the gradient is rounded to bf16
+    np.testing.assert_allclose(np.asarray(gradient, np.float32), np.asarray(want_gradient, np.float32),
+                               rtol=tolerance, atol=tolerance)
+
+
+def test_leading_axes_are_rows():
+    logits, labels, _ = inputs(jnp.float32, rows=2 * 11)
+    batched = cross_entropy_kernels.cross_entropy(logits.reshape(2, 11, VOCAB), labels.reshape(2, 11))
+    np.testing.assert_allclose(batched.reshape(-1), optax_cross_entropy(logits, labels), rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("spec", [("data", None), (None, "tensor"), ("data", "tensor"), (None, ("data", "tensor"))],
+                         ids=["rows", "vocabulary", "both", "vocabulary-8"])
+def test_sharded_over_rows_and_vocabulary(spec):
+    """Each device reduces its own block of the logits (no all-gather in the compiled program); the statistics of
+    rows split over the vocabulary are combined across devices, the labels shifted to each device's slice."""
+    mesh = sharding.make_mesh(data=4, tensor=2)
+    logits, labels, cotangent = inputs(jnp.float32, rows=24, vocab=48, seed=1)
+    place = lambda *axes: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*axes))
+    run = jax.jit(functools.partial(losses_and_gradient, cross_entropy_kernels.cross_entropy),
+                  in_shardings=(place(*spec), place(spec[0]), place(spec[0])))
+    assert "all-gather" not in run.lower(logits, labels, cotangent).compile().as_text()
+    losses, gradient = run(logits, labels, cotangent)
+    want_losses, want_gradient = losses_and_gradient(optax_cross_entropy, logits, labels, cotangent)
+    assert gradient.sharding.is_equivalent_to(place(*spec), 2)
+    np.testing.assert_allclose(losses, want_losses, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(gradient, want_gradient, rtol=1e-6, atol=1e-6)
