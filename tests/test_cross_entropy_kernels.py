@@ -3,6 +3,7 @@ cross-entropy on float32 logits: the per-token losses and the logits' gradient, 
 and the vocabulary both span several (the last ones short), and under a jit sharded over rows, the vocabulary or
 both."""
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,9 @@ import numpy as np
 import optax
 import pytest
 
-from jaxport import cross_entropy_kernels, sharding
+from jaxport import config as config_lib
+from jaxport import cross_entropy_kernels, registry, sharding, tasks, trainer
+from tests.helpers import CONFIGS
 
 ROWS, VOCAB = 22, 37
 
@@ -72,3 +75,29 @@ def test_sharded_over_rows_and_vocabulary(spec):
     assert gradient.sharding.is_equivalent_to(place(*spec), 2)
     np.testing.assert_allclose(losses, want_losses, rtol=1e-6, atol=1e-5)
     np.testing.assert_allclose(gradient, want_gradient, rtol=1e-6, atol=1e-6)
+
+
+def test_training_step_with_the_kernels_equals_optax(monkeypatch):
+    """The kernels where the trainer runs them (its jitted step, gradient accumulation's scan, the batch over 4
+    devices and the vocabulary over 2): one T5 step with the loss through the kernels, as on a GPU (Pallas'
+    interpreter here), gives optax's loss and parameters."""
+    config = config_lib.load_config(str(CONFIGS / "t5_reverse.py"), [
+        "train.grad_accum_steps=2", "model.dropout_rate=0.0", "mesh.data=4", "mesh.tensor=2"])
+    task = registry.task("t5", config)
+    data = task.train_data(config)
+    batches = [next(data) for _ in range(2)]
+    results = {}
+    for platform in ("cpu", "gpu"):
+        platform_of = types.SimpleNamespace(default_platform=lambda platform=platform: platform)
+        monkeypatch.setattr(tasks, "attention", platform_of)  # only the loss takes the GPU's path
+        setup = trainer.build(config, task)
+        step = jax.jit(trainer.make_train_step(setup, task, 2, 1), in_shardings=(setup.state_shardings,
+                       setup.batch_sharding), out_shardings=setup.state_shardings)
+        state = setup.state
+        for batch in batches:  # two steps: Adam's first update is the gradient's sign, the second is not
+            state = step(state, trainer.global_batch(batch, setup.batch_sharding))
+        results[platform] = jax.device_get(state)
+    for key in ("loss", "grad_norm"):
+        np.testing.assert_allclose(results["gpu"].metric_sums[key], results["cpu"].metric_sums[key], rtol=1e-6)
+    for got, want in zip(*(jax.tree.leaves(results[platform].params) for platform in ("gpu", "cpu")), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
