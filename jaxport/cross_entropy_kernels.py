@@ -13,6 +13,7 @@ that share the rows. Compiled through Triton on an NVIDIA GPU, run by Pallas' in
 both with optax).
 """
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -126,8 +127,11 @@ def _backward(logits, labels, log_sum_exp, grad):
 
 
 def _shardings(mesh, arg_shapes):
-    """(the logits' sharding, the rows' sharding, the vocabulary's mesh axes) from the logits' operand."""
+    """(the logits' sharding, the rows' sharding, the vocabulary's mesh axes) from the logits' operand. A vocabulary
+    that its devices would split unevenly is gathered: a padded slice's columns would count in the sums."""
     rows, vocab = operand_spec(arg_shapes, 2)
+    devices = math.prod(mesh.shape[axis] for axis in ((vocab,) if isinstance(vocab, str) else vocab or ()))
+    vocab = vocab if arg_shapes[0].shape[1] % devices == 0 else None
     place = lambda *spec: NamedSharding(mesh, PartitionSpec(*spec))
     return place(rows, vocab), place(rows), vocab
 

@@ -77,6 +77,20 @@ def test_sharded_over_rows_and_vocabulary(spec):
     np.testing.assert_allclose(gradient, want_gradient, rtol=1e-6, atol=1e-6)
 
 
+
+def test_a_vocabulary_split_unevenly_is_gathered():
+    """37 columns constrained over 2 devices inside a jit (XLA pads the last slice): the kernels take the whole
+    vocabulary rather than count the padding in the sums."""
+    mesh = sharding.make_mesh(data=4, tensor=2)
+    logits, labels, cotangent = inputs(jnp.float32, rows=24, vocab=37, seed=2)
+    uneven = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", "tensor"))
+    split = lambda logits, labels: cross_entropy_kernels.cross_entropy(
+        jax.lax.with_sharding_constraint(logits, uneven), labels)
+    losses, gradient = jax.jit(functools.partial(losses_and_gradient, split))(logits, labels, cotangent)
+    want_losses, want_gradient = losses_and_gradient(optax_cross_entropy, logits, labels, cotangent)
+    np.testing.assert_allclose(losses, want_losses, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(gradient, want_gradient, rtol=1e-6, atol=1e-6)
+
 def test_training_step_with_the_kernels_equals_optax(monkeypatch):
     """The kernels where the trainer runs them (its jitted step, gradient accumulation's scan, the batch over 4
     devices and the vocabulary over 2): one T5 step with the loss through the kernels, as on a GPU (Pallas'
