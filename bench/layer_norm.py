@@ -91,5 +91,6 @@ def main(argv=None) -> dict:
     write_results(results, args.out)
     return results
 
+
 if __name__ == "__main__":
     main()

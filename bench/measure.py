@@ -175,14 +175,14 @@ def pool_peak():
     return None if not stats else stats.get("peak_bytes_in_use")
 
 
-def print_kernel_results(title: str, results: dict, scale: float = 1.0) -> None:
+def print_kernel_results(title: str, results: dict) -> None:
     """One line per implementation of a kernel benchmark: microseconds synchronised, back to back and (JAX) of GPU
-    kernels, each divided by `scale` (calls per figure), and the largest error against the float32 reference."""
+    kernels, and the largest error against the float32 reference."""
     print(f"\n== {title} ({jax.devices()[0].device_kind})")
     for name, r in results.items():
-        kernels = f", kernels {1e3 * r['kernel_ms'] / scale:.1f} us" if "kernel_ms" in r else ""
-        print(f"  {name:>6}: {1e3 * r['ms'] / scale:8.1f} us synchronised, {1e3 * r['ms_back_to_back'] / scale:8.1f} "
-              f"us back to back{kernels}; max |error| vs float32 {r['max_error']:.2e}")
+        kernels = f", kernels {1e3 * r['kernel_ms']:.1f} us" if "kernel_ms" in r else ""
+        print(f"  {name:>6}: {1e3 * r['ms']:8.1f} us synchronised, {1e3 * r['ms_back_to_back']:8.1f} us back to back"
+              f"{kernels}; max |error| vs float32 {r['max_error']:.2e}")
 
 
 def write_results(results: dict, out: str | None) -> None:

@@ -41,14 +41,13 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
 def _cross_entropy_fwd(logits, labels):
     rows, flat_labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).astype(jnp.int32)
     losses, log_sum_exp = _forward(rows, flat_labels)
-    return losses.reshape(labels.shape), (logits, labels, log_sum_exp)
+    return losses.reshape(labels.shape), (rows, flat_labels, log_sum_exp)
 
 
 def _cross_entropy_bwd(residuals, grad):
-    logits, labels, log_sum_exp = residuals
-    rows, flat_labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).astype(jnp.int32)
-    d_logits = _backward(rows, flat_labels, log_sum_exp, grad.reshape(-1).astype(jnp.float32))
-    return d_logits.reshape(logits.shape), None
+    rows, labels, log_sum_exp = residuals
+    d_logits = _backward(rows, labels, log_sum_exp, grad.reshape(-1).astype(jnp.float32))
+    return d_logits.reshape(*grad.shape, rows.shape[1]), None
 
 
 cross_entropy.defvjp(_cross_entropy_fwd, _cross_entropy_bwd)
@@ -163,11 +162,10 @@ def _rows(block_rows: int, n: int):
     return rows, rows < n
 
 
-def _load_block(logits_ref, labels_ref, block_rows: int, block_vocab: int):
-    """This program's block of logits in float32 (0 outside the array), its columns, its rows' labels and the mask
-    of the block inside the array."""
-    n, vocab = logits_ref.shape
-    rows, real = _rows(block_rows, n)
+def _load_block(logits_ref, labels_ref, rows, real, block_vocab: int):
+    """This program's block of logits (its `rows`, `real` where inside the array) in float32 (0 outside the array),
+    its columns, its rows' labels and the mask of the block inside the array."""
+    vocab = logits_ref.shape[1]
     columns = pl.program_id(1) * block_vocab + jnp.arange(block_vocab)
     inside = real[:, None] & (columns < vocab)[None, :]
     x = plgpu.load(logits_ref.at[rows[:, None], columns[None, :]], mask=inside, other=0.0).astype(jnp.float32)
@@ -175,19 +173,19 @@ def _load_block(logits_ref, labels_ref, block_rows: int, block_vocab: int):
 
 
 def _forward_kernel(logits_ref, labels_ref, maximum_ref, total_ref, picked_ref, *, block_rows, block_vocab):
-    x, columns, labels, inside = _load_block(logits_ref, labels_ref, block_rows, block_vocab)
+    rows, real = _rows(block_rows, logits_ref.shape[0])
+    x, columns, labels, inside = _load_block(logits_ref, labels_ref, rows, real, block_vocab)
     picked = jnp.where(columns[None, :] == labels[:, None], x, 0.0).sum(1)  # 0 past the vocabulary
     x = jnp.where(inside, x, -jnp.inf)
     maximum = x.max(1)
     total = jnp.exp(x - maximum[:, None]).sum(1)
-    rows, real = _rows(block_rows, logits_ref.shape[0])
     for ref, value in ((maximum_ref, maximum), (total_ref, total), (picked_ref, picked)):
         plgpu.store(ref.at[rows, pl.program_id(1)], value, mask=real)
 
 
 def _backward_kernel(logits_ref, labels_ref, log_sum_exp_ref, grad_ref, out_ref, *, block_rows, block_vocab):
-    x, columns, labels, inside = _load_block(logits_ref, labels_ref, block_rows, block_vocab)
     rows, real = _rows(block_rows, logits_ref.shape[0])
+    x, columns, labels, inside = _load_block(logits_ref, labels_ref, rows, real, block_vocab)
     log_sum_exp = plgpu.load(log_sum_exp_ref.at[rows], mask=real, other=0.0)
     grad = plgpu.load(grad_ref.at[rows], mask=real, other=0.0)
     one_hot = (columns[None, :] == labels[:, None]).astype(jnp.float32)
