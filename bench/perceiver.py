@@ -11,7 +11,7 @@ config; batch 16 x 2048 bytes, whole words masked (perceiver_jax.masking) in ran
    (jaxport.trainer.build + make_train_step over perceiver_jax.tasks' masked-LM loss) vs transformers under
    torch.autocast(bf16), eager and torch.compile. Both sides use AdamW (lr 1e-4, weight decay 0.01, no clipping):
    torch has no LAMB, and the optimizer is a small part of the step. Median ms/step, MFU.
-2. Forward (logits of every position), bf16 compute over float32 weights: JAX model(...) jitted vs transformers
+2. Forward (logits of every position), bf16 compute over float32 weights: JAX model.jitted() vs transformers
    under autocast in inference_mode, eager and compiled. Median ms, MFU.
 Model FLOPs are counted from the parameter shapes (every matmul: 2 x rows x kernel size, attention 2 x queries x keys
 x (qk + v) channels; the training step 3 x the forward); MFU is against the larger bf16 matmul rate measured in torch
@@ -49,7 +49,6 @@ import numpy as np
 import optax
 import torch
 import transformers
-from flax import nnx
 from measure import chained_steps, compiled_memory, jax_back_to_back_ms, median_ms
 from project_train import last_loss, train_setup
 from rates import jax_matmul_peak
@@ -179,21 +178,21 @@ def jax_train(cfg, model_config, folder, batch) -> dict:
 
 
 def jax_forward(cfg, folder, batch) -> dict:
-    """bf16 compute over the float32 weights the training step keeps."""
-    model = PerceiverForMaskedLM.from_pretrained(folder, dtype=jnp.bfloat16)
-    graphdef, state = nnx.split(model)
-    forward = jax.jit(lambda state, inputs, mask: nnx.merge(graphdef, state)(inputs=inputs, attention_mask=mask).logits)
+    """bf16 compute over the float32 weights the training step keeps; the model's jitted forward (PretrainedModel.
+    jitted: the parameters passed as a few packed arrays)."""
+    forward = PerceiverForMaskedLM.from_pretrained(folder, dtype=jnp.bfloat16).jitted()
     inputs, mask = jnp.asarray(batch["inputs"]), jnp.asarray(batch["attention_mask"])
-    compiled = forward.lower(state, inputs, mask).compile()
+    memory = compiled_memory(forward.func.lower(*forward.args, inputs=inputs, attention_mask=mask).compile())
+    call = lambda: forward(inputs=inputs, attention_mask=mask).logits
     for _ in range(cfg["forward_warmup"]):
-        jax.block_until_ready(compiled(state, inputs, mask))
+        jax.block_until_ready(call())
     times = []
     for _ in range(cfg["forward_runs"]):
         start = time.perf_counter()
-        jax.block_until_ready(compiled(state, inputs, mask))
+        jax.block_until_ready(call())
         times.append(time.perf_counter() - start)
-    return {"ms": median_ms(times), "times_ms": [1e3 * t for t in times], "memory": compiled_memory(compiled),
-            "back_to_back_ms": jax_back_to_back_ms(lambda: compiled(state, inputs, mask), cfg["forward_runs"])}
+    return {"ms": median_ms(times), "times_ms": [1e3 * t for t in times], "memory": memory,
+            "back_to_back_ms": jax_back_to_back_ms(call, cfg["forward_runs"])}
 
 
 # ------------------------------------------------------------------------------------------------ PyTorch

@@ -3,7 +3,7 @@
     python bench/perceiver_profile.py [--part forward|train] [--batch 16] [--calls 5] [--top 40] [--out profile.json]
 
 Random weights (the time does not depend on the values), configs/perceiver_mlm.py:paper's shape, batch x 2048 bytes
-of bench/perceiver.py's masked windows; the forward is the jitted bf16 model call over float32 weights, the training
+of bench/perceiver.py's masked windows; the forward is the model's jitted() bf16 call over float32 weights, the training
 step the project's jitted, state-donating step (AdamW), chained over its own state. profiling.profile's figures:
 compiled memory, synchronised and back-to-back times, GPU kernel time per call by source line and by kernel. Needs a
 GPU.
@@ -16,7 +16,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project w
 import argparse
 import json
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 from measure import chained_steps
@@ -30,12 +29,10 @@ from perceiver_jax import PerceiverConfig, PerceiverForMaskedLM
 
 
 def forward_call(config: PerceiverConfig, batch: dict):
-    model = PerceiverForMaskedLM(config, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
-    graphdef, state = nnx.split(model)
-    forward = jax.jit(lambda state, inputs, mask: nnx.merge(graphdef, state)(inputs=inputs, attention_mask=mask).logits)
+    forward = PerceiverForMaskedLM(config, dtype=jnp.bfloat16, rngs=nnx.Rngs(0)).jitted()
     inputs, mask = jnp.asarray(batch["inputs"]), jnp.asarray(batch["attention_mask"])
-    compiled = forward.lower(state, inputs, mask).compile()
-    return compiled, lambda: compiled(state, inputs, mask)
+    compiled = forward.func.lower(*forward.args, inputs=inputs, attention_mask=mask).compile()
+    return compiled, lambda: compiled(*forward.args, inputs=inputs, attention_mask=mask).logits
 
 
 def train_call(config: PerceiverConfig, batch: dict):

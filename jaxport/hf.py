@@ -29,6 +29,7 @@ from jax.sharding import Mesh
 
 from jaxport import sharding, tree
 from jaxport.convert import Entry, iter_flax_to_pytorch, iter_pytorch_to_flax, iter_select_flat
+from jaxport.packing import ParamPacking
 
 CONFIG_FILE = "config.json"
 FLAX_PREFIX = "flax_model"  # this project's own weights: keys are flat Flax paths
@@ -572,6 +573,25 @@ class PretrainedModel(nnx.Module):
         if len(found) == 2 and not np.array_equal(*found.values()):
             return replace(config, tie_word_embeddings=False)
         return config
+
+    def jitted(self, method: str = "__call__", **jit_kwargs) -> Callable:
+        """`getattr(self, method)` under jax.jit, bound to a snapshot of the parameters held as ParamPacking holds
+        the trainer's: the small leaves (biases, norm scales) concatenated into one vector, the large ones shared,
+        not copied. The host prepares every argument array on every call, so a forward called again and again
+        (serving, benchmarks) dispatches sooner than a jit over nnx.split's state (bench/RESULTS.md). jit_kwargs go
+        to jax.jit (static_argnames for options that are not arrays). Parameters changed later are not seen: call
+        jitted again."""
+        graphdef, params, rest = nnx.split(self, nnx.Param, ...)
+        params = nnx.to_pure_dict(params)
+        packing = ParamPacking(params, dict.fromkeys(tree.flatten(params), "params"))
+        leaves, treedef = jax.tree.flatten((packing.pack(params), rest))
+
+        @functools.partial(jax.jit, **jit_kwargs)
+        def call(leaves, *args, **kwargs):
+            packed, rest = jax.tree.unflatten(treedef, leaves)
+            return getattr(nnx.merge(graphdef, packing.unpack(packed), rest), method)(*args, **kwargs)
+
+        return functools.partial(call, leaves)
 
     def save_pretrained(self, path: str | os.PathLike, *, pytorch: bool = False,
                         max_shard_size: int | str | None = None) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from jaxport import config as config_lib
@@ -324,6 +325,13 @@ def test_logits_match_the_pytorch_reference(model, reference):
     logits = model(**{k: jnp.asarray(v) for k, v in reference.inputs.items()}).logits
     assert logits.dtype == jnp.float32
     assert helpers.rel_err(logits, reference.logits) < 1e-4
+
+
+def test_jitted_call_reads_packed_parameters_and_equals_the_eager_call(model, reference):
+    inputs = {k: jnp.asarray(v) for k, v in reference.inputs.items()}
+    forward = model.jitted()
+    assert len(forward.args[0]) < len(jax.tree.leaves(nnx.state(model, nnx.Param)))  # the small leaves packed
+    np.testing.assert_allclose(forward(**inputs).logits, model(**inputs).logits, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", [pytest.param(f, id=f.name) for f in FAMILIES if f.incremental], indirect=True)
