@@ -22,7 +22,7 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.experimental.pallas import triton as plgpu
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxport.sharding import operand_spec
+from jaxport.sharding import operand_spec, spec_axes
 
 # Measured on an H200 at Backpack-GPT2's 16384 x 50264 (bench/cross_entropy.py, RESULTS.md):
 BLOCK_VALUES = 4096  # a program reads blocks of this many logits (rows x vocabulary columns)
@@ -129,7 +129,7 @@ def _shardings(mesh, arg_shapes):
     """(the logits' sharding, the rows' sharding, the vocabulary's mesh axes) from the logits' operand. A vocabulary
     that its devices would split unevenly is gathered: a padded slice's columns would count in the sums."""
     rows, vocab = operand_spec(arg_shapes, 2)
-    devices = math.prod(mesh.shape[axis] for axis in ((vocab,) if isinstance(vocab, str) else vocab or ()))
+    devices = math.prod(mesh.shape[axis] for axis in spec_axes(vocab))
     vocab = vocab if arg_shapes[0].shape[1] % devices == 0 else None
     place = lambda *spec: NamedSharding(mesh, PartitionSpec(*spec))
     return place(rows, vocab), place(rows), vocab

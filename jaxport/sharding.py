@@ -66,6 +66,11 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence 
     return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 
+def spec_axes(entry) -> tuple[str, ...]:
+    """A PartitionSpec entry or a rule's target (None, a mesh axis, or a tuple of them) as a tuple of mesh axes."""
+    return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
 def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules,
                     warn: bool = True) -> PartitionSpec:
     """PartitionSpec for one array: each logical axis takes its rule's mesh axes, unless those are
@@ -76,8 +81,7 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh
     spec = []
     for name, size in zip(axes, shape, strict=True):
         target = rules.get(name) if name is not None else None
-        mesh_axes = () if target is None else ((target,) if isinstance(target, str) else tuple(target))
-        mesh_axes = tuple(a for a in mesh_axes if a not in used and mesh.shape[a] > 1)
+        mesh_axes = tuple(a for a in spec_axes(target) if a not in used and mesh.shape[a] > 1)
         if size % math.prod(mesh.shape[a] for a in mesh_axes):
             if warn:
                 logging.warning("axis %s of size %d is not divisible by mesh axes %s: replicated", name, size,

@@ -77,7 +77,6 @@ def test_sharded_over_rows_and_vocabulary(spec):
     np.testing.assert_allclose(gradient, want_gradient, rtol=1e-6, atol=1e-6)
 
 
-
 def test_a_vocabulary_split_unevenly_is_gathered():
     """37 columns constrained over 2 devices inside a jit (XLA pads the last slice): the kernels take the whole
     vocabulary rather than count the padding in the sums."""
@@ -90,6 +89,7 @@ def test_a_vocabulary_split_unevenly_is_gathered():
     want_losses, want_gradient = losses_and_gradient(optax_cross_entropy, logits, labels, cotangent)
     np.testing.assert_allclose(losses, want_losses, rtol=1e-6, atol=1e-5)
     np.testing.assert_allclose(gradient, want_gradient, rtol=1e-6, atol=1e-6)
+
 
 def test_training_step_with_the_kernels_equals_optax(monkeypatch):
     """The kernels where the trainer runs them (its jitted step, gradient accumulation's scan, the batch over 4
