@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from jaxport.layers import dropout_col_hash, dropout_keep, dropout_row_hash, dropout_scale, dropout_words
+from jaxport.dropout_mask import dropout_col_hash, dropout_keep, dropout_row_hash, dropout_scale, dropout_words
 from jaxport.sharding import per_batch_and_head
 
 TILE = 64  # query and key rows per tile

@@ -17,11 +17,9 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.custom_partitioning import custom_partitioning
 from jax.experimental.pallas import triton as plgpu
-from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxport.sharding import operand_spec, per_batch_and_head
+from jaxport.sharding import per_batch_and_head
 
 MAX_WIDTH = 8192  # a row is read whole: wider ones would spill registers
 # Measured on an H200 at 4096 x 1280 and 16384 x 768 against 4096-16384 values and 128-1024 programs (RESULTS.md):
@@ -84,8 +82,9 @@ def _forward(x, scale, bias, eps, dtype):
         name="layer_norm_forward")(x, scale, bias)
 
 
-def _backward_local(x, grad, mean, rstd, scale):
-    """One device's rows: the input gradient and the partial sums of the parameters' gradients, summed here."""
+@per_batch_and_head("bd, bd, b, b, d -> bd, +d, +d", statics=0)
+def _backward(x, grad, mean, rstd, scale):
+    """The input gradient and the parameters' gradients, summed over one device's rows."""
     n, width = x.shape
     block_rows = _rows_per_block(width)
     group = max(1, pl.cdiv(n, block_rows) // PROGRAMS)  # row blocks per program
@@ -97,36 +96,6 @@ def _backward_local(x, grad, mean, rstd, scale):
         interpret=_interpret(), compiler_params=plgpu.CompilerParams(num_warps=_warps(width), num_stages=1),
         name="layer_norm_backward")(x, grad, mean, rstd, scale)
     return dx, dscale.sum(0), dbias.sum(0)
-
-
-@custom_partitioning
-def _backward(x, grad, mean, rstd, scale):
-    return _backward_local(x, grad, mean, rstd, scale)
-
-
-def _backward_shardings(mesh, arg_shapes):
-    rows = operand_spec(arg_shapes, 2)[0]  # the mesh axes x's rows are sharded over
-    place = lambda *spec: NamedSharding(mesh, PartitionSpec(*spec))
-    args = (place(rows, None), place(rows, None), place(rows), place(rows), place(None))
-    return args, (place(rows, None), place(None), place(None))
-
-
-def _backward_partition(mesh, arg_shapes, result_shape):
-    args, results = _backward_shardings(mesh, arg_shapes)
-    rows = args[0].spec[0]
-
-    def lower(x, grad, mean, rstd, scale):
-        dx, dscale, dbias = _backward_local(x, grad, mean, rstd, scale)
-        if rows is not None:  # each device summed its own rows
-            dscale, dbias = jax.lax.psum((dscale, dbias), rows)
-        return dx, dscale, dbias
-    return mesh, lower, results, args
-
-
-_backward.def_partition(
-    partition=_backward_partition,
-    infer_sharding_from_operands=lambda mesh, arg_shapes, result_shape: _backward_shardings(mesh, arg_shapes)[1],
-    sharding_rule="b d, b d, b, b, d -> b d, d, d", need_replication_factors=("d",))
 
 
 # ------------------------------------------------------------------------------------------------------ kernels

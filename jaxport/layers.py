@@ -9,10 +9,10 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from jaxport import attention, layer_norm_kernels
+from jaxport.dropout_mask import dropout_scale, dropout_words, keep_mask
 
 
 def float32_matmuls(method):
@@ -70,73 +70,24 @@ class Embed(nnx.Module):
         return jnp.dot(x.astype(self.dtype), self.embedding[...].astype(self.dtype).T)
 
 
-DROPOUT_BITS = 32  # the keep mask compares 32-bit random integers with a threshold: rate is quantised to 2**-32
-
-
 def dropout(x: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
     """Inverted dropout; rng=None means evaluation (identity).
 
     The mask's random bits are a counter-based hash of each element's position and two words folded from rng's
-    key data (`_keep`), computed inside whichever XLA kernel uses the mask, and computed again in the backward pass: no
-    random bits are written to memory or kept. On an H100, threefry masks kept for the backward pass took a fifth of
-    an LSG-BART training step, and XLA's RngBitGenerator bits drawn again still ~2.5 of 28 ms (bench/RESULTS.md).
+    key data (jaxport.dropout_mask), computed inside whichever XLA kernel uses the mask, and computed again in the
+    backward pass: no random bits are written to memory or kept. On an H100, threefry masks kept for the backward
+    pass took a fifth of an LSG-BART training step, and XLA's RngBitGenerator bits drawn again still about a tenth
+    (bench/RESULTS.md).
     Deterministic for a given rng and shape."""
     if rng is None or rate == 0.0:
         return x
     return _dropout(x, dropout_words(rng), rate)
 
 
-def dropout_words(rng: jax.Array) -> jax.Array:
-    """The two uint32 words of a dropout mask's hash, folded from any PRNG implementation's key data."""
-    data = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
-    data = data.astype(jnp.uint32).reshape(-1)
-    return jax.lax.reduce(jnp.pad(data, (0, data.size % 2)).reshape(-1, 2), np.uint32(0), jax.lax.bitwise_xor, (0,))
-
-
-def _mix(h: jax.Array) -> jax.Array:
-    """murmur3's 32-bit finaliser: a bijection of uint32 in which every output bit depends on every input bit."""
-    h = (h ^ (h >> 16)) * jnp.uint32(0x85EBCA6B)
-    h = (h ^ (h >> 13)) * jnp.uint32(0xC2B2AE35)
-    return h ^ (h >> 16)
-
-
-def _keep(shape, words: jax.Array, rate: float) -> jax.Array:
-    """Where dropout keeps x: 32 random bits per element, a hash of its row (all axes but the last, flattened), its
-    column and the two key words, compared with the rate's threshold. Elementwise integer arithmetic on iotas, so
-    XLA fuses it into the kernels that consume the mask."""
-    rows, cols = (math.prod(shape[:-1]), shape[-1]) if shape else (1, 1)
-    if rows >= 2 ** 32 or cols >= 2 ** 32:
-        raise ValueError(f"dropout over {shape}: more than 2**32 rows or columns")
-    row, col = (jax.lax.broadcasted_iota(jnp.uint32, (rows, cols), axis) for axis in (0, 1))
-    return dropout_keep(dropout_row_hash(row, words), dropout_col_hash(col, words), rate).reshape(shape)
-
-
-def dropout_row_hash(row: jax.Array, words: jax.Array) -> jax.Array:
-    """The part of an element's hash its row (uint32) decides: kernels that tile the mask take it per row."""
-    return _mix(row ^ words[0])
-
-
-def dropout_col_hash(col: jax.Array, words: jax.Array) -> jax.Array:
-    """The part of an element's hash its column (uint32) decides."""
-    return col * jnp.uint32(0x9E3779B9) + words[1]
-
-
-def dropout_keep(row_hash: jax.Array, col_hash: jax.Array, rate: float) -> jax.Array:
-    """Where dropout keeps the elements of these (broadcast) row and column hashes."""
-    return _mix(row_hash ^ col_hash) >= jnp.uint32(_threshold(rate))
-
-
-def _threshold(rate: float) -> int:
-    return min(round(rate * 2 ** DROPOUT_BITS), 2 ** DROPOUT_BITS - 1)
-
-
-def dropout_scale(rate: float) -> float:
-    """What kept elements are multiplied by: 1 / the exact keep probability."""
-    return 2 ** DROPOUT_BITS / (2 ** DROPOUT_BITS - _threshold(rate))
-
-
 def _masked(x: jax.Array, words: jax.Array, rate: float) -> jax.Array:
-    return jnp.where(_keep(x.shape, words, rate), x * jnp.asarray(dropout_scale(rate), x.dtype), 0).astype(x.dtype)
+    # The scale multiplies in float32, as torch's does: rounded to bf16, 1 / 0.9 would be 0.16% short.
+    kept = x.astype(jnp.float32) * dropout_scale(rate)
+    return jnp.where(keep_mask(x.shape, words, rate), kept, 0).astype(x.dtype)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))

@@ -170,9 +170,13 @@ def operand_spec(arg_shapes, rank: int) -> tuple:
 def per_batch_and_head(layouts: str, statics: int):
     """Make a function of arrays laid out as `layouts` (e.g. "blhd, bl -> bhl": b batch, h heads (optional), other
     letters rows and head dims), followed by `statics` static arguments, partitionable: under a sharded jit each
-    device runs it on its own batch elements and heads, rows and head dims whole (blocks read their neighbours). A bare
-    pallas_call is opaque to XLA's partitioner, which would gather every input onto every device."""
-    ins, outs = ([name.strip() for name in side.split(",")] for side in layouts.split("->"))
+    device runs it on its own batch elements and heads, rows and head dims whole (blocks read their neighbours). An
+    output marked "+" (e.g. "+d") is a sum over the batch that each device computes over its own elements: the
+    devices' sums are added. A bare pallas_call is opaque to XLA's partitioner, which would gather every input onto
+    every device."""
+    ins, marked = ([name.strip() for name in side.split(",")] for side in layouts.split("->"))
+    outs = [name.lstrip("+") for name in marked]
+    summed = [name.startswith("+") for name in marked]
     whole = [name for name in dict.fromkeys("".join(ins + outs)) if name not in "bh"]  # in order of appearance
 
     def decorate(fn):
@@ -183,12 +187,18 @@ def per_batch_and_head(layouts: str, statics: int):
             axes = {name: spec[ins[0].index(name)] for name in "bh" if name in ins[0]}
             place = lambda layout: NamedSharding(mesh, PartitionSpec(*(axes.get(name) for name in layout)))
             results = tuple(map(place, outs))
-            return tuple(map(place, ins)), results if len(outs) > 1 else results[0]
+            return tuple(map(place, ins)), results if len(outs) > 1 else results[0], axes.get("b")
 
         def partition(*args):
             *static, mesh, arg_shapes, _ = args
-            arg_shardings, result_shardings = shardings(mesh, arg_shapes)
-            return mesh, lambda *arrays: fn(*arrays, *static), result_shardings, arg_shardings
+            arg_shardings, result_shardings, batch_axes = shardings(mesh, arg_shapes)
+
+            def lower(*arrays):
+                results = fn(*arrays, *static)
+                if batch_axes is None or not any(summed):
+                    return results
+                return tuple(jax.lax.psum(r, batch_axes) if s else r for r, s in zip(results, summed, strict=True))
+            return mesh, lower, result_shardings, arg_shardings
 
         def infer(*args):
             *_, mesh, arg_shapes, _ = args

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from jaxport import layer_norm_kernels, layers, sharding
-from jaxport.layers import DROPOUT_BITS, dropout, gelu
+from jaxport.dropout_mask import DROPOUT_BITS
+from jaxport.layers import dropout, gelu
 from tests.helpers import rel_err
 
 
@@ -28,6 +29,17 @@ def test_dropout_mask_rate_scale_and_gradient(rate):
     assert (dropout(x, rate, jax.random.key(8)) != y).any()
     grad = jax.grad(lambda x: (dropout(x, rate, key) * jnp.arange(300.0)).sum())(x)
     np.testing.assert_allclose(grad, np.where(kept, scale * np.arange(300.0), 0), rtol=1e-6)
+
+
+def test_dropout_scales_half_precision_values_in_float32():
+    """Kept bf16 values are x / keep probability rounded once, as torch computes them: with the scale rounded to bf16
+    first (1.109375 for 1 / 0.9), some would come out a step smaller."""
+    x = jax.random.normal(jax.random.key(1), (64, 64), jnp.bfloat16)
+    y = dropout(x, 0.1, jax.random.key(2))
+    kept = y != 0
+    scale = 2 ** DROPOUT_BITS / (2 ** DROPOUT_BITS - round(0.1 * 2 ** DROPOUT_BITS))
+    np.testing.assert_array_equal(y[kept], (x[kept].astype(jnp.float32) * scale).astype(jnp.bfloat16))
+    assert (y[kept] != x[kept] * jnp.asarray(scale, jnp.bfloat16)).any()
 
 
 def test_dropout_masks_look_independent():
