@@ -23,9 +23,10 @@ import math
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as plgpu
 
 from jaxport.dropout_mask import dropout_col_hash, dropout_keep, dropout_row_hash, dropout_scale, dropout_words
+from jaxport.pallas_triton import MISSING
+from jaxport.pallas_triton import triton as plgpu
 from jaxport.sharding import per_batch_and_head
 
 TILE = 64  # query and key rows per tile
@@ -35,14 +36,16 @@ LOG2E = math.log2(math.e)  # the kernels' scores are in base 2 (exp2 is one inst
 
 
 def supported(head_dim: int) -> bool:
-    """Triton tiles are powers of two of 16 or more."""
-    return head_dim >= 16 and not head_dim & (head_dim - 1)
+    """Triton tiles are powers of two of 16 or more (and this JAX has Pallas' Triton backend)."""
+    return plgpu is not None and head_dim >= 16 and not head_dim & (head_dim - 1)
 
 
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, dropout_rate: float = 0.0,
                      rng: jax.Array | None = None) -> jax.Array:
     """softmax(scale * q k^T, causal) v with the probabilities dropped out at `dropout_rate` (rng None: none), for q,
     k, v [B, T, H, D]; [B, T, H, D] in q's dtype."""
+    if plgpu is None:
+        raise RuntimeError(MISSING)
     if not supported(q.shape[-1]):
         raise ValueError(f"head dim {q.shape[-1]} is not a power of two >= 16")
     B, T, H, _ = q.shape

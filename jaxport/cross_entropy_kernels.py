@@ -19,15 +19,19 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.custom_partitioning import custom_partitioning
-from jax.experimental.pallas import triton as plgpu
 from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxport.pallas_triton import triton as plgpu
 from jaxport.sharding import operand_spec, spec_axes
 
 # Measured on an H200 at Backpack-GPT2's 16384 x 50264 (bench/cross_entropy.py, RESULTS.md):
 BLOCK_VALUES = 4096  # a program reads blocks of this many logits (rows x vocabulary columns)
 MAX_BLOCK_VOCAB = 4096  # ... at most this many columns wide: a small vocabulary takes more rows per block
 WARPS = 4
+
+
+def supported() -> bool:
+    return plgpu is not None
 
 
 @jax.custom_vjp

@@ -17,8 +17,8 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as plgpu
 
+from jaxport.pallas_triton import triton as plgpu
 from jaxport.sharding import per_batch_and_head
 
 MAX_WIDTH = 8192  # a row is read whole: wider ones would spill registers
@@ -28,7 +28,7 @@ PROGRAMS = 512  # the backward pass aims at this many programs, each summing the
 
 
 def supported(width: int) -> bool:
-    return width <= MAX_WIDTH
+    return plgpu is not None and width <= MAX_WIDTH
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))

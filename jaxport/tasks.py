@@ -13,7 +13,7 @@ from jaxport.hf import param_paths
 def token_cross_entropy(logits, labels, mask):
     """(sum of per-token losses over mask, number of tokens), computed in float32 whatever the logits' dtype: on an
     NVIDIA GPU by jaxport.cross_entropy_kernels (no float32 copy of the logits), elsewhere by optax."""
-    if attention.default_platform() == "gpu":
+    if attention.default_platform() == "gpu" and cross_entropy_kernels.supported():
         losses = cross_entropy_kernels.cross_entropy(logits, labels)
     else:
         losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)

@@ -35,8 +35,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as plgpu
 
+from jaxport.pallas_triton import MISSING
+from jaxport.pallas_triton import triton as plgpu
 from jaxport.sharding import per_batch_and_head
 
 KEY_TILE = 64
@@ -51,8 +52,8 @@ LOG2E = math.log2(math.e)  # the kernels' scores are in base 2 (exp2 is one inst
 
 
 def pallas_head_dim_supported(head_dim: int) -> bool:
-    """Triton tiles are powers of two of 16 or more."""
-    return head_dim >= 16 and not head_dim & (head_dim - 1)
+    """Triton tiles are powers of two of 16 or more (and this JAX has Pallas' Triton backend)."""
+    return plgpu is not None and head_dim >= 16 and not head_dim & (head_dim - 1)
 
 
 def compute_dtype(dtype):
@@ -65,6 +66,8 @@ def compute_dtype(dtype):
 
 def pallas_supported(cfg, head_dim: int) -> str | None:
     """None when the LSG kernels take the config, else why not."""
+    if plgpu is None:
+        return MISSING
     if cfg.has_sparse:
         return f"sparsity_type={cfg.sparsity_type!r} has sparse keys (the kernels cover global and local keys)"
     if not pallas_head_dim_supported(head_dim):
