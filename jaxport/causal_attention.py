@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from jaxport.dropout_mask import dropout_col_hash, dropout_keep, dropout_row_hash, dropout_scale, dropout_words
-from jaxport.pallas_triton import MISSING
+from jaxport.pallas_triton import MISSING, takes_head_dim
 from jaxport.pallas_triton import triton as plgpu
 from jaxport.sharding import per_batch_and_head
 
@@ -35,9 +35,7 @@ NUM_WARPS = 4  # for head dims up to 64; twice as many above
 LOG2E = math.log2(math.e)  # the kernels' scores are in base 2 (exp2 is one instruction, exp several)
 
 
-def supported(head_dim: int) -> bool:
-    """Triton tiles are powers of two of 16 or more (and this JAX has Pallas' Triton backend)."""
-    return plgpu is not None and head_dim >= 16 and not head_dim & (head_dim - 1)
+supported = takes_head_dim
 
 
 def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, scale: float, dropout_rate: float = 0.0,

@@ -8,5 +8,12 @@ try:
 except ImportError:
     triton = None
 
+
+def takes_head_dim(head_dim: int) -> bool:
+    """Whether attention kernels in this backend take heads of `head_dim`: Triton's tiles are powers of two of 16 or
+    more (and this JAX has the backend)."""
+    return triton is not None and head_dim >= 16 and not head_dim & (head_dim - 1)
+
+
 MISSING = ("this JAX has no Pallas Triton backend (deprecated in JAX 0.11, since removed), in which the kernels "
            "are written: use attn_implementation='auto', or a JAX release that still has it")

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from jaxport.pallas_triton import MISSING
+from jaxport.pallas_triton import MISSING, takes_head_dim
 from jaxport.pallas_triton import triton as plgpu
 from jaxport.sharding import per_batch_and_head
 
@@ -51,9 +51,7 @@ NUM_WARPS = 4  # for head dims up to 64; twice as many above
 LOG2E = math.log2(math.e)  # the kernels' scores are in base 2 (exp2 is one instruction, exp several)
 
 
-def pallas_head_dim_supported(head_dim: int) -> bool:
-    """Triton tiles are powers of two of 16 or more (and this JAX has Pallas' Triton backend)."""
-    return plgpu is not None and head_dim >= 16 and not head_dim & (head_dim - 1)
+pallas_head_dim_supported = takes_head_dim
 
 
 def compute_dtype(dtype):
