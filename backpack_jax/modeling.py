@@ -26,6 +26,7 @@ from jaxport.generation import causal_lm_generate
 from jaxport.hf import PretrainedModel
 from jaxport.layers import (
     ACTIVATIONS,
+    Branch,
     Dense,
     Embed,
     LayerNorm,
@@ -112,15 +113,15 @@ class GPT2Attention(nnx.Module):
         self.scale = (k ** -0.5 if config.scale_attn_weights else 1.0)
         if config.scale_attn_by_inverse_layer_idx:
             self.scale /= layer_idx + 1
-        self.attn_pdrop, self.resid_pdrop = config.attn_pdrop, config.resid_pdrop
+        self.attn_pdrop = config.attn_pdrop
         self.dtype = dtype
 
     def __call__(self, x, mask, cache=None, position=0, rng=None, implementation: str = "einsum"):
         """x [B, T, D] attends to the keys the boolean `mask` [1, 1, T, S] allows: its own, or with `cache`
         ({"key", "value"} [B, max_length, heads, kv]) the cache's after writing its own at `position`.
         implementation: "einsum", "pallas" (jaxport.causal_attention) or fused (jaxport.attention); the last two
-        without a cache, causal over x itself."""
-        rngs = split_rng(rng, 2)
+        without a cache, causal over x itself. Returns (c_proj's Branch, for the next LayerNorm to drop out and add
+        to the residual stream; cache)."""
         qkv = self.c_attn(x)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if cache is not None:
@@ -128,13 +129,13 @@ class GPT2Attention(nnx.Module):
             cache = {"key": k, "value": v}
         if implementation == "pallas":
             out = causal_attention(q.astype(self.dtype), k.astype(self.dtype), v.astype(self.dtype),
-                                   scale=self.scale, dropout_rate=self.attn_pdrop, rng=rngs[0])
+                                   scale=self.scale, dropout_rate=self.attn_pdrop, rng=rng)
         elif implementation != "einsum":
             out = attention.fused_attention(q, k, v, None, None, implementation, scale=self.scale, is_causal=True)
         else:
-            probs = causal_weights(q, k, self.scale, mask, self.attn_pdrop, rngs[0]).astype(self.dtype)
+            probs = causal_weights(q, k, self.scale, mask, self.attn_pdrop, rng).astype(self.dtype)
             out = jnp.einsum("bhts,bshd->bthd", probs, v.astype(self.dtype))
-        return dropout(self.c_proj(out.astype(self.dtype)), self.resid_pdrop, rngs[1]), cache
+        return self.c_proj.branch(out.astype(self.dtype)), cache
 
 
 class GPT2MLP(nnx.Module):
@@ -152,6 +153,10 @@ class GPT2MLP(nnx.Module):
     def __call__(self, x, rng=None):
         return dropout(self.c_proj(self.act(self.c_fc(x))), self.resid_pdrop, rng)
 
+    def branch(self, x) -> Branch:
+        """c_fc, activation, c_proj without its bias and dropout: for LayerNorm.add_and_norm."""
+        return self.c_proj.branch(self.act(self.c_fc(x)))
+
 
 class GPT2Block(nnx.Module):
     def __init__(self, config: GPT2Config, layer_idx: int, *, dtype, param_dtype, rngs: nnx.Rngs):
@@ -162,12 +167,17 @@ class GPT2Block(nnx.Module):
         self.ln_2 = LayerNorm(d, eps, **kw)
         self.mlp = GPT2MLP(config, d, config.inner_dim, (d,), ("embed",),
                            config.initializer_range / (2 * config.n_layer) ** 0.5, **kw)
+        self.resid_pdrop = config.resid_pdrop
 
-    def __call__(self, x, mask, cache=None, position=0, rng=None, implementation: str = "einsum"):
-        rngs = split_rng(rng, 2)
-        h, cache = self.attn(self.ln_1(x), mask, cache, position, rngs[0], implementation)
-        x = x + h
-        return x + self.mlp(self.ln_2(x), rngs[1]), cache
+    def __call__(self, x, branch, mask, cache=None, position=0, rng=None, implementation: str = "einsum"):
+        """(residual stream, the MLP's Branch, cache) of the residual stream x and the previous block's MLP Branch
+        (None in the first block): each branch joins the stream, dropped out, in the LayerNorm after it
+        (LayerNorm.add_and_norm, one kernel on a GPU), as flash-attention's GPT-2 runs; the last block's in ln_f."""
+        rngs = split_rng(rng, 3)
+        x, h = self.ln_1.add_and_norm(x, branch, self.resid_pdrop, rngs[0])
+        attn_branch, cache = self.attn(h, mask, cache, position, rngs[1], implementation)
+        x, h = self.ln_2.add_and_norm(x, attn_branch, self.resid_pdrop, rngs[2])
+        return x, self.mlp.branch(h), cache
 
 
 class GPT2Model(PretrainedModel):
@@ -195,29 +205,30 @@ class GPT2Model(PretrainedModel):
         places = position + jnp.arange(length)
         if position_ids is None:
             position_ids = places[None]
-        rngs = split_rng(rng, len(self.h) + 1)
+        rngs = split_rng(rng, len(self.h) + 2)
         # The residual stream stays float32 under bf16 compute, as torch.autocast keeps it (embedding lookups are not
         # autocast, and bf16 block outputs add to float32): rounded to bf16 at every addition, the full-size Backpack
         # trained on one batch fell far behind the original (bench/RESULTS.md, Backpack losses).
         x = self.wte(input_ids, RESIDUAL_DTYPE) + self.wpe(position_ids, RESIDUAL_DTYPE)
         x = dropout(x, self.config.embd_pdrop, rngs[-1])
+        branch = None
         num_keys = length if cache is None else cache["layers"][0]["key"].shape[1]
         mask = causal_mask(places, jnp.arange(num_keys))
         if cache is not None:
             new_cache = []
-            for block, layer_cache, block_rng in zip(self.h, cache["layers"], rngs[:-1], strict=True):
-                x, layer_cache = block(x, mask, layer_cache, position, block_rng)
+            for block, layer_cache, block_rng in zip(self.h, cache["layers"], rngs[:len(self.h)], strict=True):
+                x, branch, layer_cache = block(x, branch, mask, layer_cache, position, block_rng)
                 new_cache.append(layer_cache)
-            return self.ln_f(x), {"layers": new_cache}
+            return self.ln_f.add_and_norm(x, branch)[1], {"layers": new_cache}
         implementation = attention_implementation(self.config, self.dtype, length, training=rng is not None)
 
-        def apply(block, x, mask, rng):
-            return block(x, mask, rng=rng, implementation=implementation)[0]
+        def apply(block, x, branch, mask, rng):
+            return block(x, branch, mask, rng=rng, implementation=implementation)[:2]
 
         apply = remat(apply, self.config.remat)
-        for block, block_rng in zip(self.h, rngs[:-1], strict=True):
-            x = apply(block, x, mask, block_rng)
-        return self.ln_f(x), None
+        for block, block_rng in zip(self.h, rngs[:len(self.h)], strict=True):
+            x, branch = apply(block, x, branch, mask, block_rng)
+        return self.ln_f.add_and_norm(x, branch, self.config.resid_pdrop, rngs[-2])[1], None
 
     def init_cache(self, batch_size: int, max_length: int) -> dict:
         """Empty key/value buffers [batch_size, max_length, heads, kv] per layer."""
@@ -295,10 +306,13 @@ class BackpackNoMixBlock(nnx.Module):
         self.resid_pdrop = config.resid_pdrop
 
     def __call__(self, x, residual, rng=None):
-        rngs = split_rng(rng, 3)
-        residual = dropout(x, self.resid_pdrop, rngs[0]) + residual
-        residual = dropout(self.mlp(self.ln_1(residual), rngs[1]), self.resid_pdrop, rngs[2]) + residual
-        return self.ln_2(residual)
+        """The original's resid_dropout1(x) + residual, ln_1, mlp (whose output is dropped out twice, by the MLP
+        and by resid_dropout2: in distribution one dropout of rate 1 - (1 - p)^2), + residual, ln_2; each
+        dropout-add-LayerNorm one LayerNorm.add_and_norm."""
+        rngs = split_rng(rng, 2)
+        p = self.resid_pdrop
+        residual, h = self.ln_1.add_and_norm(residual, Branch(x, None), p, rngs[0])
+        return self.ln_2.add_and_norm(residual, self.mlp.branch(h), 1 - (1 - p) ** 2, rngs[1])[1]
 
 
 class BackpackSenseNetwork(nnx.Module):
@@ -370,8 +384,12 @@ contextualization_weights.defvjp(_contextualization_weights_fwd, _contextualizat
 
 
 def weighted_senses(contextualization, senses, dtype):
-    """sum over senses and positions s of contextualization [B, senses, T, S] times senses [B, S, senses, D]."""
-    return jnp.einsum("bhts,bshd->btd", contextualization.astype(dtype), senses.astype(dtype))
+    """sum over senses and positions s of contextualization [B, senses, T, S] times senses [B, S, senses, D].
+    Contracted over (position, sense), the senses' own order, so that they are read as they lie, as one
+    [B, S * senses, D] matrix (jnp.einsum orders the pair (sense, position), and XLA then transposes the senses, the
+    largest activation of the step); the weights' side is laid out by the softmax that writes them."""
+    return jax.lax.dot_general(contextualization.astype(dtype), senses.astype(dtype),
+                               (((3, 1), (1, 2)), ((0,), (0,))))
 
 
 class BackpackGPT2Model(PretrainedModel):

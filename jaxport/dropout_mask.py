@@ -30,10 +30,22 @@ def keep_mask(shape, words: jax.Array, rate: float) -> jax.Array:
     column and the two key words, compared with the rate's threshold. Elementwise integer arithmetic on iotas, so
     XLA fuses it into the kernels that consume the mask."""
     rows, cols = (math.prod(shape[:-1]), shape[-1]) if shape else (1, 1)
-    if rows >= 2 ** 32 or cols >= 2 ** 32:
-        raise ValueError(f"dropout over {shape}: more than 2**32 rows or columns")
+    _check_size(rows, cols, shape)
     row, col = (jax.lax.broadcasted_iota(jnp.uint32, (rows, cols), axis) for axis in (0, 1))
     return dropout_keep(dropout_row_hash(row, words), dropout_col_hash(col, words), rate).reshape(shape)
+
+
+def _check_size(rows: int, cols: int, shape) -> None:
+    if rows >= 2 ** 32 or cols >= 2 ** 32:
+        raise ValueError(f"dropout over {tuple(shape)}: more than 2**32 rows or columns")
+
+
+def dropout_hashes(shape, words: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The row hashes [rows] and column hashes [columns] of keep_mask(shape, ...), for kernels that take them."""
+    rows, cols = math.prod(shape[:-1]), shape[-1]
+    _check_size(rows, cols, shape)
+    return (dropout_row_hash(jnp.arange(rows, dtype=jnp.uint32), words),
+            dropout_col_hash(jnp.arange(cols, dtype=jnp.uint32), words))
 
 
 def dropout_row_hash(row: jax.Array, words: jax.Array) -> jax.Array:

@@ -5,14 +5,14 @@ maps those names to mesh axes by the rules in the config.
 """
 import functools
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxport import attention, layer_norm_kernels
-from jaxport.dropout_mask import dropout_scale, dropout_words, keep_mask
+from jaxport.dropout_mask import dropout_hashes, dropout_keep, dropout_scale, dropout_words, keep_mask
 
 
 def float32_matmuls(method):
@@ -51,8 +51,20 @@ class Dense(nnx.Module):
         self.use_bias = use_bias
 
     def __call__(self, x: jax.Array) -> jax.Array:
+        y, bias = self.branch(x)
+        return y if bias is None else y + bias.astype(self.dtype)
+
+    def branch(self, x: jax.Array) -> "Branch":
+        """The projection with its bias kept apart, for a LayerNorm to add to a residual stream
+        (`LayerNorm.add_and_norm`)."""
         y = jnp.tensordot(x.astype(self.dtype), self.kernel[...].astype(self.dtype), axes=self.num_in)
-        return y + self.bias[...].astype(self.dtype) if self.use_bias else y
+        return Branch(y, self.bias[...] if self.use_bias else None)
+
+
+class Branch(NamedTuple):
+    """A residual branch's output before its bias: what `LayerNorm.add_and_norm` adds to the residual stream."""
+    hidden: jax.Array
+    bias: jax.Array | None
 
 
 class Embed(nnx.Module):
@@ -190,6 +202,18 @@ def _layer_norm_bwd(eps, dtype, residuals, g):
 layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
+def add_layer_norm(residual, branch, branch_bias, scale, bias, row_hash, col_hash, eps: float, dtype, rate: float):
+    """(total, normalised): total = residual + dropout(branch + branch_bias) in the residual's dtype, the branch and
+    its dropout in float32 with the mask of these row and column hashes (jaxport.dropout_mask), and layer_norm of
+    the total in `dtype`. residual and branch [rows, width]. What layer_norm_kernels.add_layer_norm computes."""
+    total = branch.astype(jnp.float32) + branch_bias.astype(jnp.float32)
+    if rate:
+        keep = dropout_keep(row_hash[:, None], col_hash[None, :], rate)
+        total = jnp.where(keep, total * dropout_scale(rate), 0.0)
+    total = residual + total.astype(residual.dtype)
+    return total, layer_norm(total, scale, bias, eps, dtype)
+
+
 class LayerNorm(nnx.Module):
     """LayerNorm with a scale and a bias over the last axis (torch.nn.LayerNorm; its default eps, 1e-5): on an
     NVIDIA GPU jaxport.layer_norm_kernels' Pallas kernels (one pass over the rows each way), else layer_norm."""
@@ -200,9 +224,30 @@ class LayerNorm(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((size,), param_dtype), logical_axes=("embed",))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        fused = attention.default_platform() == "gpu" and layer_norm_kernels.supported(x.shape[-1])
-        norm = layer_norm_kernels.layer_norm if fused else layer_norm
+        norm = layer_norm_kernels.layer_norm if self._fused(x) else layer_norm
         return norm(x, self.scale[...], self.bias[...], self.eps, self.dtype)
+
+    def add_and_norm(self, residual: jax.Array, branch: Branch | None, rate: float = 0.0,
+                     rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """(residual + dropout(branch), this LayerNorm of it) for a pre-LN residual stream, the branch's bias
+        added first; the branch's dropout in float32 (rng=None: none). branch=None: (residual, LayerNorm of it).
+        On an NVIDIA GPU one kernel each way (layer_norm_kernels.add_layer_norm), else add_layer_norm."""
+        if branch is None:
+            return residual, self(residual)
+        rate = rate if rng is not None else 0.0
+        words = dropout_words(rng) if rate else jnp.zeros((2,), jnp.uint32)
+        shape, width = residual.shape, residual.shape[-1]
+        rows = math.prod(shape[:-1])
+        row_hash, col_hash = dropout_hashes(shape, words)
+        bias = branch.bias if branch.bias is not None else jnp.zeros((width,), jnp.float32)
+        add = layer_norm_kernels.add_layer_norm if self._fused(residual) else add_layer_norm
+        total, out = add(residual.reshape(rows, width), branch.hidden.reshape(rows, width), bias, self.scale[...],
+                         self.bias[...], row_hash, col_hash, self.eps, self.dtype, rate)
+        return total.reshape(shape), out.reshape(shape)
+
+    @staticmethod
+    def _fused(x: jax.Array) -> bool:
+        return attention.default_platform() == "gpu" and layer_norm_kernels.supported(x.shape[-1])
 
 
 ACTIVATIONS = {

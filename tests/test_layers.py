@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
 from jaxport import layer_norm_kernels, layers, sharding
-from jaxport.dropout_mask import DROPOUT_BITS, dropout_scale
+from jaxport.dropout_mask import DROPOUT_BITS, dropout_hashes, dropout_scale, dropout_words
 from jaxport.layers import dropout, gelu
 from tests.helpers import rel_err
 
@@ -124,6 +125,77 @@ def test_layer_norm_kernels_sharded_over_rows_sum_the_parameter_gradients_across
     expected = run(layers.layer_norm, x, cotangent)
     sharded = jax.jit(functools.partial(run, layer_norm_kernels.layer_norm))
     arrays = [jax.device_put(a, rows) for a in (x, cotangent)]
+    assert "all-gather" not in sharded.lower(*arrays).compile().as_text()
+    for got, want in zip(jax.tree.leaves(sharded(*arrays)), jax.tree.leaves(expected), strict=True):
+        assert rel_err(got, want) < 1e-5
+
+
+def _add_and_norm_inputs(dtype, shape=(2, 5, 40)):
+    rng = np.random.default_rng(5)
+    normal = lambda *shape: rng.standard_normal(shape)
+    residual = jnp.asarray(normal(*shape) * 2 + 1, jnp.float32)
+    branch = jnp.asarray(normal(*shape), dtype)
+    branch_bias, scale, bias = (jnp.asarray(normal(shape[-1]), jnp.float32) for _ in range(3))
+    cotangents = (jnp.asarray(normal(*shape), jnp.float32), jnp.asarray(normal(*shape), dtype))
+    return (residual, branch, branch_bias, scale, bias), cotangents
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("rate", [0.0, 0.3])
+@pytest.mark.parametrize("kernels", [False, True])
+def test_add_and_norm_equals_dropout_add_then_layer_norm(dtype, rate, kernels, monkeypatch):
+    """LayerNorm.add_and_norm (the Pallas kernels in Pallas' interpreter, or XLA's formulation) against its plain
+    composition: layers.dropout of the branch plus its bias in float32 (the same mask), added to the residual, then
+    the LayerNorm; values and the gradients of every input, the backward kernel's rows in groups of 3."""
+    monkeypatch.setattr(layer_norm_kernels, "PROGRAMS", 3)
+    monkeypatch.setattr(layer_norm_kernels, "BLOCK_VALUES", 128)
+    monkeypatch.setattr(layers.LayerNorm, "_fused", staticmethod(lambda x: kernels))
+    (residual, branch, branch_bias, scale, bias), cotangents = _add_and_norm_inputs(dtype)
+    key = jax.random.key(11)
+
+    def fused(residual, branch, branch_bias, scale, bias):
+        norm = layers.LayerNorm(40, rngs=nnx.Rngs(0), dtype=dtype)
+        norm.scale[...], norm.bias[...] = scale, bias
+        return norm.add_and_norm(residual, layers.Branch(branch, branch_bias), rate, key)
+
+    def plain(residual, branch, branch_bias, scale, bias):
+        total = residual + dropout(branch.astype(jnp.float32) + branch_bias, rate, key)
+        return total, layers.layer_norm(total, scale, bias, 1e-5, dtype)
+
+    inputs = (residual, branch, branch_bias, scale, bias)
+    (got, pull_got), (want, pull_want) = jax.vjp(fused, *inputs), jax.vjp(plain, *inputs)
+    tolerance = 1e-5 if dtype == jnp.float32 else 1e-2  # bf16: outputs and the branch's gradient rounded to bf16
+    for name, g, w in zip(["total", "normalised", "d_residual", "d_branch", "d_branch_bias", "d_scale", "d_bias"],
+                          [*got, *pull_got(cotangents)], [*want, *pull_want(cotangents)], strict=True):
+        assert g.dtype == w.dtype, name
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(w, np.float32), rtol=tolerance,
+                                   atol=tolerance, err_msg=name)
+    if rate:  # the mask dropped some of the branch, and its gradient
+        assert (pull_got(cotangents)[1] == 0).mean() > 0.2
+
+
+def test_add_and_norm_without_a_branch_is_the_layer_norm():
+    x = jax.random.normal(jax.random.key(0), (3, 8))
+    norm = layers.LayerNorm(8, rngs=nnx.Rngs(0))
+    total, out = norm.add_and_norm(x, None, 0.5, jax.random.key(1))
+    assert total is x and (out == norm(x)).all()
+
+
+def test_add_layer_norm_kernels_sharded_over_rows_sum_the_parameter_gradients_across_devices():
+    """As the LayerNorm kernels: each device adds and normalises its own rows (no all-gather), the dropout mask is
+    the rows' global one, and the parameters' and the branch bias's gradients are summed over devices."""
+    mesh = sharding.make_mesh(data=4, tensor=2)
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", None))
+    (residual, branch, *params), cotangents = _add_and_norm_inputs(jnp.float32, (48, 40))
+    hashes = dropout_hashes(residual.shape, dropout_words(jax.random.key(2)))
+
+    def run(add, residual, branch, cotangents):
+        out, pullback = jax.vjp(lambda *a: add(*a, *hashes, 1e-5, jnp.float32, 0.3), residual, branch, *params)
+        return out, pullback(cotangents)
+
+    expected = run(layers.add_layer_norm, residual, branch, cotangents)
+    sharded = jax.jit(functools.partial(run, layer_norm_kernels.add_layer_norm))
+    arrays = [jax.device_put(a, rows) for a in (residual, branch, cotangents)]
     assert "all-gather" not in sharded.lower(*arrays).compile().as_text()
     for got, want in zip(jax.tree.leaves(sharded(*arrays)), jax.tree.leaves(expected), strict=True):
         assert rel_err(got, want) < 1e-5

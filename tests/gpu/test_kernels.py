@@ -17,6 +17,7 @@ from flax import nnx
 from backpack_jax import BackpackGPT2Config, BackpackGPT2LMHeadModel
 from backpack_jax.modeling import attention_implementation as gpt2_attention_implementation
 from jaxport import cross_entropy_kernels, layer_norm_kernels, layers, tasks, tree
+from jaxport.dropout_mask import dropout_hashes, dropout_words
 from lsg_jax import LSGBartConfig, LSGBartForConditionalGeneration, dispatch, hopper_gemm
 from t5_jax import T5Config, T5ForConditionalGeneration
 from t5_jax.modeling import attention_implementation
@@ -259,11 +260,40 @@ def test_layer_norm_kernels_match_xla_forward_and_backward(rows, width, dtype):
         assert err < (1e-5 if name in ("dscale", "dbias") else tolerance), name
 
 
+@pytest.mark.parametrize("rows, width, dtype, rate", [(16384, 768, "bfloat16", 0.1), (16384, 768, "float32", 0.1),
+                                                    (37, 1000, "float32", 0.0)])
+def test_add_layer_norm_kernels_match_xla_forward_and_backward(rows, width, dtype, rate):
+    """jaxport.layer_norm_kernels.add_layer_norm compiled through Triton (GPT-2's residual adds, with dropout)
+    against jaxport.layers.add_layer_norm from the same inputs: the sum and its gradient (float32), the normalised
+    output and the branch's gradient in `dtype`, the parameters' gradients."""
+    rng = np.random.default_rng(rows)
+    normal = lambda *shape, dtype=jnp.float32: jnp.asarray(rng.standard_normal(shape), dtype)
+    residual, branch = normal(rows, width) * 2 + 0.5, normal(rows, width, dtype=dtype)
+    params = [normal(width) * 0.1, 1 + 0.1 * normal(width), normal(width) * 0.1]
+    cotangents = (normal(rows, width), normal(rows, width, dtype=dtype))
+    hashes = dropout_hashes((rows, width), dropout_words(jax.random.key(4)))
+
+    def run(add):
+        out, pullback = jax.vjp(lambda *a: add(*a, *hashes, 1e-5, jnp.dtype(dtype), rate), residual, branch, *params)
+        return jax.jit(lambda: (*out, *pullback(cotangents)))()
+
+    tolerance = 1e-5 if dtype == "float32" else 1e-2  # bf16: the output and the branch's gradient are rounded
+    names = ["total", "out", "d_residual", "d_branch", "d_branch_bias", "dscale", "dbias"]
+    for name, got, want in zip(names, run(layer_norm_kernels.add_layer_norm), run(layers.add_layer_norm),
+                               strict=True):
+        err = rel_err(got.astype(jnp.float32), want.astype(jnp.float32))
+        print(f"\nadd layer norm {rows}x{width} {dtype} {name}: rel. err {err:.2e}")
+        assert err < (tolerance if name in ("out", "d_branch") else 1e-5), name
+
+
 def test_layer_norm_module_runs_the_kernels_on_the_gpu():
     norm = layers.LayerNorm(768, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(norm)
     forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
     assert "layer_norm_forward" in forward.lower(state, jnp.ones((4, 768), jnp.bfloat16)).as_text()
+    branch = layers.Branch(jnp.ones((4, 768), jnp.bfloat16), jnp.zeros((768,)))
+    add = jax.jit(lambda state, x: nnx.merge(graphdef, state).add_and_norm(x, branch, 0.1, jax.random.key(0)))
+    assert "add_layer_norm_forward" in add.lower(state, jnp.ones((4, 768), jnp.float32)).as_text()
 
 
 @pytest.mark.parametrize("rows, vocab, dtype", [(16384, 50264, "bfloat16"), (777, 262, "float32")])
