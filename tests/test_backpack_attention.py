@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from backpack_jax import BackpackGPT2Config, BackpackGPT2LMHeadModel, GPT2Config, GPT2LMHeadModel, modeling
-from jaxport import attention, tree
+from jaxport import attention, layer_norm_kernels, layers, tree
 from tests import helpers
 from tests.helpers import rel_err
 
@@ -74,6 +74,27 @@ def test_pallas_path_with_attention_dropout_equals_the_einsums(name, monkeypatch
                         or kernels(*args, **kw))
     logits, grads = logits_and_grads(name, attn_implementation="pallas", **fields)
     assert rates == [0.1] * FIELDS["n_layer"]
+    assert rel_err(logits, expected_logits) < 1e-5
+    for path, grad in grads.items():
+        assert rel_err(grad, expected_grads[path]) < 1e-4, path
+
+
+BLOCK_ADDS = [FIELDS["resid_pdrop"]] * 2 * FIELDS["n_layer"]  # two per block, counting ln_f's
+SENSE_ADDS = [FIELDS["resid_pdrop"], 1 - (1 - FIELDS["resid_pdrop"]) ** 2]  # the MLP's output is dropped out twice
+
+
+@pytest.mark.parametrize(("name", "rates"), [("gpt2", BLOCK_ADDS), ("backpack", SENSE_ADDS + BLOCK_ADDS)])
+def test_residual_adds_through_the_layer_norm_kernels_equal_xla(name, rates, monkeypatch):
+    """Every residual branch joins the stream inside the next LayerNorm (LayerNorm.add_and_norm), with its
+    dropout rate: with the kernels forced (Pallas' interpreter here) the training logits and gradients equal XLA's
+    formulation's, dropout included."""
+    expected_logits, expected_grads = einsum_run(name)
+    calls = []
+    kernel = layer_norm_kernels.add_layer_norm
+    monkeypatch.setattr(layer_norm_kernels, "add_layer_norm", lambda *args: calls.append(args[-1]) or kernel(*args))
+    monkeypatch.setattr(layers.LayerNorm, "_fused", staticmethod(lambda x: True))
+    logits, grads = logits_and_grads(name, attn_implementation="einsum")
+    np.testing.assert_allclose(calls, rates)
     assert rel_err(logits, expected_logits) < 1e-5
     for path, grad in grads.items():
         assert rel_err(grad, expected_grads[path]) < 1e-4, path
