@@ -62,10 +62,9 @@ layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 def add_layer_norm(residual: jax.Array, branch: jax.Array, branch_bias: jax.Array, scale: jax.Array,
                    bias: jax.Array, row_hash: jax.Array, col_hash: jax.Array, eps: float, dtype, rate: float):
-    """(total, normalised): total = residual + dropout(branch + branch_bias) in the residual's dtype, with the
-    dropout mask of these row and column hashes (jaxport.dropout_mask), and its LayerNorm in `dtype`;
-    jaxport.layers.add_layer_norm's result (up to float32 rounding) from the kernels. residual and branch [rows,
-    width]; the branch's gradient comes back in `dtype`."""
+    """(total, normalised): total = residual + dropout(branch + branch_bias) and its LayerNorm, as
+    jaxport.layers.add_layer_norm (whose docstring lists the arguments) computes them, up to float32 rounding, from
+    the kernels. The branch's gradient comes back in `dtype`."""
     return _add_layer_norm(residual, branch.astype(dtype), branch_bias, scale, bias, row_hash, col_hash, eps,
                            jnp.dtype(dtype), rate)
 

@@ -203,9 +203,16 @@ layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 def add_layer_norm(residual, branch, branch_bias, scale, bias, row_hash, col_hash, eps: float, dtype, rate: float):
-    """(total, normalised): total = residual + dropout(branch + branch_bias) in the residual's dtype, the branch and
-    its dropout in float32 with the mask of these row and column hashes (jaxport.dropout_mask), and layer_norm of
-    the total in `dtype`. residual and branch [rows, width]. What layer_norm_kernels.add_layer_norm computes."""
+    """(total, normalised): total = residual + dropout(branch + branch_bias), the branch and its dropout in float32,
+    and layer_norm of the total. What layer_norm_kernels.add_layer_norm computes, with the same arguments.
+
+    Args:
+      residual: [rows, width], the stream (float32 under bf16 compute); total comes back in its dtype.
+      branch: [rows, width], the branch's output before its bias.
+      branch_bias, scale, bias: [width], the branch's bias and the LayerNorm's parameters.
+      row_hash, col_hash: [rows] and [width] uint32, the dropout mask's hashes (dropout_mask.dropout_hashes).
+      eps: the LayerNorm's epsilon; dtype: of the normalised output; rate: the branch's dropout rate (0: none).
+    """
     total = branch.astype(jnp.float32) + branch_bias.astype(jnp.float32)
     if rate:
         keep = dropout_keep(row_hash[:, None], col_hash[None, :], rate)
